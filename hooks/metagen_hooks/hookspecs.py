@@ -1,0 +1,94 @@
+"""The hook specification: four register-callback hooks, one per kind of component.
+
+Each hook receives ``register(name, factory, **metadata)``. Calling it makes a component
+*available* under ``name``; nothing is applied until a configuration names it. The factory is
+called later with the configuration's parameters as keyword arguments (and with ``model``,
+``tokenizer`` or ``generator`` when its signature asks for them). Its annotations are the
+parameter schema: metagen checks names and types against them before any model loads.
+
+Metadata, all optional:
+
+``transformers=False``
+    the factory cannot run in-process (it exists only as an engine request parameter).
+``vllm=`` / ``tgi=``
+    a callable taking the same parameters and returning the engine's request parameters
+    (e.g. ``lambda top_p: {"top_p": top_p}``): how the component is realised on that host.
+``sampling=True``
+    a logits processor that only makes sense when sampling (a warper): a configuration that
+    uses one turns sampling on.
+``doc``
+    a description, when the factory's docstring is not the one to show.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from . import hookspec
+
+
+class Register(Protocol):
+    """The ``register`` callback every hook receives."""
+
+    def __call__(self, name: str, factory: Callable[..., Any], **metadata: Any) -> None: ...
+
+
+@hookspec
+def register_logits_processors(register: Register) -> None:
+    """Register logits processors.
+
+    The factory returns a callable ``(input_ids, scores) -> scores`` over a batch, like a
+    transformers ``LogitsProcessor``. Processors apply in the order the configuration lists them.
+
+    Example::
+
+        @hookimpl
+        def register_logits_processors(register):
+            register("ban_token", BanToken)
+    """
+
+
+@hookspec
+def register_stopping_criteria(register: Register) -> None:
+    """Register stopping criteria.
+
+    The factory returns a callable ``(input_ids, scores) -> BoolTensor[batch]`` like a
+    transformers ``StoppingCriteria``: True for each row that is done. Other rows keep going.
+
+    Example::
+
+        @hookimpl
+        def register_stopping_criteria(register):
+            register("max_lines", MaxLines)
+    """
+
+
+@hookspec
+def register_scorers(register: Register) -> None:
+    """Register scorers: verifiers, reward models and utilities.
+
+    The factory returns an object satisfying :class:`metagen_hooks.Scorer` (and optionally
+    :class:`~metagen_hooks.StepScorer` for process rewards or
+    :class:`~metagen_hooks.PairwiseUtility` for MBR).
+
+    Example::
+
+        @hookimpl
+        def register_scorers(register):
+            register("length", lambda: LengthScorer())
+    """
+
+
+@hookspec
+def register_strategies(register: Register) -> None:
+    """Register meta-generation strategies.
+
+    The factory returns an object satisfying :class:`metagen_hooks.Strategy`: it runs one prompt
+    against a :class:`~metagen_hooks.Generator` and returns a :class:`~metagen_hooks.Result`.
+
+    Example::
+
+        @hookimpl
+        def register_strategies(register):
+            register("first_of_n", FirstOfN)
+    """

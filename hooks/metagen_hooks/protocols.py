@@ -1,0 +1,79 @@
+"""The protocols components satisfy. Structural: implement the methods, no base class needed."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+from .types import Budget, Candidate, Result
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """The one interface strategies see; each host provides it. Strategies never import a host.
+
+    Both methods return one list of candidates per input, each of length ``n``. The host shares
+    work between them (one prefill for ``n`` samples; cached prefixes for ``extend``) and charges
+    what it computed to ``budget``.
+    """
+
+    budget: Budget
+
+    def sample(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        *,
+        max_new_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[list[Candidate]]:
+        """Draw ``n`` continuations of each prompt."""
+        ...
+
+    def extend(
+        self,
+        prefixes: Sequence[Candidate],
+        n: int = 1,
+        *,
+        max_new_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[list[Candidate]]:
+        """Continue each partial candidate (prompt + text so far) ``n`` times; the returned
+        candidates hold the whole continuation (old text + new)."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores whole candidates (verifier, outcome reward model, log-probability, ...).
+
+    Higher is better. Returns one float per candidate.
+    """
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]: ...
+
+
+@runtime_checkable
+class StepScorer(Protocol):
+    """A process reward: one score per step of each candidate (steps split by the scorer)."""
+
+    def score_steps(self, prompt: str, candidates: Sequence[Candidate]) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class PairwiseUtility(Protocol):
+    """A utility between two outputs, for minimum Bayes risk selection. Higher is more alike."""
+
+    def utility(self, hypothesis: str, reference: str) -> float: ...
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A meta-generation algorithm: runs one prompt and selects among what it generated.
+
+    ``scorer`` is the configured scorer or ``None``; ``budget`` is the same object the
+    generator charges, so a strategy reads :meth:`Budget.remaining` to stay within its limits.
+    """
+
+    def run(
+        self, prompt: str, generator: Generator, scorer: Scorer | None, budget: Budget
+    ) -> Result: ...

@@ -1,0 +1,20 @@
+"""metagen's built-in plugin: registers its components through the same hooks outside plugins use."""
+
+from metagen_hooks import hookimpl
+
+from . import processors, stopping, strategies
+
+
+@hookimpl
+def register_logits_processors(register):
+    processors.register_all(register)
+
+
+@hookimpl
+def register_stopping_criteria(register):
+    stopping.register_all(register)
+
+
+@hookimpl
+def register_strategies(register):
+    strategies.register_all(register)

@@ -1,0 +1,81 @@
+"""Stopping criteria. Each returns a per-row bool tensor: a finished row stops, the others go on.
+
+Criteria that read generated text remember the prompt length at their first call (generate()
+calls them after each new token), so only the continuation is matched, never the prompt.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def stop_strings(stop: list[str], tokenizer=None):
+    """Stop a row when its continuation ends with any of ``stop`` (transformers' StopStringCriteria,
+    which matches across token boundaries)."""
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    if not stop or not all(isinstance(s, str) and s for s in stop):
+        raise ValueError("stop must be a non-empty list of non-empty strings")
+    return StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop))
+
+
+class _TextCriterion:
+    """Base for criteria that look at each row's decoded continuation."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length: int | None = None
+
+    def continuations(self, input_ids) -> list[str]:
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1] - 1
+        return self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+
+    def done(self, text: str) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.tensor([self.done(t) for t in self.continuations(input_ids)],
+                            dtype=torch.bool, device=input_ids.device)
+
+
+class RegexStop(_TextCriterion):
+    """Stop a row once its continuation matches ``pattern`` (Python ``re.search``)."""
+
+    def __init__(self, pattern: str, tokenizer=None) -> None:
+        super().__init__(tokenizer)
+        try:
+            self.pattern = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+
+    def done(self, text: str) -> bool:
+        return self.pattern.search(text) is not None
+
+
+class TokenBudget:
+    """Stop a row after ``max_tokens`` new tokens, independently of generate's own limit."""
+
+    def __init__(self, max_tokens: int) -> None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.max_tokens = max_tokens
+        self.prompt_length: int | None = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1] - 1
+        done = input_ids.shape[1] - self.prompt_length >= self.max_tokens
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def register_all(register) -> None:
+    register("stop_strings", stop_strings, vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
+    register("regex", RegexStop)
+    register("token_budget", TokenBudget,
+             vllm=lambda max_tokens: {"max_tokens": max_tokens},
+             tgi=lambda max_tokens: {"max_new_tokens": max_tokens})

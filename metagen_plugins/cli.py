@@ -1,0 +1,95 @@
+"""The ``metagen`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from . import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="metagen", description="Meta-generation strategies as plugins.")
+    parser.add_argument("--version", action="version", version=f"metagen-plugins {__version__}")
+    parser.add_argument("--plugins-dir", help="also load every *.py file of this directory as a plugin")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    plugins = commands.add_parser("plugins", help="installed plugins")
+    plugins_commands = plugins.add_subparsers(dest="plugins_command", required=True)
+    listing = plugins_commands.add_parser("list", help="list plugins, their status and components")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    run = commands.add_parser("run", help="run the configured strategy on prompts")
+    run.add_argument("--config", required=True, help="a TOML configuration file")
+    run.add_argument("--model", help="a local model directory (overrides [host] model)")
+    run.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    run.add_argument("prompts", nargs="+", metavar="PROMPT")
+
+    args = parser.parse_args(argv)
+    from .errors import MetagenError
+
+    try:
+        if args.command == "plugins":
+            return _plugins_list(args)
+        return _run(args)
+    except MetagenError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _plugins_list(args) -> int:
+    from . import get_registry
+
+    registry = get_registry(args.plugins_dir, reload=True)
+    records = list(registry.manager.records.values())
+    if args.json:
+        print(json.dumps([_record(r) for r in records], indent=2))
+        return 0
+    rows = [("NAME", "VERSION", "STATUS", "HOOKS", "COMPONENTS")]
+    for r in records:
+        components = "; ".join(f"{k}: {', '.join(v)}" for k, v in r.components.items())
+        rows.append((r.name, r.version or "-", r.status, ", ".join(h.removeprefix("register_") for h in r.hooks) or "-",
+                     components or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    for r in records:
+        if r.error:
+            print(f"\n{r.name}: {r.error}")
+    return 0
+
+
+def _record(r) -> dict[str, Any]:
+    return {"name": r.name, "distribution": r.distribution, "version": r.version, "status": r.status,
+            "error": r.error, "source": r.source, "hooks": r.hooks, "components": r.components}
+
+
+def _run(args) -> int:
+    from . import config as config_module
+    from . import get_registry, run
+
+    registry = get_registry(args.plugins_dir, reload=args.plugins_dir is not None)
+    data = config_module.load(args.config)
+    if args.model:
+        data.setdefault("host", {})["model"] = args.model
+    cfg = config_module.validate(data, registry)
+    results = run(cfg, args.prompts)
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_dict()))
+            continue
+        best = result.best.text if result.best else "(no candidate)"
+        spent = result.budget.spent()
+        print(f"prompt: {result.prompt}\n{best}\n"
+              f"[strategy {result.strategy}; {spent['tokens_generated']} tokens generated, "
+              f"{spent['forward_passes']} forward passes, {spent['wall_time']:.2f} s]\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
