@@ -241,7 +241,7 @@ def build(info: ComponentInfo, params: dict[str, Any], context: dict[str, Any] |
     context = context or {}
     kwargs = dict(params)
     for key in info.schema.context:
-        if key not in context:
+        if context.get(key) is None:
             raise ConfigError(f"{prefix}{info.label()} needs the host's {key!r}, which this call "
                               f"did not provide (pass {key}= to generate_kwargs)")
         kwargs[key] = context[key]

@@ -129,7 +129,7 @@ class PluginManager:
     def implementations(self, hook_name: str):
         """(plugin name, hook function) for every plugin that implements ``hook_name``."""
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy lists them last-registered first
+        for impl in caller.get_hookimpls():  # in registration order: built-in first
             yield impl.plugin_name, impl.function
 
 

@@ -13,6 +13,8 @@ from .params import Schema, schema_of
 from .plugins import PluginManager, _describe
 
 _METADATA = set(HOSTS) | {"sampling", "doc"}
+SINGULAR = {"logits_processors": "logits processor", "stopping_criteria": "stopping criterion",
+            "scorers": "scorer", "strategies": "strategy"}
 
 
 @dataclass
@@ -36,7 +38,7 @@ class ComponentInfo:
 
     def label(self) -> str:
         origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
-        return f"{self.kind[:-1].replace('_', ' ')} {self.name!r} (plugin {self.plugin!r}, {origin})"
+        return f"{SINGULAR[self.kind]} {self.name!r} (plugin {self.plugin!r}, {origin})"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -145,7 +147,7 @@ def _conflict_message(infos: list[ComponentInfo]) -> str:
         f"plugin {i.plugin!r} ({i.distribution or 'no distribution'})" for i in infos
     )
     return (
-        f"{kind[:-1].replace('_', ' ')} {name!r} is registered by {owners}; a component name "
+        f"{SINGULAR[kind]} {name!r} is registered by {owners}; a component name "
         f"must be unique. Uninstall one, or block it with METAGEN_DISABLE_PLUGINS="
         f"{infos[-1].plugin}"
     )
@@ -154,7 +156,7 @@ def _conflict_message(infos: list[ComponentInfo]) -> str:
 def unknown_name_message(kind: str, name: str, known: dict[str, Any]) -> str:
     import difflib
 
-    label = kind[:-1].replace("_", " ")
+    label = SINGULAR[kind]
     message = f"unknown {label} {name!r}."
     close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.5)
     if close:

@@ -1,0 +1,80 @@
+"""The `metagen` console script, run as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent / "metagen"
+
+
+def metagen(*args, env=None, check=True):
+    proc = subprocess.run([str(BIN), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_version():
+    assert metagen("--version").stdout.strip() == "metagen-plugins 0.1.0"
+
+
+def test_plugins_list_table():
+    out = metagen("plugins", "list").stdout
+    header, *rows = out.splitlines()
+    assert header.split()[:4] == ["NAME", "VERSION", "STATUS", "HOOKS"]
+    builtin = next(r for r in rows if r.startswith("metagen_plugins.builtin"))
+    assert "loaded" in builtin and "top_p" in builtin and "generate" in builtin
+
+
+def test_plugins_list_json_shows_a_failing_local_plugin(tmp_path):
+    (tmp_path / "broken_one.py").write_text("raise ImportError('needs a missing lib')\n")
+    proc = metagen("--plugins-dir", str(tmp_path), "plugins", "list", "--json")
+    records = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert records["broken_one"]["status"] == "FAILED"
+    assert "needs a missing lib" in records["broken_one"]["error"]
+    assert records["metagen_plugins.builtin"]["status"] == "loaded"
+    assert "broken_one" in proc.stderr  # warned, not fatal
+
+
+def test_disabled_plugin_shows_as_disabled(tmp_path):
+    (tmp_path / "quiet_one.py").write_text("")
+    proc = metagen("--plugins-dir", str(tmp_path), "plugins", "list", "--json",
+                   env={"METAGEN_DISABLE_PLUGINS": "quiet_one"})
+    assert {r["name"]: r["status"] for r in json.loads(proc.stdout)}["quiet_one"] == "disabled"
+
+
+def test_run_plain_generation(tiny_dir, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'[host]\nmodel = "{tiny_dir}"\n\n[generation]\nmax_new_tokens = 5\n')
+    proc = metagen("run", "--config", str(config), "--json", "hello", "abc")
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["prompt"] for r in results] == ["hello", "abc"]
+    assert all(r["strategy"] == "generate" and len(r["best"]["token_ids"]) <= 5 for r in results)
+    assert all(r["budget"]["forward_passes"] >= 1 for r in results)
+    text = metagen("run", "--config", str(config), "hello").stdout
+    assert text.startswith("prompt: hello\n") and "tokens generated" in text
+
+
+@pytest.mark.parametrize("body,expected", [
+    ('[[processors]]\nname = "top_q"\n', "unknown logits processor 'top_q'. Did you mean 'top_p'?"),
+    ('[[processors]]\nname = "top_p"\ntop_p = "high"\n', "parameter 'top_p' must be float"),
+    ("[host\n", "is not valid TOML"),
+])
+def test_run_config_errors_are_one_line_without_traceback(tmp_path, body, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(body)
+    proc = metagen("run", "--config", str(config), "x", check=False)
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_missing_model_is_clear(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(f'[host]\nmodel = "{tmp_path / "nowhere"}"\n')
+    proc = metagen("run", "--config", str(config), "x", check=False)
+    assert proc.returncode == 2 and "is not a local directory" in proc.stderr

@@ -1,0 +1,30 @@
+"""The plugin-author tutorial's code, installed as written, works."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import metagen_plugins
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "plugin-tutorial.md").read_text()
+
+
+def blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", DOC, flags=re.S)
+
+
+def test_tutorial_plugin_is_short_and_works(install_plugin, registry, tiny):
+    code = blocks("python")[0]
+    pyproject = blocks("toml")[0]
+    assert len([l for l in code.splitlines() if l.strip()]) <= 20
+    assert len([l for l in pyproject.splitlines() if l.strip()]) <= 10
+    meta = tomllib.loads(pyproject)
+    [(entry_name, module)] = meta["project"]["entry-points"]["metagen"].items()
+    install_plugin(module, code, dist=meta["project"]["name"], version=meta["project"]["version"],
+                   entry_name=entry_name)
+    registry()
+    model, tok = tiny
+    assert metagen_plugins.components("logits_processors")["no_digits"]["distribution"] == "metagen-nodigits"
+    kwargs = metagen_plugins.generate_kwargs({"processors": [{"name": "no_digits"}]}, tokenizer=tok)
+    out = model.generate(**tok("123", return_tensors="pt"), **kwargs, max_new_tokens=40, pad_token_id=2)
+    assert not any(ch.isdigit() for ch in tok.decode(out[0, 3:]))

@@ -1,0 +1,132 @@
+"""The transformers host: generate() kwargs and the Generator, on a tiny local model."""
+
+import pytest
+import torch
+from transformers.generation import logits_process as lp
+
+import metagen_plugins
+
+# (config entry, transformers' own processor built the same way)
+EQUIVALENT = [
+    ({"name": "temperature", "temperature": 0.7}, lambda: lp.TemperatureLogitsWarper(0.7)),
+    ({"name": "top_k", "top_k": 7}, lambda: lp.TopKLogitsWarper(top_k=7)),
+    ({"name": "top_p", "top_p": 0.8}, lambda: lp.TopPLogitsWarper(top_p=0.8)),
+    ({"name": "min_p", "min_p": 0.1}, lambda: lp.MinPLogitsWarper(min_p=0.1)),
+    ({"name": "typical", "mass": 0.7}, lambda: lp.TypicalLogitsWarper(mass=0.7)),
+    ({"name": "epsilon", "epsilon": 0.02}, lambda: lp.EpsilonLogitsWarper(epsilon=0.02)),
+    ({"name": "eta", "epsilon": 0.02}, lambda: lp.EtaLogitsWarper(epsilon=0.02)),
+    ({"name": "repetition_penalty", "penalty": 1.3}, lambda: lp.RepetitionPenaltyLogitsProcessor(1.3)),
+    ({"name": "no_repeat_ngram", "ngram_size": 2}, lambda: lp.NoRepeatNGramLogitsProcessor(2)),
+    ({"name": "logit_bias", "bias": {"3": -4.0, "9": 2.5}},
+     lambda: lp.SequenceBiasLogitsProcessor([[[3], -4.0], [[9], 2.5]])),
+    ({"name": "bad_words", "bad_words_ids": [[4, 5], [6]]}, lambda: lp.NoBadWordsLogitsProcessor([[4, 5], [6]])),
+]
+
+
+@pytest.mark.parametrize("entry,reference", EQUIVALENT, ids=[e["name"] for e, _ in EQUIVALENT])
+def test_processor_equals_transformers_own_class(entry, reference):
+    kwargs = metagen_plugins.generate_kwargs({"processors": [entry]})
+    [processor] = kwargs["logits_processor"]
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, 40, (3, 12), generator=generator)
+    input_ids[:, -1] = 4  # so bad_words [4, 5] is live
+    scores = torch.randn(3, 40, generator=generator) * 3
+    expected = reference()(input_ids, scores.clone())
+    assert torch.equal(processor(input_ids, scores.clone()), expected)
+    assert type(processor) is type(reference())
+
+
+def test_sampling_processors_turn_sampling_on_and_neutralise_generate_defaults():
+    kwargs = metagen_plugins.generate_kwargs({"processors": [{"name": "top_p", "top_p": 0.9}]})
+    assert kwargs["do_sample"] is True and kwargs["top_k"] == 0 and kwargs["temperature"] == 1.0
+    kwargs = metagen_plugins.generate_kwargs({"processors": [{"name": "repetition_penalty", "penalty": 1.2}]})
+    assert kwargs["do_sample"] is False
+    assert metagen_plugins.generate_kwargs({"generation": {"do_sample": True}})["do_sample"] is True
+
+
+def test_generate_kwargs_drive_model_generate_like_the_processors_built_by_hand(tiny):
+    model, tok = tiny
+    config = {"processors": [{"name": "temperature", "temperature": 0.8}, {"name": "top_k", "top_k": 5}],
+              "generation": {"max_new_tokens": 12}}
+    inputs = tok(["abc", "hello"], return_tensors="pt", padding=True)
+    torch.manual_seed(3)
+    ours = model.generate(**inputs, **metagen_plugins.generate_kwargs(config, model=model, tokenizer=tok),
+                          pad_token_id=0)
+    torch.manual_seed(3)
+    theirs = model.generate(**inputs, do_sample=True, temperature=0.8, top_k=5, max_new_tokens=12, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+def test_stop_strings_need_the_tokenizer():
+    with pytest.raises(metagen_plugins.ConfigError, match="needs the host's 'tokenizer'.*pass tokenizer="):
+        metagen_plugins.generate_kwargs({"stopping": [{"name": "stop_strings", "stop": ["."]}]})
+
+
+def test_stopping_criterion_stops_only_its_row(tiny):
+    model, tok = tiny
+    ids = tok(["ab", "ab"], return_tensors="pt").input_ids
+    free = model.generate(ids[:1], max_new_tokens=20, do_sample=False, pad_token_id=2)[0, 2:]
+    text = tok.decode(free)
+    stop = text[3:5]  # a string the greedy continuation reaches after a few tokens
+    kwargs = metagen_plugins.generate_kwargs({"stopping": [{"name": "stop_strings", "stop": [stop]}],
+                                              "generation": {"max_new_tokens": 20}}, tokenizer=tok)
+    # row 0 stops at the stop string; row 1 has a different prompt and keeps going
+    batch = tok(["ab", "zz"], return_tensors="pt", padding=True)
+    out = model.generate(**batch, **kwargs, pad_token_id=2)
+    first = tok.decode(out[0, 2:], skip_special_tokens=True)
+    assert first.endswith(stop) and len(first) < len(text)
+    assert (out[1, 2:] != 2).sum() > len(first)
+
+
+def test_run_plain_generation_equals_greedy_generate(tiny):
+    model, tok = tiny
+    result = metagen_plugins.run({"generation": {"max_new_tokens": 15}}, "hello there", model=model, tokenizer=tok)
+    ids = tok("hello there", return_tensors="pt").input_ids
+    expected = model.generate(ids, max_new_tokens=15, do_sample=False, pad_token_id=2)[0, ids.shape[1]:]
+    assert result.best.token_ids == [t for t in expected.tolist() if t != 2][: len(result.best.token_ids)]
+    assert result.best.text == tok.decode(result.best.token_ids, skip_special_tokens=True)
+    spent = result.budget.spent()
+    assert spent["tokens_generated"] >= len(result.best.token_ids)
+    assert spent["prompt_tokens_computed"] == ids.shape[1]
+    assert spent["forward_passes"] == 1 + len(result.best.token_ids) + (result.best.finish_reason == "stop")
+
+
+def test_logprobs_are_the_models_own(tiny):
+    model, tok = tiny
+    result = metagen_plugins.run({"generation": {"max_new_tokens": 6}}, "abc", model=model, tokenizer=tok)
+    full = torch.tensor([tok("abc").input_ids + result.best.token_ids])
+    with torch.no_grad():
+        logits = model(full).logits.log_softmax(-1)[0]
+    expected = [logits[2 + i, t].item() for i, t in enumerate(result.best.token_ids)]
+    assert result.best.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_shared_prefill_samples_n_and_counts_reuse(tiny):
+    model, tok = tiny
+    host_config = metagen_plugins.validate({"processors": [{"name": "temperature", "temperature": 1.0}]},
+                                           metagen_plugins.get_registry())
+    from metagen_hooks import Budget
+    from metagen_plugins.hosts.transformers import TransformersHost
+
+    host = TransformersHost(host_config, metagen_plugins.get_registry(), model=model, tokenizer=tok)
+    budget = Budget()
+    torch.manual_seed(0)
+    [cands] = host.generator(budget).sample(["the quick brown fox"], n=4, max_new_tokens=8)
+    assert len(cands) == 4 and len({c.text for c in cands}) > 1
+    prompt_len = len(tok("the quick brown fox").input_ids)
+    assert budget.prompt_tokens_computed == prompt_len - 1 + 4
+    assert budget.prompt_tokens_reused == (prompt_len - 1) * 3
+
+
+def test_seed_makes_runs_reproducible(tiny):
+    model, tok = tiny
+    config = {"processors": [{"name": "temperature", "temperature": 1.5}],
+              "generation": {"seed": 7, "max_new_tokens": 10}}
+    a = metagen_plugins.run(config, ["ab", "cd"], model=model, tokenizer=tok)
+    b = metagen_plugins.run(config, ["ab", "cd"], model=model, tokenizer=tok)
+    assert [r.best.text for r in a] == [r.best.text for r in b]
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(metagen_plugins.HostError, match="is not a local directory.*from_pretrained"):
+        metagen_plugins.run({"host": {"model": str(tmp_path / "none")}}, "x")
