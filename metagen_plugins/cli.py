@@ -71,6 +71,13 @@ def _record(r) -> dict[str, Any]:
 
 def _run(args) -> int:
     from . import config as config_module
+
+    try:  # weight-loading progress bars are noise in a CLI run
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
     from . import get_registry, run
 
     registry = get_registry(args.plugins_dir, reload=args.plugins_dir is not None)

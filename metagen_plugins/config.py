@@ -18,7 +18,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from metagen_hooks import CONTEXT_PARAMETERS, HOSTS
 
@@ -38,6 +38,7 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
         "dtype": str,
         "device": str,
         "prefix_cache_bytes": int,
+        "chat_template": bool | Literal["auto"],
     },
     "vllm": {
         "url": str,

