@@ -22,7 +22,7 @@ from typing import Any, Literal, Mapping
 
 from metagen_hooks import CONTEXT_PARAMETERS, HOSTS
 
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, MetagenError, PluginError
 from .params import conforms, type_name
 from .registry import ComponentInfo, Registry
 
@@ -248,6 +248,8 @@ def build(info: ComponentInfo, params: dict[str, Any], context: dict[str, Any] |
         kwargs[key] = context[key]
     try:
         return info.factory(**kwargs)
+    except MetagenError:
+        raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{prefix}{info.label()} rejected its parameters {params!r}: {exc}") from None
     except Exception as exc:

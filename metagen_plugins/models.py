@@ -29,13 +29,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("METAGEN_CACHE") or Path.home() / ".cache" / "metagen")
 
 
-def resolve(name_or_path: str) -> str:
+def resolve(name_or_path: str, what: str = "[host] model") -> str:
     """A local directory as is; a built-in model name to its cached, converted checkpoint."""
     if os.path.isdir(name_or_path):
         return name_or_path
     if name_or_path not in BUILTIN_MODELS:
         raise HostError(
-            f"[host] model = {name_or_path!r} is neither a local directory nor a built-in model. "
+            f"{what} = {name_or_path!r} is neither a local directory nor a built-in model. "
             f"metagen loads models with from_pretrained(local_dir) only (no hub downloads): point "
             f"it at a directory holding config.json and the weights, or use a built-in model: "
             f"{', '.join(BUILTIN_MODELS)}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 .,:;!?=+-*/#\n")
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 .,:;!?=+-*/#\n{}[]\"'_()")
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 
 

@@ -2,12 +2,16 @@
 
 from metagen_hooks import hookimpl
 
-from . import processors, stopping, strategies
+from . import grammar, mirostat, multimodel, penalties, processors, stopping, strategies
 
 
 @hookimpl
 def register_logits_processors(register):
     processors.register_all(register)
+    penalties.register_all(register)
+    mirostat.register_all(register)
+    multimodel.register_all(register)
+    grammar.register_all(register)
 
 
 @hookimpl

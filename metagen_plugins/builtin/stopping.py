@@ -55,6 +55,53 @@ class RegexStop(_TextCriterion):
         return self.pattern.search(text) is not None
 
 
+class StepDelimiter(_TextCriterion):
+    """Stop a row at the end of a reasoning step: when its continuation ends with ``delimiter``.
+    The unit of step-level search (Lightman et al., 2023; Snell et al., 2024)."""
+
+    def __init__(self, delimiter: str = "\n", tokenizer=None) -> None:
+        if not delimiter:
+            raise ValueError("delimiter must be a non-empty string")
+        super().__init__(tokenizer)
+        self.delimiter = delimiter
+
+    def done(self, text: str) -> bool:
+        return text.endswith(self.delimiter) and bool(text[: -len(self.delimiter)].strip())
+
+
+class AnswerComplete(RegexStop):
+    """Stop a row once it has written a complete final answer: by default ``#### <number>``
+    followed by a character that cannot continue the number (GSM8K's answer format)."""
+
+    def __init__(self, pattern: str = r"####\s*-?\d[\d,]*(?:\.\d+)?[^\d,.]", tokenizer=None) -> None:
+        super().__init__(pattern, tokenizer)
+
+
+class ConfidenceStop:
+    """Stop weak samples early: a row whose mean log-probability over its last ``window`` tokens
+    falls below ``threshold`` after ``min_tokens`` is abandoned (DeepConf, Fu et al., 2025).
+    Rows stopped this way are listed in ``self.weak`` (row indices)."""
+
+    def __init__(self, threshold: float, window: int = 8, min_tokens: int = 8) -> None:
+        if window < 1 or min_tokens < 1:
+            raise ValueError("window and min_tokens must be >= 1")
+        self.threshold, self.window, self.min_tokens = threshold, window, min_tokens
+        self.history = None
+        self.weak: set[int] = set()
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        logprobs = scores.float().log_softmax(-1).gather(1, input_ids[:, -1:]).squeeze(1)
+        logprobs = torch.nan_to_num(logprobs, neginf=-1e4)
+        self.history = logprobs[:, None] if self.history is None else torch.cat([self.history, logprobs[:, None]], 1)
+        if self.history.shape[1] < max(self.min_tokens, self.window):
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done = self.history[:, -self.window:].mean(1) < self.threshold
+        self.weak.update(done.nonzero().flatten().tolist())
+        return done.to(input_ids.device)
+
+
 class TokenBudget:
     """Stop a row after ``max_tokens`` new tokens, independently of generate's own limit."""
 
@@ -76,6 +123,10 @@ class TokenBudget:
 def register_all(register) -> None:
     register("stop_strings", stop_strings, vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
     register("regex", RegexStop)
+    register("step_delimiter", StepDelimiter,
+             vllm=lambda delimiter="\n": {"stop": [delimiter], "include_stop_str_in_output": True})
+    register("answer_complete", AnswerComplete)
+    register("confidence", ConfidenceStop)
     register("token_budget", TokenBudget,
              vllm=lambda max_tokens: {"max_tokens": max_tokens},
              tgi=lambda max_tokens: {"max_new_tokens": max_tokens})

@@ -3,6 +3,7 @@ Generator that shares one prefill among the N samples of a prompt."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -19,6 +20,7 @@ from metagen_hooks import Budget, Candidate
 from ..config import Config, build
 from ..errors import HostError
 from ..models import resolve
+from .prefix_cache import PrefixCache, extend_cache, sliceable
 from ..registry import Registry
 
 # With sampling on, these neutralise generate()'s own warpers (and top_k's default of 50), so
@@ -27,9 +29,9 @@ _NEUTRAL_WARPERS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1
 
 
 def load_model(path: str, *, gguf_file: str | None = None, dtype: str | None = None,
-               what: str = "model"):
+               what: str = "[host] model"):
     """``from_pretrained`` from a local directory (or a built-in model name), with clear errors."""
-    path = resolve(path)
+    path = resolve(path, what=what)
     kwargs: dict[str, Any] = {}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -43,6 +45,16 @@ def load_model(path: str, *, gguf_file: str | None = None, dtype: str | None = N
         raise HostError(f"could not load the {what} from {path!r}: {exc}") from None
     model.eval()
     return model
+
+
+def load_model_cached(path: str, *, what: str = "model"):
+    """One loaded copy per local path, shared by every component and run that names it."""
+    return _load_once(resolve(path, what=what))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_once(path: str):
+    return load_model(path)
 
 
 def load_tokenizer(path: str, gguf_file: str | None = None):
@@ -79,7 +91,35 @@ def generate_kwargs(config: Config, registry: Registry, model=None, tokenizer=No
         kwargs.update(_NEUTRAL_WARPERS)
     if "max_new_tokens" in config.generation:
         kwargs["max_new_tokens"] = config.generation["max_new_tokens"]
+    settings = config.host
+    if "draft_model" in settings:
+        kwargs["assistant_model"] = load_model_cached(settings["draft_model"], what="[host] draft_model")
+    if "prompt_lookup_num_tokens" in settings:
+        kwargs["prompt_lookup_num_tokens"] = settings["prompt_lookup_num_tokens"]
+    if "kv_cache" in settings:
+        kwargs.update(cache_kwargs(settings["kv_cache"]))
     return kwargs
+
+
+def cache_kwargs(kv_cache: str | dict) -> dict[str, Any]:
+    """``cache_implementation`` (and ``cache_config``) for ``[host] kv_cache``.
+
+    ``"quantized"`` picks a backend that runs on this machine: quanto int4 when optimum-quanto is
+    installed, else fp8 (needs nothing). A table passes its keys through:
+    ``{implementation = "quantized", backend = "quanto", nbits = 2}``.
+    """
+    if isinstance(kv_cache, str):
+        if kv_cache != "quantized":
+            return {"cache_implementation": kv_cache}
+        try:
+            import optimum.quanto  # noqa: F401
+
+            return {"cache_implementation": "quantized", "cache_config": {"backend": "quanto", "nbits": 4}}
+        except ImportError:
+            return {"cache_implementation": "quantized", "cache_config": {"backend": "fp8"}}
+    table = dict(kv_cache)
+    implementation = table.pop("implementation", "quantized")
+    return {"cache_implementation": implementation, **({"cache_config": table} if table else {})}
 
 
 class TransformersHost:
@@ -100,7 +140,7 @@ class TransformersHost:
             source = settings.get("tokenizer") or settings.get("model")
             if source is None:
                 raise HostError("no tokenizer: set [host] tokenizer (or model), or pass tokenizer=")
-            tokenizer = load_tokenizer(resolve(source),
+            tokenizer = load_tokenizer(resolve(source, what="[host] tokenizer"),
                                        settings.get("gguf_file") if source == settings.get("model") else None)
         self.model = model
         self.tokenizer = tokenizer
@@ -125,7 +165,9 @@ class TransformersHost:
 
 
 class TransformersGenerator:
-    """Samples with the configured components; N samples of a prompt share one prefill."""
+    """Samples with the configured components. The N samples of a prompt share one prefill, and
+    every prefix it has computed (prompts, and each sample's prompt + continuation) stays in a
+    prefix cache for this run, so ``extend`` pays only for tokens it has not seen."""
 
     def __init__(self, host: TransformersHost, budget: Budget) -> None:
         self.host = host
@@ -139,79 +181,112 @@ class TransformersGenerator:
         self.pad_id = next(iter(self.eos_ids), None)
         if self.pad_id is None:
             self.pad_id = self.tokenizer.pad_token_id or 0
+        self.prefix_cache = PrefixCache(host.config.host.get("prefix_cache_bytes", 512 * 2**20),
+                                        self.model.config)
+        self._prompt_tokens: dict[str, list[int]] = {}
 
     def sample(self, prompts: Sequence[str], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        return [self._sample_one(prompt, self.host.format(prompt), n, max_new_tokens, stop)
-                for prompt in prompts]
+        return [self._generate(prompt, [], n, max_new_tokens, stop) for prompt in prompts]
 
     def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        out = []
-        for prefix in prefixes:
-            text = self.host.format(prefix.prompt) + prefix.text
-            new = self._sample_one(prefix.prompt, text, n, max_new_tokens, stop)
-            out.append([Candidate(prompt=prefix.prompt, text=prefix.text + c.text,
-                                  token_ids=prefix.token_ids + c.token_ids,
-                                  logprobs=prefix.logprobs + c.logprobs,
-                                  finish_reason=c.finish_reason, meta=dict(c.meta)) for c in new])
-        return out
+        return [self._generate(p.prompt, list(p.token_ids), n, max_new_tokens, stop, p) for p in prefixes]
 
-    def _sample_one(self, prompt: str, text: str, n: int, max_new_tokens, stop) -> list[Candidate]:
-        host = self.host
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=not host.chat).input_ids
-        if ids.shape[1] == 0:
-            raise ValueError("the prompt is empty after tokenization; give at least one token")
-        kwargs = generate_kwargs(host.config, host.registry, model=self.model, tokenizer=self.tokenizer)
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The token ids the model sees for ``prompt`` (chat template applied when on)."""
+        if prompt not in self._prompt_tokens:
+            ids = self.tokenizer(self.host.format(prompt), add_special_tokens=not self.host.chat).input_ids
+            if not ids:
+                raise ValueError("the prompt is empty after tokenization; give at least one token")
+            self._prompt_tokens[prompt] = list(ids)
+        return self._prompt_tokens[prompt]
+
+    def _generate(self, prompt: str, continuation: list[int], n: int, max_new_tokens, stop,
+                  parent: Candidate | None = None) -> list[Candidate]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        tokens = self.prompt_tokens(prompt) + continuation
+        kwargs = generate_kwargs(self.host.config, self.host.registry, model=self.model, tokenizer=self.tokenizer)
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         kwargs.setdefault("max_new_tokens", 64)
         if stop:
             kwargs["stop_strings"] = list(stop)
             kwargs["tokenizer"] = self.tokenizer
-        length = ids.shape[1]
-        passes = 0
-        with torch.no_grad():
-            if length > 1:
-                # Prefill all but the last prompt token once; generate() must see >= 1 uncached token.
-                prefill = self.model(ids[:, :-1], use_cache=True)
-                cache = prefill.past_key_values
-                passes += 1
-                if n > 1:
-                    cache.batch_repeat_interleave(n)
-                kwargs["past_key_values"] = cache
-            rows = ids.repeat(n, 1)
-            out = self.model.generate(
-                rows, attention_mask=torch.ones_like(rows), pad_token_id=self.pad_id,
-                return_dict_in_generate=True, output_logits=True, **kwargs,
-            )
-        new = out.sequences[:, length:]
-        steps = new.shape[1]
-        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1) if steps else None
-        candidates = []
-        generated = 0
-        for row in range(n):
-            tokens = new[row].tolist()
-            cut = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
-            kept = tokens if cut is None else tokens[:cut]
-            generated += len(kept) + (cut is not None)
-            finish = "stop" if cut is not None or steps < kwargs["max_new_tokens"] else "length"
-            lp = [logprobs[row, i, t].item() for i, t in enumerate(kept)] if kept else []
+        passes = [0]
+        hook = self.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+        try:
+            with torch.no_grad():
+                if "assistant_model" in kwargs or "prompt_lookup_num_tokens" in kwargs:
+                    rows, computed, reused = self._assisted(tokens, n, kwargs)
+                else:
+                    rows, computed, reused = self._shared(tokens, n, kwargs)
+        finally:
+            hook.remove()
+        candidates, generated = [], 0
+        for new, logprobs in rows:
+            cut = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
+            kept = new if cut is None else new[:cut]
+            generated += len(new) if cut is None else cut + 1
+            finish = "stop" if cut is not None or len(new) < kwargs["max_new_tokens"] else "length"
+            ids = continuation + kept
             candidates.append(Candidate(
                 prompt=prompt,
-                text=self.tokenizer.decode(kept, skip_special_tokens=True),
-                token_ids=kept,
-                logprobs=lp,
+                text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                token_ids=ids,
+                logprobs=(list(parent.logprobs) if parent else []) + logprobs[: len(kept)],
                 finish_reason=finish,
             ))
-        self.budget.charge(
-            prompt_tokens_computed=(length - 1) + n,
-            prompt_tokens_reused=(length - 1) * (n - 1),
-            tokens_generated=generated,
-            forward_passes=passes + steps,
-            samples=n,
-            params=host.params,
-        )
+        self.budget.charge(prompt_tokens_computed=computed, prompt_tokens_reused=reused,
+                           tokens_generated=generated, forward_passes=passes[0], samples=n,
+                           params=self.host.params)
         return candidates
+
+    def _shared(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int]:
+        """Prefill (or fetch) the prefix once, expand it to n rows, decode them as one batch."""
+        length = len(tokens)
+        ids = torch.tensor([tokens])
+        hit, cache = 0, None
+        if length > 1:
+            # generate() must see at least one uncached token: cache all but the last.
+            hit, cache = self.prefix_cache.longest(tuple(tokens[:-1]))
+            cache, _ = extend_cache(self.model, cache, ids[:, hit:length - 1])
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+            kwargs["past_key_values"] = cache
+        rows = ids.repeat(n, 1)
+        out = self.model.generate(rows, attention_mask=torch.ones_like(rows), pad_token_id=self.pad_id,
+                                  return_dict_in_generate=True, output_logits=True, **kwargs)
+        new = out.sequences[:, length:]
+        results = _rows(new, out.logits)
+        final = out.past_key_values
+        if final is not None and sliceable(final):
+            cached = final.get_seq_length()
+            self.prefix_cache.put(tuple(tokens[:-1]), final, 0)
+            for row, (row_new, _) in enumerate(results):
+                cut = next((i for i, t in enumerate(row_new) if t in self.eos_ids), len(row_new))
+                self.prefix_cache.put(tuple(tokens + row_new[:cut])[:cached], final, row)
+        computed = (length - 1 - hit) + n  # the last prompt token runs once per row
+        reused = hit + (length - 1) * (n - 1)
+        return results, computed, reused
+
+    def _assisted(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int]:
+        """Speculative decoding (draft model or prompt lookup): transformers runs it for one
+        row at a time, so each sample is its own call, without prefix sharing."""
+        ids = torch.tensor([tokens])
+        results = []
+        for _ in range(n):
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=self.pad_id,
+                                      return_dict_in_generate=True, output_logits=True, **kwargs)
+            results.extend(_rows(out.sequences[:, len(tokens):], out.logits))
+        return results, len(tokens) * n, 0
+
+
+def _rows(new: torch.Tensor, logits) -> list[tuple[list[int], list[float]]]:
+    """Each row's new tokens (up to its first EOS, padding dropped later) and their log-probs
+    under the model (raw logits, before any processor)."""
+    if new.shape[1] == 0:
+        return [([], []) for _ in range(new.shape[0])]
+    logprobs = torch.stack(logits, dim=1).float().log_softmax(-1).gather(2, new.unsqueeze(-1)).squeeze(-1)
+    return [(new[r].tolist(), logprobs[r].tolist()) for r in range(new.shape[0])]

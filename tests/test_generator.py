@@ -1,0 +1,106 @@
+"""The transformers Generator: shared prefill, prefix cache, counts."""
+
+import pytest
+import torch
+
+import metagen_plugins
+from metagen_hooks import Budget
+from metagen_plugins.hosts.prefix_cache import PrefixCache, cache_bytes
+from metagen_plugins.hosts.transformers import TransformersHost
+
+
+def generator(tiny, config=None, budget=None):
+    model, tok = tiny
+    cfg = metagen_plugins.validate(config or {}, metagen_plugins.get_registry())
+    host = TransformersHost(cfg, metagen_plugins.get_registry(), model=model, tokenizer=tok)
+    return host.generator(budget or Budget())
+
+
+PROMPT = "the quick brown fox jumps over the lazy dog. " * 3
+
+
+def test_n_greedy_samples_share_one_prefill_and_equal_generate(tiny):
+    model, tok = tiny
+    gen = generator(tiny)
+    [cands] = gen.sample([PROMPT], n=3, max_new_tokens=12)
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    ref = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=2)[0, ids.shape[1]:].tolist()
+    assert all(c.token_ids == ref[: len(c.token_ids)] for c in cands)
+    length = ids.shape[1]
+    assert gen.budget.prompt_tokens_computed == length - 1 + 3
+    assert gen.budget.prompt_tokens_reused == (length - 1) * 2
+    # 1 prefill pass + one pass per decoding step
+    assert gen.budget.forward_passes == 1 + 12
+
+
+def test_sampling_matches_num_return_sequences_with_the_same_seed(tiny):
+    model, tok = tiny
+    config = {"processors": [{"name": "temperature", "temperature": 1.2}]}
+    gen = generator(tiny, config)
+    torch.manual_seed(11)
+    [cands] = gen.sample([PROMPT], n=6, max_new_tokens=10)
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    torch.manual_seed(11)
+    ref = model.generate(ids, max_new_tokens=10, do_sample=True, temperature=1.2, top_k=0,
+                         num_return_sequences=6, pad_token_id=2)[:, ids.shape[1]:]
+    assert [c.token_ids for c in cands] == [row.tolist()[: len(c.token_ids)] for row, c in zip(ref, cands)]
+    assert len({c.text for c in cands}) > 1
+
+
+def test_extend_reuses_the_cached_prefix_and_continues_exactly(tiny):
+    gen = generator(tiny)
+    [[first]] = gen.sample([PROMPT], n=1, max_new_tokens=8)
+    before = gen.budget.prompt_tokens_computed
+    [[longer]] = gen.extend([first], n=1, max_new_tokens=8)
+    assert longer.token_ids[:8] == first.token_ids
+    assert gen.budget.prompt_tokens_computed - before == 1  # only the last token runs again
+    fresh = generator(tiny)
+    [[direct]] = fresh.sample([PROMPT], n=1, max_new_tokens=16)
+    assert longer.token_ids == direct.token_ids
+    assert longer.text == direct.text
+    assert longer.logprobs == pytest.approx(direct.logprobs, abs=1e-4)
+
+
+def test_extend_branches_from_each_sample(tiny):
+    config = {"processors": [{"name": "temperature", "temperature": 1.5}]}
+    gen = generator(tiny, config)
+    torch.manual_seed(0)
+    [branches] = gen.sample([PROMPT], n=4, max_new_tokens=6)
+    before = gen.budget.prompt_tokens_computed
+    children = gen.extend(branches, n=2, max_new_tokens=6)
+    assert [len(c) for c in children] == [4 * [2]][0]
+    for parent, kids in zip(branches, children):
+        assert all(k.token_ids[:6] == parent.token_ids for k in kids)
+    # each branch paid for its last token once per child, not for the prompt
+    assert gen.budget.prompt_tokens_computed - before == 4 * 2
+
+
+def test_prefix_cache_is_bounded_in_bytes(tiny):
+    model, tok = tiny
+    ids = torch.tensor([tok("abcdefgh").input_ids])
+    out = model(ids, use_cache=True)
+    size = cache_bytes(out.past_key_values)
+    cache = PrefixCache(max_bytes=2 * size, config=model.config)
+    for i, prompt in enumerate(["abcdefgh", "bcdefghi", "cdefghij"]):
+        ids = torch.tensor([tok(prompt).input_ids])
+        cache.put(tuple(ids[0].tolist()), model(ids, use_cache=True).past_key_values)
+    assert cache.bytes <= 2 * size and len(cache.entries) == 2
+    assert cache.longest(tuple(tok("abcdefgh").input_ids))[0] == 0  # evicted, least recent
+    hit, kv = cache.longest(tuple(tok("cdefghijk").input_ids))
+    assert hit == 8 and kv.get_seq_length() == 8
+
+
+def test_extend_with_no_cache_budget_recomputes(tiny):
+    gen = generator(tiny, {"host": {"prefix_cache_bytes": 0}})
+    [[first]] = gen.sample([PROMPT], n=1, max_new_tokens=5)
+    before = gen.budget.prompt_tokens_computed
+    gen.extend([first], n=1, max_new_tokens=5)
+    assert gen.budget.prompt_tokens_computed - before == len(gen.prompt_tokens(PROMPT)) + 5
+
+
+def test_n_must_be_positive_and_prompt_non_empty(tiny):
+    gen = generator(tiny)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        gen.sample(["x"], n=0)
+    with pytest.raises(ValueError, match="empty after tokenization"):
+        gen.sample([""], n=1)
