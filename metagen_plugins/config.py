@@ -58,7 +58,8 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
         "quantize": str,
     },
 }
-GENERATION_SETTINGS: dict[str, Any] = {"max_new_tokens": int, "do_sample": bool, "seed": int}
+GENERATION_SETTINGS: dict[str, Any] = {"max_new_tokens": int, "do_sample": bool, "seed": int,
+                                       "token_healing": bool}
 BUDGET_SETTINGS: dict[str, Any] = {"max_tokens": int, "max_flops": float, "max_samples": int}
 SECTIONS = {
     "host": "table",

@@ -130,3 +130,52 @@ def test_seed_makes_runs_reproducible(tiny):
 def test_missing_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(metagen_plugins.HostError, match="neither a local directory nor a built-in model.*from_pretrained.*smollm2-135m-instruct"):
         metagen_plugins.run({"host": {"model": str(tmp_path / "none")}}, "x")
+
+
+# -- speculative decoding and KV-cache kwargs ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def draft_dir(tmp_path_factory):
+    from metagen_plugins.testing import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("draft"), layers=1, hidden=32, heads=2, seed=5)
+
+
+def test_draft_model_becomes_assistant_model_with_identical_greedy_output(tiny, draft_dir):
+    model, tok = tiny
+    kwargs = metagen_plugins.generate_kwargs({"host": {"draft_model": str(draft_dir)},
+                                              "generation": {"max_new_tokens": 16}})
+    assert kwargs["assistant_model"].config.num_hidden_layers == 1
+    inputs = tok("hello world", return_tensors="pt")
+    plain = model.generate(**inputs, max_new_tokens=16, do_sample=False, pad_token_id=2)
+    assert torch.equal(model.generate(**inputs, **kwargs, pad_token_id=2), plain)
+    result = metagen_plugins.run({"host": {"draft_model": str(draft_dir)}, "generation": {"max_new_tokens": 16}},
+                                 "hello world", model=model, tokenizer=tok)
+    assert result.best.token_ids == [t for t in plain[0, inputs.input_ids.shape[1]:].tolist() if t != 2]
+
+
+def test_prompt_lookup_keeps_greedy_output(tiny):
+    model, tok = tiny
+    config = {"host": {"prompt_lookup_num_tokens": 3}, "generation": {"max_new_tokens": 16}}
+    assert metagen_plugins.generate_kwargs(config)["prompt_lookup_num_tokens"] == 3
+    plain = metagen_plugins.run({"generation": {"max_new_tokens": 16}}, "abcabcabc abc", model=model, tokenizer=tok)
+    looked = metagen_plugins.run(config, "abcabcabc abc", model=model, tokenizer=tok)
+    assert looked.best.token_ids == plain.best.token_ids
+
+
+@pytest.mark.parametrize("kv_cache,backend", [
+    ("quantized", "quanto"),
+    ({"implementation": "quantized", "backend": "fp8"}, "fp8"),
+])
+def test_quantized_kv_cache(tiny, kv_cache, backend):
+    from transformers import QuantizedCache
+
+    model, tok = tiny
+    kwargs = metagen_plugins.generate_kwargs({"host": {"kv_cache": kv_cache}, "generation": {"max_new_tokens": 8}})
+    assert kwargs["cache_implementation"] == "quantized" and kwargs["cache_config"]["backend"] == backend
+    out = model.generate(**tok("hello " * 40, return_tensors="pt"), **kwargs, pad_token_id=2,
+                         return_dict_in_generate=True)
+    assert isinstance(out.past_key_values, QuantizedCache)
+    result = metagen_plugins.run({"host": {"kv_cache": kv_cache}, "generation": {"max_new_tokens": 8}},
+                                 "hello " * 40, model=model, tokenizer=tok)
+    assert len(result.best.token_ids) <= 8 and result.budget.prompt_tokens_reused == 0

@@ -18,7 +18,7 @@ from transformers import (
 from metagen_hooks import Budget, Candidate
 
 from ..config import Config, build
-from ..errors import HostError
+from ..errors import ConfigError, HostError
 from ..models import resolve
 from .prefix_cache import PrefixCache, extend_cache, sliceable
 from ..registry import Registry
@@ -91,6 +91,12 @@ def generate_kwargs(config: Config, registry: Registry, model=None, tokenizer=No
         kwargs.update(_NEUTRAL_WARPERS)
     if "max_new_tokens" in config.generation:
         kwargs["max_new_tokens"] = config.generation["max_new_tokens"]
+    if config.generation.get("token_healing"):
+        # transformers' own token healing (Lundberg, 2023): back up the prompt's last token and
+        # let the model regenerate it as any token that extends it.
+        if tokenizer is None:
+            raise ConfigError("[generation] token_healing needs the tokenizer: pass tokenizer= to generate_kwargs")
+        kwargs.update(token_healing=True, tokenizer=tokenizer)
     settings = config.host
     if "draft_model" in settings:
         kwargs["assistant_model"] = load_model_cached(settings["draft_model"], what="[host] draft_model")
@@ -199,6 +205,10 @@ class TransformersGenerator:
             ids = self.tokenizer(self.host.format(prompt), add_special_tokens=not self.host.chat).input_ids
             if not ids:
                 raise ValueError("the prompt is empty after tokenization; give at least one token")
+            if self.host.config.generation.get("token_healing") and len(ids) > 1:
+                with torch.no_grad():
+                    ids = self.model.heal_tokens(torch.tensor([ids]), self.tokenizer)[0].tolist()
+                self.budget.charge(prompt_tokens_computed=len(ids) - 1, forward_passes=1, params=self.host.params)
             self._prompt_tokens[prompt] = list(ids)
         return self._prompt_tokens[prompt]
 
@@ -211,6 +221,7 @@ class TransformersGenerator:
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         kwargs.setdefault("max_new_tokens", 64)
+        kwargs.pop("token_healing", None)  # prompt_tokens() has healed the prompt already
         if stop:
             kwargs["stop_strings"] = list(stop)
             kwargs["tokenizer"] = self.tokenizer
@@ -220,6 +231,8 @@ class TransformersGenerator:
             with torch.no_grad():
                 if "assistant_model" in kwargs or "prompt_lookup_num_tokens" in kwargs:
                     rows, computed, reused = self._assisted(tokens, n, kwargs)
+                elif "cache_implementation" in kwargs:
+                    rows, computed, reused = self._plain(tokens, n, kwargs)
                 else:
                     rows, computed, reused = self._shared(tokens, n, kwargs)
         finally:
@@ -270,6 +283,15 @@ class TransformersGenerator:
         computed = (length - 1 - hit) + n  # the last prompt token runs once per row
         reused = hit + (length - 1) * (n - 1)
         return results, computed, reused
+
+    def _plain(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int]:
+        """A cache of generate()'s own making (e.g. quantized): plain num_return_sequences,
+        each row prefilling the prompt itself."""
+        ids = torch.tensor([tokens])
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=self.pad_id,
+                                  num_return_sequences=n, return_dict_in_generate=True,
+                                  output_logits=True, **kwargs)
+        return _rows(out.sequences[:, len(tokens):], out.logits), len(tokens) * n, 0
 
     def _assisted(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int]:
         """Speculative decoding (draft model or prompt lookup): transformers runs it for one
