@@ -1,0 +1,60 @@
+"""Shared helpers for the benchmarks: arguments, timing, the table and the closing JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a smaller run that finishes in under 60 s")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier ratios)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls (after one warm-up), and the last result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+
+
+def finish(name: str, figures: dict) -> None:
+    print(json.dumps({"bench": name, **figures, "machine": machine()}))
