@@ -39,6 +39,7 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
         "device": str,
         "prefix_cache_bytes": int,
         "chat_template": bool | Literal["auto"],
+        "shared_prefix_attention": bool,
     },
     "vllm": {
         "url": str,

@@ -28,7 +28,7 @@ def tiny_tokenizer():
 
 
 def tiny_model(vocab_size: int, *, layers: int = 2, hidden: int = 64, heads: int = 4,
-               seed: int = 0, max_positions: int = 2048):
+               kv_heads: int | None = None, seed: int = 0, max_positions: int = 2048):
     """A random-weight ``LlamaForCausalLM``; the same seed gives the same weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -36,7 +36,7 @@ def tiny_model(vocab_size: int, *, layers: int = 2, hidden: int = 64, heads: int
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
         max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
     return LlamaForCausalLM(config).eval()

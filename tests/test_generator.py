@@ -104,3 +104,40 @@ def test_n_must_be_positive_and_prompt_non_empty(tiny):
         gen.sample(["x"], n=0)
     with pytest.raises(ValueError, match="empty after tokenization"):
         gen.sample([""], n=1)
+
+
+# -- shared-prefix attention ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_shared_prefix_attention_equals_full_attention(kv_heads):
+    from metagen_plugins.hosts.shared_prefix import decoding, shared_cache
+    from metagen_plugins.testing import tiny_model
+
+    model = tiny_model(60, heads=4, kv_heads=kv_heads, seed=3)
+    ids = torch.randint(4, 60, (1, 30), generator=torch.Generator().manual_seed(0))
+    rows = torch.cat([ids.repeat(3, 1), torch.randint(4, 60, (3, 4), generator=torch.Generator().manual_seed(1))], 1)
+    with torch.no_grad():
+        full = model(rows).logits[:, 30:]
+        prefix = model(ids, use_cache=True).past_key_values
+        cache = shared_cache(prefix, model.config)
+        with decoding(model, cache):
+            first = model(rows[:, 30:32], past_key_values=cache, use_cache=True).logits  # q > 1: causal
+            rest = [model(rows[:, i:i + 1], past_key_values=cache, use_cache=True).logits for i in (32, 33)]
+    assert model.config._attn_implementation == "sdpa"  # restored
+    shared = torch.cat([first, *rest], dim=1)
+    assert torch.allclose(shared, full, atol=1e-5)
+
+
+def test_shared_prefix_and_expanded_paths_sample_the_same_tokens(tiny):
+    outputs = []
+    for shared in (True, False):
+        gen = generator(tiny, {"host": {"shared_prefix_attention": shared},
+                               "processors": [{"name": "temperature", "temperature": 1.3}]})
+        assert gen.host.shared_prefix is shared
+        torch.manual_seed(5)
+        [cands] = gen.sample([PROMPT], n=5, max_new_tokens=10)
+        [[child]] = gen.extend(cands[:1], n=1, max_new_tokens=5)
+        outputs.append(([c.token_ids for c in cands], child.token_ids, [c.logprobs for c in cands]))
+    assert outputs[0][:2] == outputs[1][:2]
+    for a, b in zip(outputs[0][2], outputs[1][2]):
+        assert a == pytest.approx(b, abs=1e-4)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .shared_prefix import SharedPrefixLayer
+
 
 @dataclass
 class _Entry:
@@ -24,7 +26,19 @@ class _Entry:
 
 
 def cache_bytes(cache: DynamicCache) -> int:
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in _tensors(layer))
+
+
+def _tensors(layer) -> tuple[torch.Tensor, ...]:
+    if isinstance(layer, SharedPrefixLayer):
+        return layer.keys, layer.values, layer.prefix_keys, layer.prefix_values
+    return layer.keys, layer.values
+
+
+def _row(layer, row: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(layer, SharedPrefixLayer):
+        return layer.row(row, length)
+    return layer.keys[row:row + 1, :, :length].clone(), layer.values[row:row + 1, :, :length].clone()
 
 
 def sliceable(cache) -> bool:
@@ -35,11 +49,7 @@ def sliceable(cache) -> bool:
 
 def take(cache: DynamicCache, row: int, length: int, config) -> DynamicCache:
     """A new single-row cache holding the first ``length`` positions of ``row`` (copied)."""
-    return DynamicCache(
-        ddp_cache_data=[(layer.keys[row:row + 1, :, :length].clone(),
-                         layer.values[row:row + 1, :, :length].clone()) for layer in cache.layers],
-        config=config,
-    )
+    return DynamicCache(ddp_cache_data=[_row(layer, row, length) for layer in cache.layers], config=config)
 
 
 class PrefixCache:

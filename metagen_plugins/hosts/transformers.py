@@ -3,6 +3,7 @@ Generator that shares one prefill among the N samples of a prompt."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ from ..config import Config, build
 from ..errors import ConfigError, HostError
 from ..models import resolve
 from .prefix_cache import PrefixCache, extend_cache, sliceable
+from .shared_prefix import decoding, shared_cache, supported
 from ..registry import Registry
 
 # With sampling on, these neutralise generate()'s own warpers (and top_k's default of 50), so
@@ -150,6 +152,7 @@ class TransformersHost:
                                        settings.get("gguf_file") if source == settings.get("model") else None)
         self.model = model
         self.tokenizer = tokenizer
+        self.shared_prefix = settings.get("shared_prefix_attention", True) and supported(model)
         chat = settings.get("chat_template", "auto")
         self.chat = bool(getattr(tokenizer, "chat_template", None)) if chat == "auto" else chat
         self.params = sum(p.numel() for p in model.parameters())
@@ -257,20 +260,25 @@ class TransformersGenerator:
         return candidates
 
     def _shared(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int]:
-        """Prefill (or fetch) the prefix once, expand it to n rows, decode them as one batch."""
+        """Prefill (or fetch) the prefix once and decode n rows on it: through shared-prefix
+        attention where the model supports it, else on the prefix KV expanded to n rows."""
         length = len(tokens)
         ids = torch.tensor([tokens])
-        hit, cache = 0, None
+        hit, cache, context = 0, None, contextlib.nullcontext()
         if length > 1:
             # generate() must see at least one uncached token: cache all but the last.
             hit, cache = self.prefix_cache.longest(tuple(tokens[:-1]))
             cache, _ = extend_cache(self.model, cache, ids[:, hit:length - 1])
-            if n > 1:
+            if self.host.shared_prefix:
+                cache = shared_cache(cache, self.model.config)
+                context = decoding(self.model, cache)
+            elif n > 1:
                 cache.batch_repeat_interleave(n)
             kwargs["past_key_values"] = cache
         rows = ids.repeat(n, 1)
-        out = self.model.generate(rows, attention_mask=torch.ones_like(rows), pad_token_id=self.pad_id,
-                                  return_dict_in_generate=True, output_logits=True, **kwargs)
+        with context:
+            out = self.model.generate(rows, attention_mask=torch.ones_like(rows), pad_token_id=self.pad_id,
+                                      return_dict_in_generate=True, output_logits=True, **kwargs)
         new = out.sequences[:, length:]
         results = _rows(new, out.logits)
         final = out.past_key_values
