@@ -6,7 +6,9 @@ transformers from generate()'s own flags, on a tiny model at batch 1 and 16.
 
 from __future__ import annotations
 
-from _common import arguments, finish, table, timed
+from _common import arguments, finish, once, table
+
+import statistics
 
 import torch
 
@@ -16,7 +18,7 @@ from metagen_plugins.testing import tiny_model, tiny_tokenizer
 
 def main() -> None:
     args = arguments(__doc__)
-    new, repeats = (32, 5) if args.quick else (64, 9)
+    new, repeats = (32, 15) if args.quick else (64, 41)
     tok = tiny_tokenizer()
     model = tiny_model(len(tok))
     config = {"processors": [{"name": "temperature", "temperature": 0.7}, {"name": "top_k", "top_k": 20},
@@ -37,11 +39,13 @@ def main() -> None:
             with torch.no_grad():
                 return model.generate(**inputs, **ours_kwargs, **common)
 
-        # alternate to spread any drift of the machine evenly
-        t_theirs, a = timed(theirs, repeats)
-        t_ours, b = timed(ours, repeats)
-        t_theirs2, _ = timed(theirs, repeats)
-        t_theirs = min(t_theirs, t_theirs2)
+        # alternate single calls so any drift of the machine falls on both sides alike
+        a, b = theirs(), ours()
+        times_theirs, times_ours = [], []
+        for _ in range(repeats):
+            times_theirs.append(once(theirs))
+            times_ours.append(once(ours))
+        t_theirs, t_ours = statistics.median(times_theirs), statistics.median(times_ours)
         same = torch.equal(a, b)
         ratio = t_theirs / t_ours
         rows.append({"batch": batch, "transformers tok/s": batch * new / t_theirs,

@@ -28,3 +28,16 @@ def test_tutorial_plugin_is_short_and_works(install_plugin, registry, tiny):
     kwargs = metagen_plugins.generate_kwargs({"processors": [{"name": "no_digits"}]}, tokenizer=tok)
     out = model.generate(**tok("123", return_tensors="pt"), **kwargs, max_new_tokens=40, pad_token_id=2)
     assert not any(ch.isdigit() for ch in tok.decode(out[0, 3:]))
+
+
+def test_generate_kwargs_example_runs(tiny_dir):
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "generate_kwargs.py"
+    proc = subprocess.run([sys.executable, str(example), str(tiny_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert "'logits_processor'" in first and "'stopping_criteria'" in first
+    assert "'prompt_lookup_num_tokens'" in first and "'do_sample'" in first
