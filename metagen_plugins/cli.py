@@ -26,7 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True, help="a TOML configuration file")
     run.add_argument("--model", help="a local model directory (overrides [host] model)")
     run.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    run.add_argument("--trace", metavar="FILE", help="write every candidate, score and selection as JSON lines")
     run.add_argument("prompts", nargs="+", metavar="PROMPT")
+
+    again = commands.add_parser("reselect", help="re-run selection on a trace, without generating")
+    again.add_argument("trace", metavar="TRACE")
+    again.add_argument("--strategy", required=True, help="self_consistency, weighted_majority, best_of_n or mbr")
+    again.add_argument("--scorer", help="rescore with a scorer that needs no model (e.g. step_checker, logprob)")
+    again.add_argument("--answer-pattern", help="the regular expression whose first group is the answer")
+    again.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
     args = parser.parse_args(argv)
     from .errors import MetagenError
@@ -34,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return _plugins_list(args)
+        if args.command == "reselect":
+            return _reselect(args)
         return _run(args)
     except MetagenError as exc:
         if args.debug:
@@ -86,6 +96,10 @@ def _run(args) -> int:
         data.setdefault("host", {})["model"] = args.model
     cfg = config_module.validate(data, registry)
     results = run(cfg, args.prompts)
+    if args.trace:
+        from . import trace
+
+        trace.write(args.trace, results, config=data)
     for result in results:
         if args.json:
             print(json.dumps(result.to_dict()))
@@ -95,6 +109,32 @@ def _run(args) -> int:
         print(f"prompt: {result.prompt}\n{best}\n"
               f"[strategy {result.strategy}; {spent['tokens_generated']} tokens generated, "
               f"{spent['forward_passes']} forward passes, {spent['wall_time']:.2f} s]\n")
+    return 0
+
+
+def _reselect(args) -> int:
+    from . import get_registry, trace
+    from .config import build
+
+    scorer = None
+    if args.scorer:
+        info = get_registry(args.plugins_dir, reload=args.plugins_dir is not None).get("scorers", args.scorer)
+        if info.schema.context:
+            from .errors import ConfigError
+
+            raise ConfigError(f"--scorer {args.scorer} needs a model ({', '.join(info.schema.context)}); "
+                              f"reselect runs offline: use a scorer that needs none")
+        scorer = build(info, {}, prefix="--scorer: ")
+    for traced in trace.read(args.trace):
+        index, info = trace.reselect(traced, args.strategy, scorer, args.answer_pattern)
+        best = traced.candidates[index] if index is not None else None
+        if args.json:
+            print(json.dumps({"prompt": traced.prompt, "strategy": args.strategy, "index": index,
+                              "best": best.text if best else None, "was": traced.best, **info}))
+        else:
+            print(f"prompt: {traced.prompt}\n{best.text if best else '(no candidate)'}\n"
+                  f"[{args.strategy} chose candidate {index} of {len(traced.candidates)}; "
+                  f"the run had chosen {traced.best}]\n")
     return 0
 
 

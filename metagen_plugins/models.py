@@ -25,6 +25,14 @@ BUILTIN_MODELS = {
 }
 
 
+PACKAGED_MODELS = {
+    name: Path(__file__).resolve().parent / "demo" / "checkpoints" / name
+    for name in ("demo-arith", "demo-arith-draft")
+}
+"""The demo task's models, trained here by ``python -m metagen_plugins.demo.train`` and shipped
+in the package (a few MB)."""
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("METAGEN_CACHE") or Path.home() / ".cache" / "metagen")
 
@@ -33,12 +41,14 @@ def resolve(name_or_path: str, what: str = "[host] model") -> str:
     """A local directory as is; a built-in model name to its cached, converted checkpoint."""
     if os.path.isdir(name_or_path):
         return name_or_path
+    if name_or_path in PACKAGED_MODELS:
+        return str(PACKAGED_MODELS[name_or_path])
     if name_or_path not in BUILTIN_MODELS:
         raise HostError(
             f"{what} = {name_or_path!r} is neither a local directory nor a built-in model. "
             f"metagen loads models with from_pretrained(local_dir) only (no hub downloads): point "
             f"it at a directory holding config.json and the weights, or use a built-in model: "
-            f"{', '.join(BUILTIN_MODELS)}"
+            f"{', '.join([*BUILTIN_MODELS, *PACKAGED_MODELS])}"
         )
     target = cache_dir() / "models" / name_or_path
     if not (target / "config.json").exists():

@@ -78,3 +78,46 @@ def test_run_missing_model_is_clear(tmp_path):
     config.write_text(f'[host]\nmodel = "{tmp_path / "nowhere"}"\n')
     proc = metagen("run", "--config", str(config), "x", check=False)
     assert proc.returncode == 2 and "neither a local directory nor a built-in model" in proc.stderr
+
+
+def test_trace_and_offline_reselect(tiny_dir, tmp_path):
+    config = tmp_path / "sc.toml"
+    config.write_text(f'''[host]
+model = "{tiny_dir}"
+
+[generation]
+do_sample = true
+seed = 3
+max_new_tokens = 30
+
+[[processors]]
+name = "grammar"
+regex = " (\\\\d[+-]\\\\d=\\\\d\\\\. )#### \\\\d"
+
+[strategy]
+name = "self_consistency"
+n = 6
+''')
+    trace = tmp_path / "run.jsonl"
+    results = [json.loads(l) for l in metagen("run", "--config", str(config), "--json", "--trace", str(trace),
+                                              "Q: 1+2=? A:", "Q: 5-3=? A:").stdout.splitlines()]
+    lines = [json.loads(l) for l in trace.read_text().splitlines()]
+    assert [l["event"] for l in lines].count("run") == 2
+    assert sum(l["event"] == "candidate" for l in lines) == 12
+    final = [l for l in lines if l["event"] == "result"]
+    assert [len(r["candidates"]) for r in final] == [6, 6]
+
+    same = [json.loads(l) for l in metagen("reselect", str(trace), "--strategy", "self_consistency",
+                                           "--json").stdout.splitlines()]
+    assert [s["best"] for s in same] == [r["best"]["text"] for r in results]
+    assert [s["index"] for s in same] == [s["was"] for s in same]
+    assert all(sum(s["votes"].values()) == 6 for s in same)
+
+    rescored = [json.loads(l) for l in metagen("reselect", str(trace), "--strategy", "best_of_n", "--scorer",
+                                               "step_checker", "--json").stdout.splitlines()]
+    assert all(len(r["scores"]) == 6 and set(r["scores"]) <= {0.0, 1.0} for r in rescored)
+    mbr = metagen("reselect", str(trace), "--strategy", "mbr").stdout
+    assert mbr.count("prompt: ") == 2 and "mbr chose candidate" in mbr
+
+    missing = metagen("reselect", str(trace), "--strategy", "best_of_n", check=False)
+    assert missing.returncode == 2 and "pass --scorer" in missing.stderr

@@ -38,7 +38,8 @@ class Generator(Protocol):
         stop: Sequence[str] | None = None,
     ) -> list[list[Candidate]]:
         """Continue each partial candidate (prompt + text so far) ``n`` times; the returned
-        candidates hold the whole continuation (old text + new)."""
+        candidates hold the whole continuation (old text + new). A prefix given as text with no
+        ``token_ids`` is tokenized from its text. Texts include any stop string that ended them."""
         ...
 
 

@@ -96,6 +96,27 @@ class Budget:
             "samples": None if self.max_samples is None else self.max_samples - self.samples,
         }
 
+    def allow(self, n: int, max_new_tokens: int, prompt_tokens: int = 0, params: int = 0) -> tuple[int, int]:
+        """Shrink a request for ``n`` samples of up to ``max_new_tokens`` so it cannot exceed
+        any limit; raises :class:`BudgetExceeded` when not even one token of one sample fits.
+        Hosts call this before generating, so a run never spends past its limits."""
+        left = self.remaining()
+        if left["samples"] is not None:
+            n = min(n, int(left["samples"]))
+        if left["tokens"] is not None and n > 0:
+            n = min(n, int(left["tokens"]))
+            max_new_tokens = min(max_new_tokens, int(left["tokens"]) // max(n, 1))
+        if left["flops"] is not None and params > 0 and n > 0:
+            per_token = 2.0 * params
+            spare = left["flops"] / per_token - prompt_tokens - n
+            max_new_tokens = min(max_new_tokens, int(spare // n) if spare > 0 else 0)
+        if n < 1 or max_new_tokens < 1:
+            spent = ", ".join(f"{k}={v:g}" for k, v in self.spent().items() if k != "wall_time")
+            raise BudgetExceeded(f"the budget allows no further generation ({spent}; limits "
+                                 f"max_tokens={self.max_tokens}, max_flops={self.max_flops}, "
+                                 f"max_samples={self.max_samples})")
+        return n, max_new_tokens
+
     def exhausted(self) -> bool:
         return any(v is not None and v <= 0 for v in self.remaining().values())
 

@@ -2,7 +2,8 @@
 
 from metagen_hooks import hookimpl
 
-from . import grammar, mirostat, multimodel, penalties, processors, stopping, strategies
+from . import (compose, grammar, mirostat, multimodel, parallel, penalties, processors, refine, scorers,
+               search, stopping, strategies)
 
 
 @hookimpl
@@ -20,5 +21,14 @@ def register_stopping_criteria(register):
 
 
 @hookimpl
+def register_scorers(register):
+    scorers.register_all(register)
+
+
+@hookimpl
 def register_strategies(register):
     strategies.register_all(register)
+    parallel.register_all(register)
+    search.register_all(register)
+    refine.register_all(register)
+    compose.register_all(register)

@@ -75,7 +75,16 @@ class Grammar:
         if tokenizer is None:
             raise ValueError("the grammar constraint needs the host's tokenizer")
         self.tokenizer = _ll_tokenizer(tokenizer)
+        self.padding = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
         self.matchers = None
+        self.finished: set[int] = set()  # rows generate() is padding after a stop
+        self.prompt_length: int | None = None
+
+    def begin(self, prompt_length: int) -> None:
+        """Called by metagen's Generator before decoding: tokens past ``prompt_length`` are a
+        continuation generated earlier (a step-level search's prefix) that the grammar must
+        consume first. In a plain generate() call everything before decoding is the prompt."""
+        self.prompt_length = prompt_length
 
     def __call__(self, input_ids, scores):
         import llguidance
@@ -85,12 +94,23 @@ class Grammar:
         batch, vocab = scores.shape
         if self.matchers is None or len(self.matchers) != batch:
             self.matchers = [llguidance.LLMatcher(self.tokenizer, self.grammar, log_level=0) for _ in range(batch)]
+            if self.prompt_length is not None:
+                for row, matcher in enumerate(self.matchers):
+                    matcher.consume_tokens(input_ids[row, self.prompt_length:].tolist())
         else:
-            for matcher, token in zip(self.matchers, input_ids[:, -1].tolist()):
-                if not matcher.is_stopped():
-                    matcher.consume_token(token)
+            for row, (matcher, token) in enumerate(zip(self.matchers, input_ids[:, -1].tolist())):
+                if row in self.finished or matcher.is_stopped():
+                    continue
+                if matcher.try_consume_tokens([token]) == 0:
+                    if token not in self.padding:
+                        raise RuntimeError(f"grammar constraint: row {row} was given token {token}, which "
+                                           f"the grammar does not allow (another processor overrode the mask?)")
+                    self.finished.add(row)  # a stopping criterion ended it; generate() pads it now
         allowed = np.zeros((batch, vocab), dtype=bool)
         for row, matcher in enumerate(self.matchers):
+            if row in self.finished:
+                allowed[row] = True
+                continue
             if matcher.is_error():
                 raise RuntimeError(f"grammar constraint failed on row {row}: {matcher.get_error()}")
             bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")

@@ -1,8 +1,10 @@
-"""Built-in strategies."""
+"""The plain strategy: what generate() alone would do."""
 
 from __future__ import annotations
 
 from metagen_hooks import Budget, Generator, Result, Scorer
+
+from .run_state import Run
 
 
 class Generate:
@@ -11,11 +13,9 @@ class Generate:
     ``[generation] do_sample`` asks to sample)."""
 
     def run(self, prompt: str, generator: Generator, scorer: Scorer | None, budget: Budget) -> Result:
-        [[candidate]] = generator.sample([prompt], 1)
-        trace = [{"event": "candidate", "index": 0, "text": candidate.text,
-                  "finish_reason": candidate.finish_reason}]
-        return Result(prompt=prompt, best=candidate, candidates=[candidate], trace=trace,
-                      budget=budget, strategy="generate")
+        run = Run("generate", prompt, generator, scorer, budget)
+        candidates = run.sample(1)
+        return run.result(candidates[0] if candidates else None, candidates, rule="only candidate")
 
 
 def register_all(register) -> None:

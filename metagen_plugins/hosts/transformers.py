@@ -200,7 +200,13 @@ class TransformersGenerator:
 
     def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return [self._generate(p.prompt, list(p.token_ids), n, max_new_tokens, stop, p) for p in prefixes]
+        return [self._generate(p.prompt, self._continuation(p), n, max_new_tokens, stop, p) for p in prefixes]
+
+    def _continuation(self, prefix: Candidate) -> list[int]:
+        """A prefix's token ids; one given as text only is tokenized (and keeps no log-probs)."""
+        if prefix.token_ids or not prefix.text:
+            return list(prefix.token_ids)
+        return self.tokenizer(prefix.text, add_special_tokens=False).input_ids
 
     def prompt_tokens(self, prompt: str) -> list[int]:
         """The token ids the model sees for ``prompt`` (chat template applied when on)."""
@@ -224,7 +230,12 @@ class TransformersGenerator:
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         kwargs.setdefault("max_new_tokens", 64)
+        n, kwargs["max_new_tokens"] = self.budget.allow(n, kwargs["max_new_tokens"], len(tokens),
+                                                        self.host.params)
         kwargs.pop("token_healing", None)  # prompt_tokens() has healed the prompt already
+        for component in [*kwargs.get("logits_processor", []), *kwargs.get("stopping_criteria", [])]:
+            if hasattr(component, "begin"):  # it tracks the continuation since the prompt
+                component.begin(len(tokens) - len(continuation))
         if stop:
             kwargs["stop_strings"] = list(stop)
             kwargs["tokenizer"] = self.tokenizer
@@ -251,7 +262,8 @@ class TransformersGenerator:
                 prompt=prompt,
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 token_ids=ids,
-                logprobs=(list(parent.logprobs) if parent else []) + logprobs[: len(kept)],
+                logprobs=(list(parent.logprobs) if parent and parent.token_ids else
+                          [0.0] * len(continuation)) + logprobs[: len(kept)],
                 finish_reason=finish,
             ))
         self.budget.charge(prompt_tokens_computed=computed, prompt_tokens_reused=reused,

@@ -1,0 +1,88 @@
+"""Built-in scorers that need no model: a rule verifier for the demo task, sequence
+log-probability, and pairwise utilities for MBR."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal, Sequence
+
+from metagen_hooks import Candidate
+
+from . import answers
+
+
+class StepChecker:
+    """Exact process verifier for the demo arithmetic task (a tool as verifier): each step is
+    right or wrong; a candidate's score is 1 when every step and the final answer are right.
+
+    ``score_steps`` gives 1.0/0.0 per step, for step-level search.
+    """
+
+    def score_steps(self, prompt: str, candidates: Sequence[Candidate]) -> list[list[float]]:
+        from ..demo.task import check_steps
+
+        return [[float(ok) for ok in check_steps(prompt, c.text)] for c in candidates]
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        from ..demo.task import is_correct
+
+        steps = self.score_steps(prompt, candidates)
+        return [float(all(s) and bool(s) and is_correct(prompt, c.text)) for s, c in zip(steps, candidates)]
+
+
+class LogProb:
+    """Sequence log-probability under the generating model: ``mean`` (length-normalised) or
+    ``sum`` of the candidate's per-token log-probs."""
+
+    def __init__(self, reduce: Literal["mean", "sum"] = "mean") -> None:
+        self.reduce = reduce
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        out = []
+        for c in candidates:
+            total = sum(c.logprobs)
+            out.append(total / max(1, len(c.logprobs)) if self.reduce == "mean" else total)
+        return out
+
+
+class _Pairwise:
+    """MBR scoring shared by pairwise utilities: a candidate's mean utility against the others."""
+
+    def utility(self, hypothesis: str, reference: str) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        texts = [c.text for c in candidates]
+        if len(texts) < 2:
+            return [0.0 for _ in texts]
+        return [sum(self.utility(h, r) for j, r in enumerate(texts) if j != i) / (len(texts) - 1)
+                for i, h in enumerate(texts)]
+
+
+class ExactMatch(_Pairwise):
+    """1 when two outputs agree, else 0: on their extracted answers when ``answer_pattern`` is
+    set (MBR then equals majority voting), else on the whole text."""
+
+    def __init__(self, answer_pattern: str | None = answers.DEFAULT_PATTERN) -> None:
+        self.pattern = answer_pattern
+
+    def key(self, text: str):
+        return answers.extract(text, self.pattern) if self.pattern else text.strip()
+
+    def utility(self, hypothesis: str, reference: str) -> float:
+        a, b = self.key(hypothesis), self.key(reference)
+        return float(a is not None and a == b)
+
+
+class EditSimilarity(_Pairwise):
+    """Character edit similarity in [0, 1] (difflib's ratio: 2 x matches / total length)."""
+
+    def utility(self, hypothesis: str, reference: str) -> float:
+        return difflib.SequenceMatcher(None, hypothesis, reference, autojunk=False).ratio()
+
+
+def register_all(register) -> None:
+    register("step_checker", StepChecker)
+    register("logprob", LogProb)
+    register("exact_match", ExactMatch)
+    register("edit_similarity", EditSimilarity)
