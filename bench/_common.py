@@ -13,8 +13,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def arguments(description: str) -> argparse.Namespace:
+def arguments(description: str, extra=None) -> argparse.Namespace:
+    """--quick and --threads, plus whatever ``extra(parser)`` adds; sets torch's threads."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--quick", action="store_true", help="a smaller run that finishes in under 60 s")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier ratios)")
     args = parser.parse_args()

@@ -10,7 +10,7 @@ The Python API::
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from metagen_hooks import KINDS, Budget, Result
 
@@ -53,11 +53,13 @@ def generate_kwargs(config: Any, model=None, tokenizer=None) -> dict[str, Any]:
     return build_kwargs(cfg, registry, model=model, tokenizer=tokenizer)
 
 
-def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, tokenizer=None):
+def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, tokenizer=None,
+        on_result: Callable[[Result], None] | None = None):
     """Run the configured strategy (default ``generate``) on one prompt or a list of prompts.
 
     Returns a :class:`metagen_hooks.Result` for a str, a list of them for a list. ``model`` and
-    ``tokenizer`` reuse objects already loaded instead of ``[host] model``.
+    ``tokenizer`` reuse objects already loaded instead of ``[host] model``; ``on_result`` is
+    called with each prompt's result as it is done (e.g. to advance a progress bar).
     """
     registry = get_registry()
     cfg = validate(config, registry)
@@ -68,13 +70,17 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
     strategy_entry = cfg.strategy or {"name": "generate"}
     strategy_info = registry.get("strategies", strategy_entry["name"])
     strategy = build(strategy_info, _params(strategy_entry), prefix="[strategy]: ")
-    scorer = None
-    if cfg.scorer:
-        scorer = build(registry.get("scorers", cfg.scorer["name"]), _params(cfg.scorer), prefix="[scorer]: ")
+    scorer = scorer_info = None
+    if cfg.scorer:  # built before the model loads unless it needs the host's model
+        scorer_info = registry.get("scorers", cfg.scorer["name"])
+        if not scorer_info.schema.context:
+            scorer = build(scorer_info, _params(cfg.scorer), prefix="[scorer]: ")
 
     from . import hosts
 
     host = hosts.create(cfg, registry, model=model, tokenizer=tokenizer)
+    if scorer_info is not None and scorer is None:
+        scorer = build(scorer_info, _params(cfg.scorer), context=host.context(), prefix="[scorer]: ")
     results = []
     for prompt in prompts:
         budget = Budget(**cfg.budget)
@@ -86,6 +92,8 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
             budget.stop()
         result.strategy = result.strategy or strategy_entry["name"]
         results.append(result)
+        if on_result is not None:
+            on_result(result)
     return results[0] if single else results
 
 

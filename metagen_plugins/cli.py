@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="run the configured strategy on prompts")
     run.add_argument("--config", required=True, help="a TOML configuration file")
-    run.add_argument("--model", help="a local model directory (overrides [host] model)")
+    run.add_argument("--model", help="a local model directory or built-in name (overrides [host] model)")
+    run.add_argument("--strategy", help="the strategy to run (overrides [strategy] name)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="set a strategy parameter (TOML value: n=16, answer_pattern='...'); repeatable")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     run.add_argument("--trace", metavar="FILE", help="write every candidate, score and selection as JSON lines")
     run.add_argument("prompts", nargs="+", metavar="PROMPT")
@@ -94,8 +98,18 @@ def _run(args) -> int:
     data = config_module.load(args.config)
     if args.model:
         data.setdefault("host", {})["model"] = args.model
+    if args.strategy:
+        data["strategy"] = {"name": args.strategy}  # another strategy's parameters do not carry over
+    for item in args.param:
+        key, value = _override(item)
+        data.setdefault("strategy", {"name": "generate"})[key] = value
     cfg = config_module.validate(data, registry)
-    results = run(cfg, args.prompts)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(args.prompts), desc=cfg.strategy["name"] if cfg.strategy else "generate",
+               unit="prompt", delay=1.0, disable=args.quiet, file=sys.stderr)
+    with bar:
+        results = run(cfg, args.prompts, on_result=lambda _: bar.update())
     if args.trace:
         from . import trace
 
@@ -110,6 +124,22 @@ def _run(args) -> int:
               f"[strategy {result.strategy}; {spent['tokens_generated']} tokens generated, "
               f"{spent['forward_passes']} forward passes, {spent['wall_time']:.2f} s]\n")
     return 0
+
+
+def _override(item: str) -> tuple[str, Any]:
+    """``key=value`` with a TOML value (``n=16``, ``temperature=0.7``, ``stop=["."]``); a bare
+    word is a string."""
+    import tomllib
+
+    from .errors import ConfigError
+
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"-p {item!r}: write KEY=VALUE, e.g. -p n=16")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value
 
 
 def _reselect(args) -> int:

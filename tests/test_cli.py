@@ -121,3 +121,15 @@ n = 6
 
     missing = metagen("reselect", str(trace), "--strategy", "best_of_n", check=False)
     assert missing.returncode == 2 and "pass --scorer" in missing.stderr
+
+
+def test_strategy_and_parameter_overrides(tiny_dir, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(f'[host]\nmodel = "{tiny_dir}"\n\n[generation]\nmax_new_tokens = 4\ndo_sample = true\n')
+    proc = metagen("run", "--config", str(config), "--json", "--strategy", "parallel", "-p", "n=3", "x")
+    result = json.loads(proc.stdout)
+    assert result["strategy"] == "parallel" and len(result["candidates"]) == 3
+    bad = metagen("run", "--config", str(config), "--strategy", "parallel", "-p", "m=3", "x", check=False)
+    assert bad.returncode == 2 and "has no parameter 'm'" in bad.stderr
+    bad = metagen("run", "--config", str(config), "-p", "n", "x", check=False)
+    assert bad.returncode == 2 and "write KEY=VALUE" in bad.stderr

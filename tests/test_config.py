@@ -77,7 +77,7 @@ def test_sections_and_host_settings():
         check({"budget": {"max_tokens": -1}})
     with pytest.raises(ConfigError, match=r"processors must be a list of tables"):
         check({"processors": {"name": "top_p"}})
-    with pytest.raises(ConfigError, match=r"\[strategy\] has no 'name'; name one of: generate"):
+    with pytest.raises(ConfigError, match=r"\[strategy\] has no .name.; name one of: .*self_consistency"):
         check({"strategy": {"n": 3}})
 
 

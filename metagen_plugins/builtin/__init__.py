@@ -2,8 +2,8 @@
 
 from metagen_hooks import hookimpl
 
-from . import (compose, grammar, mirostat, multimodel, parallel, penalties, processors, refine, scorers,
-               search, stopping, strategies)
+from . import (compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors, refine,
+               scorers, search, stopping, strategies)
 
 
 @hookimpl
@@ -23,6 +23,7 @@ def register_stopping_criteria(register):
 @hookimpl
 def register_scorers(register):
     scorers.register_all(register)
+    model_scorers.register_all(register)
 
 
 @hookimpl

@@ -12,16 +12,20 @@ from . import answers
 
 
 class StepChecker:
-    """Exact process verifier for the demo arithmetic task (a tool as verifier): each step is
-    right or wrong; a candidate's score is 1 when every step and the final answer are right.
+    """Exact process verifier for the demo arithmetic task (a tool as verifier): a candidate's
+    score is 1 when every step and the final answer are right.
 
-    ``score_steps`` gives 1.0/0.0 per step, for step-level search.
+    ``score_steps`` gives, per step, 1.0 while every step so far is right and 0.0 from the first
+    wrong one on — the quantity a process reward model estimates, so any aggregate works.
     """
 
     def score_steps(self, prompt: str, candidates: Sequence[Candidate]) -> list[list[float]]:
+        from itertools import accumulate
+
         from ..demo.task import check_steps
 
-        return [[float(ok) for ok in check_steps(prompt, c.text)] for c in candidates]
+        return [[float(ok) for ok in accumulate(check_steps(prompt, c.text), lambda a, b: a and b)]
+                for c in candidates]
 
     def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
         from ..demo.task import is_correct
@@ -52,11 +56,9 @@ class _Pairwise:
         raise NotImplementedError
 
     def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
-        texts = [c.text for c in candidates]
-        if len(texts) < 2:
-            return [0.0 for _ in texts]
-        return [sum(self.utility(h, r) for j, r in enumerate(texts) if j != i) / (len(texts) - 1)
-                for i, h in enumerate(texts)]
+        from .selection import mbr
+
+        return mbr(candidates, self.utility)[1]
 
 
 class ExactMatch(_Pairwise):

@@ -123,7 +123,7 @@ def check_steps(prompt: str, text: str) -> list[bool]:
         good = (left == value and (op, right) == expected[i]
                 and result == (left + right if op == "+" else left - right))
         verdicts.append(good)
-        value = result if good else value
+        value = result  # the next step builds on what was written, right or wrong
     return verdicts
 
 

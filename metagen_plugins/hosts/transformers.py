@@ -157,6 +157,10 @@ class TransformersHost:
         self.chat = bool(getattr(tokenizer, "chat_template", None)) if chat == "auto" else chat
         self.params = sum(p.numel() for p in model.parameters())
 
+    def context(self) -> dict[str, Any]:
+        """What components may ask the host for (their ``model`` / ``tokenizer`` parameters)."""
+        return {"model": self.model, "tokenizer": self.tokenizer}
+
     def format(self, prompt: str) -> str:
         """The text the model sees: the prompt as a user turn of the chat template, when on."""
         if not self.chat:

@@ -1,0 +1,134 @@
+"""Scorers backed by local transformers checkpoints: outcome and process reward models, and an
+LLM judge (a generative verifier)."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from metagen_hooks import Candidate
+
+from .run_state import aggregate_steps
+
+
+def _classifier(path: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..errors import HostError
+    from ..models import resolve
+
+    path = resolve(path, what="the reward model")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise HostError(f"could not load a sequence-classification reward model from {path!r}: {exc}") from None
+    return model, tokenizer
+
+
+def _reward(model, tokenizer, texts: list[str], batch_size: int) -> list[float]:
+    """P(good) for each text: sigmoid of a single logit, or softmax's last class of several."""
+    import torch
+
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            logits = model(**enc).logits.float()
+        probs = logits.sigmoid()[:, 0] if logits.shape[-1] == 1 else logits.softmax(-1)[:, -1]
+        out += probs.tolist()
+    return out
+
+
+class OutcomeRewardModel:
+    """An outcome reward model (Cobbe et al., 2021): a sequence classifier, loaded from a local
+    checkpoint, scoring prompt + whole candidate by its probability of being right."""
+
+    def __init__(self, path: str, batch_size: int = 32) -> None:
+        self.model, self.tokenizer = _classifier(path)
+        self.batch_size = batch_size
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        return _reward(self.model, self.tokenizer, [prompt + c.text for c in candidates], self.batch_size)
+
+
+class ProcessRewardModel:
+    """A process reward model (Lightman et al., 2023; Uesato et al., 2022): the classifier scores
+    every step prefix (steps end at ``delimiter``); a candidate's score aggregates its step
+    scores by ``last``, ``min`` or ``prod``."""
+
+    def __init__(self, path: str, delimiter: str = ". ", aggregate: Literal["last", "min", "prod"] = "min",
+                 batch_size: int = 64) -> None:
+        self.model, self.tokenizer = _classifier(path)
+        self.delimiter, self.aggregate, self.batch_size = delimiter, aggregate, batch_size
+
+    def _prefixes(self, text: str) -> list[str]:
+        pieces = text.split(self.delimiter)
+        prefixes = [self.delimiter.join(pieces[: i + 1]) + (self.delimiter if i < len(pieces) - 1 else "")
+                    for i in range(len(pieces))]
+        return [p for p in prefixes if p.strip()] or [text]
+
+    def score_steps(self, prompt: str, candidates: Sequence[Candidate]) -> list[list[float]]:
+        spans, texts = [], []
+        for c in candidates:
+            prefixes = self._prefixes(c.text)
+            spans.append(len(prefixes))
+            texts += [prompt + p for p in prefixes]
+        flat = _reward(self.model, self.tokenizer, texts, self.batch_size)
+        out, start = [], 0
+        for n in spans:
+            out.append(flat[start:start + n])
+            start += n
+        return out
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        return [aggregate_steps(s, self.aggregate) for s in self.score_steps(prompt, candidates)]
+
+
+class LLMJudge:
+    """LLM-as-judge (a generative verifier; Zheng et al., 2023; Zhang et al., 2024): fill
+    ``template`` ({prompt}, {answer}) and read the judge's probability of ``yes`` against ``no``
+    as its next token. The judge is ``judge`` (a local model) or, by default, the host's model."""
+
+    def __init__(self, template: str = "{prompt}{answer}\nIs this answer correct? Answer Yes or No: ",
+                 yes: str = "Yes", no: str = "No", judge: str | None = None, model=None, tokenizer=None) -> None:
+        try:
+            template.format(prompt="", answer="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"template may use only {{prompt}} and {{answer}}: {exc}") from None
+        if judge is not None:
+            from transformers import AutoTokenizer
+
+            from ..hosts.transformers import load_model_cached
+            from ..models import resolve
+
+            model = load_model_cached(judge, what="the judge")
+            tokenizer = AutoTokenizer.from_pretrained(resolve(judge, what="the judge"))
+        if model is None or tokenizer is None:
+            raise ValueError("llm_judge needs a judge: set judge = \"/path/to/model\" or run on the "
+                             "transformers host, whose model judges")
+        self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.yes, self.no = self._token(yes), self._token(no)
+
+    def _token(self, word: str) -> int:
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if not ids:
+            raise ValueError(f"{word!r} is no token of the judge's tokenizer")
+        return ids[0]
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        import torch
+
+        out = []
+        for c in candidates:
+            ids = self.tokenizer(self.template.format(prompt=prompt, answer=c.text), return_tensors="pt").input_ids
+            with torch.no_grad():
+                logits = self.model(ids).logits[0, -1].float()
+            pair = torch.stack([logits[self.yes], logits[self.no]]).softmax(-1)
+            out.append(pair[0].item())
+        return out
+
+
+def register_all(register) -> None:
+    register("outcome_reward_model", OutcomeRewardModel)
+    register("process_reward_model", ProcessRewardModel)
+    register("llm_judge", LLMJudge)

@@ -1,0 +1,78 @@
+"""The demo task, its exact checker, and the shipped demo models."""
+
+import pytest
+
+import metagen_plugins
+from metagen_plugins.demo.task import (Problem, check_steps, extract_answer, is_correct, parse_question,
+                                       problems, split_steps)
+from metagen_plugins.demo.train import held_out
+
+
+def test_problems_are_deterministic_distinct_and_exclude_held_out():
+    evaluation = held_out()
+    assert evaluation == held_out() and len({p.question for p in evaluation}) == len(evaluation)
+    train = problems(500, seed=0, exclude={p.question for p in evaluation})
+    assert not {p.question for p in train} & {p.question for p in evaluation}
+    for p in train:
+        assert 1 <= len(p.operators) <= 3 and all(1 <= x <= 99 for x in p.operands)
+        assert is_correct(p.prompt, p.solution) and all(check_steps(p.prompt, p.solution))
+
+
+def test_checker_judges_each_step():
+    p = Problem((37, 48, 19), ("+", "-"))
+    assert p.prompt == "Q: 37+48-19=? A:" and p.solution == " 37+48=85. 85-19=66. #### 66"
+    assert parse_question(p.prompt) == p
+    assert check_steps(p.prompt, " 37+48=85. 85-19=66. #### 66") == [True, True]
+    assert check_steps(p.prompt, " 37+48=84. 84-19=65. #### 65") == [False, True]  # slip, then consistent
+    assert check_steps(p.prompt, " 37+48=85. 85+19=104. #### 104") == [True, False]  # wrong operator
+    assert check_steps(p.prompt, " 37+48=85. 85-19=66. 66+1=67. #### 67") == [True, True, False]
+    assert split_steps(" 37+48=85. 85-19=66. #### 66") == ["37+48=85", "85-19=66"]
+    assert extract_answer("... #### 66") == "66" and extract_answer("no answer") is None
+    assert not is_correct(p.prompt, " 37+48=85. #### 85")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from metagen_plugins.models import resolve
+
+    path = resolve("demo-arith")
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def accuracy(config, items, demo):
+    model, tok = demo
+    results = metagen_plugins.run(config, [p.prompt for p in items], model=model, tokenizer=tok)
+    return sum(bool(r.best) and is_correct(p.prompt, r.best.text) for p, r in zip(items, results)) / len(items)
+
+
+def test_demo_model_has_headroom_that_verified_sampling_uses(demo):
+    items = held_out()[:40]
+    greedy = accuracy({"generation": {"max_new_tokens": 48}}, items, demo)
+    sampled = {"processors": [{"name": "temperature", "temperature": 0.8}],
+               "generation": {"max_new_tokens": 48, "seed": 0}}
+    best_of_8 = accuracy({**sampled, "strategy": {"name": "best_of_n", "n": 8}, "scorer": {"name": "step_checker"}},
+                         items, demo)
+    assert 0.15 <= greedy <= 0.8
+    assert best_of_8 > greedy
+
+
+def test_demo_prm_separates_the_models_own_right_and_wrong_samples(demo):
+    from metagen_plugins.demo.task import check_steps
+
+    model, tok = demo
+    registry = metagen_plugins.get_registry()
+    prm = metagen_plugins.build(registry.get("scorers", "process_reward_model"), {"path": "demo-arith-prm"})
+    items = held_out()[:40]
+    results = metagen_plugins.run({"processors": [{"name": "temperature", "temperature": 0.8}],
+                                   "generation": {"max_new_tokens": 48, "seed": 0},
+                                   "strategy": {"name": "parallel", "n": 4}},
+                                  [p.prompt for p in items], model=model, tokenizer=tok)
+    right, wrong = [], []
+    for p, r in zip(items, results):
+        for c, score in zip(r.candidates, prm.score(p.prompt, r.candidates)):
+            good = is_correct(p.prompt, c.text) and all(check_steps(p.prompt, c.text))
+            (right if good else wrong).append(score)
+    auc = sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / (len(right) * len(wrong))
+    assert right and wrong and auc >= 0.75
