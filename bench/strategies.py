@@ -89,9 +89,10 @@ def main() -> None:
     bench.run(f"weighted_majority@{big} + learned PRM",
               sampled(strategy={"name": "weighted_majority", "n": big}, scorer=LEARNED))
     budget = {"max_tokens": math.ceil(bon_tokens)}
+    width = math.isqrt(big)  # beam_width x expansions = N, as in best-of-N
     for label, scorer in (("learned PRM", LEARNED), ("rule verifier", RULE)):
-        bench.run(f"step_beam_search 4x4 + {label}, tokens <= best_of_{big}",
-                  sampled(strategy={"name": "step_beam_search", "beam_width": 4, "expansions": 4, **STEP},
+        bench.run(f"step_beam_search {width}x{width} + {label}, tokens <= best_of_{big}",
+                  sampled(strategy={"name": "step_beam_search", "beam_width": width, "expansions": width, **STEP},
                           scorer=scorer, budget=budget))
     bench.run(f"rebase n={big} + learned PRM", sampled(strategy={"name": "rebase", "n": big, **STEP}, scorer=LEARNED))
     bench.run("mcts 16 iterations + learned PRM",

@@ -76,3 +76,19 @@ def test_demo_prm_separates_the_models_own_right_and_wrong_samples(demo):
             (right if good else wrong).append(score)
     auc = sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / (len(right) * len(wrong))
     assert right and wrong and auc >= 0.75
+
+
+def test_step_search_on_the_demo_model_stops_at_each_step(demo):
+    """The demo tokenizer cannot spell transformers' stop-string probe text; steps still end
+    at the delimiter (metagen's text criterion takes over)."""
+    model, tok = demo
+    p = held_out()[0]
+    result = metagen_plugins.run({"processors": [{"name": "temperature", "temperature": 0.8}],
+                                  "generation": {"seed": 0},
+                                  "strategy": {"name": "step_beam_search", "beam_width": 2, "expansions": 2,
+                                               "step_tokens": 16, "max_steps": 5},
+                                  "scorer": {"name": "step_checker"}}, p.prompt, model=model, tokenizer=tok)
+    steps = [e for e in result.trace if e["event"] == "candidate"]
+    first = [e["candidate"]["text"] for e in steps if e["depth"] == 0]
+    assert first and all(t.endswith(". ") and t.count(". ") == 1 for t in first)
+    assert "####" in result.best.text

@@ -10,13 +10,17 @@ import re
 
 
 def stop_strings(stop: list[str], tokenizer=None):
-    """Stop a row when its continuation ends with any of ``stop`` (transformers' StopStringCriteria,
-    which matches across token boundaries)."""
+    """Stop a row when its continuation reaches any of ``stop``: transformers' StopStringCriteria
+    (which matches across token boundaries), or, for a tokenizer it cannot index (one that cannot
+    spell its probe text, such as a digits-only vocabulary), metagen's text-matching criterion."""
     from transformers.generation.stopping_criteria import StopStringCriteria
 
     if not stop or not all(isinstance(s, str) and s for s in stop):
         raise ValueError("stop must be a non-empty list of non-empty strings")
-    return StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop))
+    try:
+        return StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop))
+    except ValueError:
+        return TextStop(list(stop), tokenizer)
 
 
 class _TextCriterion:
@@ -39,6 +43,17 @@ class _TextCriterion:
 
         return torch.tensor([self.done(t) for t in self.continuations(input_ids)],
                             dtype=torch.bool, device=input_ids.device)
+
+
+class TextStop(_TextCriterion):
+    """Stop a row once its decoded continuation contains any of ``stops``."""
+
+    def __init__(self, stops: list[str], tokenizer) -> None:
+        super().__init__(tokenizer)
+        self.stops = list(stops)
+
+    def done(self, text: str) -> bool:
+        return any(s in text for s in self.stops)
 
 
 class RegexStop(_TextCriterion):

@@ -18,6 +18,7 @@ from transformers import (
 
 from metagen_hooks import Budget, Candidate
 
+from ..builtin.stopping import stop_strings
 from ..config import Config, build
 from ..errors import ConfigError, HostError
 from ..models import resolve
@@ -241,8 +242,9 @@ class TransformersGenerator:
             if hasattr(component, "begin"):  # it tracks the continuation since the prompt
                 component.begin(len(tokens) - len(continuation))
         if stop:
-            kwargs["stop_strings"] = list(stop)
-            kwargs["tokenizer"] = self.tokenizer
+            criteria = StoppingCriteriaList(kwargs.get("stopping_criteria", []))
+            criteria.append(stop_strings(list(stop), tokenizer=self.tokenizer))
+            kwargs["stopping_criteria"] = criteria
         passes = [0]
         hook = self.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
         try:
