@@ -15,14 +15,27 @@ from . import answers, selection
 from .run_state import Run
 
 
-class Parallel:
-    """Parallel sampling: ``n`` independent samples, all returned (for pass@k and coverage,
-    Brown et al., 2024, "Large Language Monkeys"); the best is the top-scored one when a scorer
-    is configured, else the first."""
+class _Sampled:
+    """Parameters of the strategies that draw ``n`` complete samples."""
 
     def __init__(self, n: int = 8, max_new_tokens: int | None = None) -> None:
         _positive(n=n)
         self.n, self.max_new_tokens = n, max_new_tokens
+
+
+class _Voted(_Sampled):
+    """Parameters of the strategies that vote over final answers (``answer_pattern``)."""
+
+    def __init__(self, n: int = 8, answer_pattern: str = answers.DEFAULT_PATTERN,
+                 max_new_tokens: int | None = None) -> None:
+        super().__init__(n, max_new_tokens)
+        self.pattern = answer_pattern
+
+
+class Parallel(_Sampled):
+    """Parallel sampling: ``n`` independent samples, all returned (for pass@k and coverage,
+    Brown et al., 2024, "Large Language Monkeys"); the best is the top-scored one when a scorer
+    is configured, else the first."""
 
     def run(self, prompt: str, generator: Generator, scorer: Scorer | None, budget: Budget) -> Result:
         run = Run("parallel", prompt, generator, scorer, budget)
@@ -32,13 +45,9 @@ class Parallel:
         return run.result(_at(candidates, index), candidates, scores, rule="first" if not scores else "argmax")
 
 
-class BestOfN:
+class BestOfN(_Sampled):
     """Best-of-N: sample ``n`` and keep the candidate the scorer (a verifier or reward model)
     ranks highest (Cobbe et al., 2021; Lightman et al., 2023)."""
-
-    def __init__(self, n: int = 8, max_new_tokens: int | None = None) -> None:
-        _positive(n=n)
-        self.n, self.max_new_tokens = n, max_new_tokens
 
     def run(self, prompt, generator, scorer, budget) -> Result:
         run = Run("best_of_n", prompt, generator, scorer, budget)
@@ -76,14 +85,9 @@ class Rejection:
                           rule="none accepted; best seen", threshold=self.threshold)
 
 
-class SelfConsistency:
+class SelfConsistency(_Voted):
     """Self-consistency (Wang et al., 2023): sample ``n`` reasoning paths and return one whose
     final answer (``answer_pattern``) has the most votes."""
-
-    def __init__(self, n: int = 8, answer_pattern: str = answers.DEFAULT_PATTERN,
-                 max_new_tokens: int | None = None) -> None:
-        _positive(n=n)
-        self.n, self.pattern, self.max_new_tokens = n, answer_pattern, max_new_tokens
 
     def run(self, prompt, generator, scorer, budget) -> Result:
         run = Run("self_consistency", prompt, generator, scorer, budget)
@@ -92,14 +96,9 @@ class SelfConsistency:
         return run.result(_at(candidates, index), candidates, [], rule="majority", votes=votes)
 
 
-class WeightedMajority:
+class WeightedMajority(_Voted):
     """Weighted majority voting (Li et al., 2023; Uesato et al., 2022): each sample votes for its
     answer with its score (e.g. a reward model's); the answer with the largest total wins."""
-
-    def __init__(self, n: int = 8, answer_pattern: str = answers.DEFAULT_PATTERN,
-                 max_new_tokens: int | None = None) -> None:
-        _positive(n=n)
-        self.n, self.pattern, self.max_new_tokens = n, answer_pattern, max_new_tokens
 
     def run(self, prompt, generator, scorer, budget) -> Result:
         run = Run("weighted_majority", prompt, generator, scorer, budget)
@@ -109,14 +108,10 @@ class WeightedMajority:
         return run.result(_at(candidates, index), candidates, scores, rule="weighted majority", votes=votes)
 
 
-class MBR:
+class MBR(_Sampled):
     """Minimum Bayes risk decoding: the sample with the highest expected utility against the
     others. The scorer must be a pairwise utility (``exact_match``, ``edit_similarity``,
     ``chrf``, ``bleu``, ...); with none, answers are compared exactly."""
-
-    def __init__(self, n: int = 8, max_new_tokens: int | None = None) -> None:
-        _positive(n=n)
-        self.n, self.max_new_tokens = n, max_new_tokens
 
     def run(self, prompt, generator, scorer, budget) -> Result:
         from .scorers import ExactMatch

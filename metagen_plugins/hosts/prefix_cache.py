@@ -123,9 +123,8 @@ def _common_prefix(a: tuple, b: tuple) -> int:
     return lo
 
 
-def extend_cache(model, cache: DynamicCache | None, tokens: torch.Tensor) -> tuple[DynamicCache, int]:
-    """Run ``tokens`` ([1, k]) on top of ``cache`` (mutated); returns the cache and passes used."""
+def extend_cache(model, cache: DynamicCache | None, tokens: torch.Tensor) -> DynamicCache | None:
+    """Run ``tokens`` ([1, k]) on top of ``cache`` (mutated) and return the cache."""
     if tokens.shape[1] == 0:
-        return cache, 0
-    out = model(tokens, past_key_values=cache, use_cache=True)
-    return out.past_key_values, 1
+        return cache
+    return model(tokens, past_key_values=cache, use_cache=True).past_key_values

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from typing import Any, Sequence
 
 import torch
@@ -259,10 +258,10 @@ class TransformersGenerator:
             hook.remove()
         candidates, generated = [], 0
         for new, logprobs in rows:
-            cut = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
-            kept = new if cut is None else new[:cut]
-            generated += len(new) if cut is None else cut + 1
-            finish = "stop" if cut is not None or len(new) < kwargs["max_new_tokens"] else "length"
+            cut = self._eos_at(new)
+            kept = new[:cut]
+            generated += cut + (cut < len(new))  # the EOS itself was generated too
+            finish = "stop" if cut < len(new) or len(new) < kwargs["max_new_tokens"] else "length"
             ids = continuation + kept
             candidates.append(Candidate(
                 prompt=prompt,
@@ -277,6 +276,10 @@ class TransformersGenerator:
                            params=self.host.params)
         return candidates
 
+    def _eos_at(self, tokens: list[int]) -> int:
+        """Index of the first EOS in ``tokens`` (its length when there is none)."""
+        return next((i for i, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
+
     def _shared(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int]:
         """Prefill (or fetch) the prefix once and decode n rows on it: through shared-prefix
         attention where the model supports it, else on the prefix KV expanded to n rows."""
@@ -286,7 +289,7 @@ class TransformersGenerator:
         if length > 1:
             # generate() must see at least one uncached token: cache all but the last.
             hit, cache = self.prefix_cache.longest(tuple(tokens[:-1]))
-            cache, _ = extend_cache(self.model, cache, ids[:, hit:length - 1])
+            cache = extend_cache(self.model, cache, ids[:, hit:length - 1])
             if self.host.shared_prefix:
                 cache = shared_cache(cache, self.model.config)
                 context = decoding(self.model, cache)
@@ -304,8 +307,7 @@ class TransformersGenerator:
             cached = final.get_seq_length()
             self.prefix_cache.put(tuple(tokens[:-1]), final, 0)
             for row, (row_new, _) in enumerate(results):
-                cut = next((i for i, t in enumerate(row_new) if t in self.eos_ids), len(row_new))
-                self.prefix_cache.put(tuple(tokens + row_new[:cut])[:cached], final, row)
+                self.prefix_cache.put(tuple(tokens + row_new[:self._eos_at(row_new)])[:cached], final, row)
         computed = (length - 1 - hit) + n  # the last prompt token runs once per row
         reused = hit + (length - 1) * (n - 1)
         return results, computed, reused
