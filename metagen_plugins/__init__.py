@@ -91,6 +91,7 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
         finally:
             budget.stop()
         result.strategy = result.strategy or strategy_entry["name"]
+        result.failures.extend(getattr(generator, "failures", []))
         results.append(result)
         if on_result is not None:
             on_result(result)

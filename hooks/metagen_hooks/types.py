@@ -139,6 +139,8 @@ class Result:
 
     ``scores`` align with ``candidates``; ``trace`` is a list of JSON-serialisable events (every
     candidate, branch, step score and selection) from which selection can be re-run offline.
+    ``failures`` lists what did not complete (a remote request that failed, a plugin that
+    raised) while the rest of the run went on; each entry says what failed and why.
     """
 
     prompt: str
@@ -148,6 +150,7 @@ class Result:
     trace: list[dict[str, Any]] = field(default_factory=list)
     budget: Budget = field(default_factory=Budget)
     strategy: str = ""
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,4 +161,5 @@ class Result:
             "scores": list(self.scores),
             "budget": self.budget.spent(),
             "trace": list(self.trace),
+            "failures": list(self.failures),
         }

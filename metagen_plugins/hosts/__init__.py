@@ -7,13 +7,18 @@ from typing import Any
 from ..errors import HostError
 
 
+_HOSTS = {"transformers": ("transformers", "TransformersHost"), "vllm": ("vllm", "VLLMHost"),
+          "tgi": ("tgi", "TGIHost")}
+
+
 def create(config, registry, **objects: Any):
     """The host object for ``config.host_name`` (which builds Generators for strategies)."""
-    if config.host_name == "transformers":
-        from .transformers import TransformersHost
+    import importlib
 
-        return TransformersHost(config, registry, **objects)
-    raise HostError(
-        f"the {config.host_name} host is declared in the configuration schema, but this version of "
-        f"metagen-plugins has no adapter for it yet; use [host] name = \"transformers\""
-    )
+    module, cls = _HOSTS[config.host_name]
+    try:
+        host_class = getattr(importlib.import_module(f".{module}", __name__), cls)
+    except (ImportError, AttributeError) as exc:
+        raise HostError(f"the {config.host_name} host cannot start: {exc}; install what it needs "
+                        f"with pip install 'metagen-plugins[{config.host_name}]'") from None
+    return host_class(config, registry, **objects)

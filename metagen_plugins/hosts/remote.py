@@ -1,0 +1,269 @@
+"""What every serving-engine host shares: a Generator whose samples are HTTP requests.
+
+A subclass says how one request is made (:meth:`RemoteGenerator.request`) and how many samples
+one request may carry (vLLM takes ``n``; TGI one per request). This module fans requests out
+with bounded concurrency, applies the per-request timeout, retries what is worth retrying
+(connection errors, timeouts, 5xx, 429 honouring ``Retry-After``) with exponential backoff and
+jitter, and keeps every sample that succeeded when others fail: the failures are recorded in
+:attr:`RemoteGenerator.failures` (and so in ``Result.failures``), and only a call in which a
+prompt got no sample at all raises :class:`RemoteError`.
+
+Requests run on one event loop per host, in a background thread, so the synchronous Generator
+interface works the same inside a notebook's running loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from metagen_hooks import Budget, Candidate
+
+from ..errors import HostError
+
+RETRYABLE = ("connection", "timeout", "server", "rate_limit")
+
+
+class RemoteError(HostError):
+    """A request (or all requests for a prompt) failed; ``failures`` says which and why."""
+
+    def __init__(self, message: str, failures: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
+
+
+@dataclass
+class Failure(Exception):
+    """A classified request failure. ``kind`` is one of connection, timeout, server, rate_limit,
+    invalid (the engine rejected the request: retrying cannot help) or protocol (a malformed
+    answer); ``retry_after`` is the server's hint in seconds, if it gave one."""
+
+    kind: str
+    message: str
+    status: int | None = None
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status else ""
+        return f"{self.kind}{status}: {self.message}"
+
+
+@dataclass
+class Sample:
+    """One completion as an engine returns it."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "length"
+    prompt_tokens: int = 0  # prompt tokens the engine computed for this request, if it says
+    completion_tokens: int = 0  # tokens it generated (when token_ids are not returned)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class EventLoopThread:
+    """An asyncio loop running in a daemon thread; :meth:`run` waits for a coroutine on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="metagen-remote", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+class RemoteGenerator:
+    """The Generator protocol over an engine's HTTP API. Subclasses implement :meth:`request`
+    and :meth:`classify`, and set :attr:`samples_per_request`."""
+
+    samples_per_request: int = 1  # how many of a prompt's n samples one request may carry
+
+    def __init__(self, host, budget: Budget, *, timeout: float = 60.0, concurrency: int = 8,
+                 retries: int = 2, backoff: float = 0.5, seed: int | None = None) -> None:
+        if concurrency < 1:
+            raise HostError(f"[host] concurrency must be >= 1, got {concurrency}")
+        if timeout <= 0:
+            raise HostError(f"[host] timeout must be > 0 seconds, got {timeout}")
+        self.host = host
+        self.budget = budget
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.retries = retries
+        self.backoff = backoff
+        self.seed = seed
+        self.failures: list[dict[str, Any]] = []
+        self._requests = 0  # numbers seeds so each request of a seeded run draws its own samples
+
+    # -- what a subclass provides --------------------------------------------------------------
+
+    async def request(self, text: str, n: int, max_new_tokens: int, stop: list[str],
+                      seed: int | None) -> list[Sample]:
+        """Send one request for ``n`` continuations of ``text``; raise :class:`Failure` on error."""
+        raise NotImplementedError
+
+    def classify(self, exc: BaseException) -> Failure:
+        """Turn a client library's exception into a :class:`Failure`."""
+        return Failure("connection", f"{type(exc).__name__}: {exc}")
+
+    def default_max_new_tokens(self) -> int:
+        return self.host.config.generation.get("max_new_tokens", 64)
+
+    # -- the Generator protocol ----------------------------------------------------------------
+
+    def sample(self, prompts: Sequence[str], n: int = 1, *, max_new_tokens: int | None = None,
+               stop: Sequence[str] | None = None) -> list[list[Candidate]]:
+        return self._fan_out([(p, self.host.format(p), None) for p in prompts], n, max_new_tokens, stop)
+
+    def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
+               stop: Sequence[str] | None = None) -> list[list[Candidate]]:
+        return self._fan_out([(p.prompt, self.host.format(p.prompt) + p.text, p) for p in prefixes],
+                             n, max_new_tokens, stop)
+
+    # -- fan-out, retries, partial failure -----------------------------------------------------
+
+    def _fan_out(self, jobs, n: int, max_new_tokens: int | None, stop) -> list[list[Candidate]]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        limit = max_new_tokens if max_new_tokens is not None else self.default_max_new_tokens()
+        per_prompt = []
+        for _ in jobs:  # the budget shrinks each prompt's request before anything is sent
+            per_prompt.append(self.budget.allow(n, limit))
+            self.budget.charge(samples=per_prompt[-1][0])
+        requests = []
+        for index, (count, tokens) in enumerate(per_prompt):
+            while count > 0:
+                take = min(count, self.samples_per_request)
+                requests.append((index, take, tokens, self._next_seed()))
+                count -= take
+        results = self.host.loop.run(self._gather(jobs, requests, list(stop or [])))
+        grouped: list[list[Candidate]] = [[] for _ in jobs]
+        for (index, take, _, _), outcome in zip(requests, results):
+            prompt, _, parent = jobs[index]
+            if isinstance(outcome, Failure):
+                self.failures.append({"prompt": prompt, "samples": take, "kind": outcome.kind,
+                                      "status": outcome.status, "error": outcome.message})
+                self.budget.samples -= take  # not delivered, so not spent against max_samples
+                continue
+            for sample in outcome:
+                grouped[index].append(self._candidate(prompt, parent, sample))
+        empty = [jobs[i][0] for i, group in enumerate(grouped) if not group]
+        if empty:
+            reasons = "; ".join(sorted({f"{f['kind']}: {f['error']}" for f in self.failures[-len(requests):]}))
+            raise RemoteError(f"the {self.host.name} server at {self.host.url} returned no sample for "
+                              f"{len(empty)} of {len(jobs)} prompt(s): {reasons}", list(self.failures))
+        return grouped
+
+    def _next_seed(self) -> int | None:
+        if self.seed is None:
+            return None
+        self._requests += 1
+        return self.seed + self._requests - 1
+
+    async def _gather(self, jobs, requests, stop: list[str]) -> list[list[Sample] | Failure]:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(index, take, tokens, seed):
+            async with gate:
+                return await self._with_retries(jobs[index][1], take, tokens, stop, seed)
+
+        return await asyncio.gather(*(one(*r) for r in requests))
+
+    async def _with_retries(self, text, n, max_new_tokens, stop, seed) -> list[Sample] | Failure:
+        for attempt in range(self.retries + 1):
+            try:
+                samples = await asyncio.wait_for(self.request(text, n, max_new_tokens, stop, seed), self.timeout)
+            except Failure as failure:
+                problem = failure
+            except asyncio.TimeoutError:
+                problem = Failure("timeout", f"no answer within {self.timeout:g} s ([host] timeout)")
+            except Exception as exc:  # the client library's own errors
+                problem = self.classify(exc)
+            else:
+                charged = sum(s.completion_tokens or len(s.token_ids) for s in samples)
+                self.budget.charge(tokens_generated=charged,
+                                   prompt_tokens_computed=max((s.prompt_tokens for s in samples), default=0))
+                return samples
+            if problem.kind not in RETRYABLE or attempt == self.retries:
+                if attempt:
+                    problem.message += f" (after {attempt + 1} attempts)"
+                return problem
+            delay = problem.retry_after if problem.retry_after is not None else self.backoff * 2**attempt
+            await asyncio.sleep(delay * (1 + 0.25 * random.random()))
+        raise AssertionError("unreachable")
+
+    def _candidate(self, prompt: str, parent: Candidate | None, sample: Sample) -> Candidate:
+        """The returned candidate holds the whole continuation; token ids and log-probs are kept
+        only when both the parent's and the engine's are known, so they always align."""
+        parent = parent or Candidate(prompt=prompt, text="")
+        aligned = (len(parent.token_ids) == len(parent.logprobs) and bool(parent.token_ids) == bool(parent.text)
+                   and len(sample.token_ids) == len(sample.logprobs))
+        return Candidate(prompt=prompt, text=parent.text + sample.text,
+                         token_ids=list(parent.token_ids) + sample.token_ids if aligned else [],
+                         logprobs=list(parent.logprobs) + sample.logprobs if aligned else [],
+                         finish_reason=sample.finish_reason, meta=dict(sample.meta))
+
+
+class RemoteHost:
+    """A serving-engine deployment: where it is, what the configured components become as
+    request parameters, and the event loop its requests run on. Subclasses set ``name`` and
+    ``generator_class`` and may override :meth:`check`."""
+
+    name = "remote"
+    generator_class = RemoteGenerator
+
+    def __init__(self, config, registry, model=None, tokenizer=None) -> None:
+        if model is not None or tokenizer is not None:
+            raise HostError(f"the {self.name} host generates on its server; model= and tokenizer= are "
+                            f"for the transformers host")
+        self.config = config
+        self.registry = registry
+        if "url" not in config.host:
+            raise HostError(f"no server: set [host] url = \"http://127.0.0.1:8000\" for the {self.name} host")
+        self.url = config.host["url"].rstrip("/")
+        self.parameters = self.engine_parameters()
+        self.check()
+        self.loop = EventLoopThread()
+
+    def engine_parameters(self) -> dict[str, Any]:
+        """The configured processors and stopping criteria as this engine's request parameters
+        (each component's realiser for this host; validation has checked that one exists)."""
+        merged: dict[str, Any] = {}
+        entries = [("logits_processors", e) for e in self.config.processors]
+        entries += [("stopping_criteria", e) for e in self.config.stopping]
+        for kind, entry in entries:
+            info = self.registry.get(kind, entry["name"])
+            values = info.realisers[self.name](**{k: v for k, v in entry.items() if k != "name"})
+            for key, value in values.items():
+                if key not in merged:
+                    merged[key] = value
+                elif isinstance(value, list) and isinstance(merged[key], list):
+                    merged[key] = merged[key] + value
+                elif isinstance(value, dict) and isinstance(merged[key], dict):
+                    merged[key] = {**merged[key], **value}
+                elif merged[key] != value:
+                    raise HostError(f"{info.label()} sets the {self.name} parameter {key!r} to {value!r}, "
+                                    f"but another component already set it to {merged[key]!r}; keep one")
+        return merged
+
+    def check(self) -> None:
+        """Reject, before any request, a configuration this engine cannot serve."""
+
+    def context(self) -> dict[str, Any]:
+        return {}
+
+    def format(self, prompt: str) -> str:
+        return prompt
+
+    def generator(self, budget: Budget) -> RemoteGenerator:
+        settings = self.config.host
+        return self.generator_class(self, budget, timeout=settings.get("timeout", 60.0),
+                                    concurrency=settings.get("concurrency", 8),
+                                    retries=settings.get("retries", 2), seed=self.config.generation.get("seed"))
