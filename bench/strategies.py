@@ -3,8 +3,9 @@
 On held-out problems, each row runs one configuration through metagen_plugins.run() and reports
 the accuracy of the selected answer and the mean tokens generated, forward passes, FLOPs and
 seconds per problem; pass@k is the unbiased estimate from 16 samples (Chen et al., 2021).
-Step beam search gets a token budget equal to what best-of-16 spent. Self-consistency is also
-swept over temperature and N.
+Step beam search is sized like best-of-16 (4 beams x 4 expansions = 16 continuations per step),
+so it spends the same tokens on average; a second row holds every problem to best-of-16's mean.
+Self-consistency is also swept over temperature and N.
 
     python bench/strategies.py [--quick] [--problems N] [--plot docs/strategies.png]
 """
@@ -29,6 +30,30 @@ STEP = {"step_tokens": 16, "max_steps": 5}
 def sampled(temperature: float = 0.8, **extra) -> dict:
     return {"processors": [{"name": "temperature", "temperature": temperature}],
             "generation": {"max_new_tokens": 48, "seed": 0}, **extra}
+
+
+def vote_shapes(problems, results) -> dict:
+    """How the votes fall: is the right answer sampled, does it win, and how concentrated the
+    wrong winners are (a systematic error is one wrong answer most samples agree on)."""
+    from collections import Counter
+
+    from metagen_plugins.builtin.answers import extract
+
+    present = wins = 0
+    wrong_share, right_share = [], []
+    for p, r in zip(problems, results):
+        answers = Counter(extract(c.text) for c in r.candidates)
+        right = str(p.answer)
+        present += answers[right] > 0
+        top, count = answers.most_common(1)[0]
+        if top == right:
+            wins += 1
+        else:
+            wrong_share.append(count / len(r.candidates))
+            right_share.append(answers[right] / len(r.candidates))
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    return {"right_present": present / len(problems), "right_wins": wins / len(problems),
+            "wrong_winner_share": mean(wrong_share), "right_share_when_wrong": mean(right_share)}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -80,7 +105,8 @@ def main() -> None:
                  for p, r in zip(bench.problems, results)]
         bench.rows.append({**row, "strategy": f"pass@{k} (oracle)", "accuracy": sum(rates) / len(rates)})
     for n in sorted({4, big}):
-        bench.run(f"self_consistency@{n}", sampled(strategy={"name": "self_consistency", "n": n}))
+        _, voted = bench.run(f"self_consistency@{n}", sampled(strategy={"name": "self_consistency", "n": n}))
+    votes = vote_shapes(bench.problems, voted)
     bon_tokens = 0.0
     for n in sorted({4, big}):
         row, _ = bench.run(f"best_of_{n} + rule verifier", sampled(strategy={"name": "best_of_n", "n": n}, scorer=RULE))
@@ -88,18 +114,23 @@ def main() -> None:
         bench.run(f"best_of_{n} + learned PRM", sampled(strategy={"name": "best_of_n", "n": n}, scorer=LEARNED))
     bench.run(f"weighted_majority@{big} + learned PRM",
               sampled(strategy={"name": "weighted_majority", "n": big}, scorer=LEARNED))
-    budget = {"max_tokens": math.ceil(bon_tokens)}
     width = math.isqrt(big)  # beam_width x expansions = N, as in best-of-N
+    beam = {"name": "step_beam_search", "beam_width": width, "expansions": width, **STEP}
     for label, scorer in (("learned PRM", LEARNED), ("rule verifier", RULE)):
-        bench.run(f"step_beam_search {width}x{width} + {label}, tokens <= best_of_{big}",
-                  sampled(strategy={"name": "step_beam_search", "beam_width": width, "expansions": width, **STEP},
-                          scorer=scorer, budget=budget))
+        bench.run(f"step_beam_search {width}x{width} + {label}", sampled(strategy=beam, scorer=scorer))
+    # The same search held to best-of-N's *mean* spend on every problem: starves the long ones.
+    bench.run(f"step_beam_search {width}x{width} + rule verifier, each problem <= best_of_{big}'s mean tokens",
+              sampled(strategy=beam, scorer=RULE, budget={"max_tokens": math.ceil(bon_tokens)}))
     bench.run(f"rebase n={big} + learned PRM", sampled(strategy={"name": "rebase", "n": big, **STEP}, scorer=LEARNED))
     bench.run("mcts 16 iterations + learned PRM",
               sampled(strategy={"name": "mcts", "iterations": 16, "expansions": 3, **STEP}, scorer=LEARNED))
     bench.run("particle_filtering n=8 + learned PRM",
               sampled(strategy={"name": "particle_filtering", "n": 8, **STEP}, scorer=LEARNED))
     bench.run("self_repair 3 rounds + rule verifier", sampled(strategy={"name": "self_repair", "rounds": 3}, scorer=RULE))
+    # The demo model reads no instructions, so its "revision prompt" is the question again: what
+    # self-refine does for a model that cannot use feedback (resample until the checker accepts).
+    bench.run("self_refine 3 rounds + rule verifier (no usable feedback)",
+              sampled(strategy={"name": "self_refine", "rounds": 3, "template": "{prompt}"}, scorer=RULE))
 
     print(f"demo-arith; {count} held-out problems; temperature 0.8, seed 0")
     columns = ["strategy", "accuracy", "tokens", "passes", "MFLOPs", "s/problem"]
@@ -107,18 +138,23 @@ def main() -> None:
 
     sweep = []
     for t in (0.2, 0.4, 0.6, 0.8, 1.0):
-        for n in sorted({4, big}):
+        for n in sorted({4, 8, big}):
             row, _ = bench.run(f"self_consistency@{n} T={t}", sampled(t, strategy={"name": "self_consistency", "n": n}),
                                record=False)
             sweep.append({"temperature": t, "n": n, "accuracy": row["accuracy"], "tokens": row["tokens"]})
     best = max(sweep, key=lambda r: r["accuracy"])
+    print(f"\nwhy voting stalls (self_consistency@{big}, T=0.8): the right answer is among the samples on "
+          f"{votes['right_present']:.0%} of problems and wins the vote on {votes['right_wins']:.0%}; where the "
+          f"vote is wrong, the winning wrong answer holds {votes['wrong_winner_share']:.0%} of the votes and the "
+          f"right one {votes['right_share_when_wrong']:.0%}")
     print("\nself-consistency over temperature and N")
     table(sweep, ["temperature", "n", "accuracy", "tokens"])
     print(f"best setting: T={best['temperature']}, N={best['n']}: {best['accuracy']:.1%} "
           f"(greedy {greedy['accuracy']:.1%})")
     if args.plot:
         plot(bench.rows, args.plot)
-    finish("strategies", {"problems": count, "rows": bench.rows, "self_consistency_sweep": sweep})
+    finish("strategies", {"problems": count, "rows": bench.rows, "self_consistency_sweep": sweep,
+                          "votes": votes})
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -64,9 +64,13 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
     registry = get_registry()
     cfg = validate(config, registry)
     single = isinstance(prompt_or_prompts, str)
+    if isinstance(prompt_or_prompts, (bytes, bytearray)):
+        raise ConfigError("the prompt is bytes, not str: decode it first (e.g. data.decode('utf-8'))")
     prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
     if not prompts:
         raise ConfigError("no prompts given")
+    for index, prompt in enumerate(prompts):
+        _check_prompt(index, prompt)
     strategy_entry = cfg.strategy or {"name": "generate"}
     strategy_info = registry.get("strategies", strategy_entry["name"])
     strategy = build(strategy_info, _params(strategy_entry), prefix="[strategy]: ")
@@ -88,6 +92,13 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
         budget.start()
         try:
             result = strategy.run(prompt, generator, scorer, budget)
+        except Exception as exc:  # this prompt failed; the others (done and to come) go on
+            if single:  # nothing else to keep: raise, saying whose code failed
+                exc.add_note(_describe_failure(exc, cfg)["message"])
+                raise
+            failure = _describe_failure(exc, cfg)
+            result = Result(prompt=prompt, best=None, budget=budget, trace=[{"event": "failed", **failure}],
+                            failures=list(getattr(exc, "failures", [])) + [failure])
         finally:
             budget.stop()
         result.strategy = result.strategy or strategy_entry["name"]
@@ -102,6 +113,55 @@ def _params(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k != "name"}
 
 
+def _check_prompt(index: int, prompt: Any) -> None:
+    """A prompt is text that encodes as UTF-8 (no lone surrogates from undecodable bytes)."""
+    if not isinstance(prompt, str):
+        hint = " (decode bytes first, e.g. data.decode('utf-8'))" if isinstance(prompt, (bytes, bytearray)) else ""
+        raise ConfigError(f"prompt {index} is {type(prompt).__name__}, not str{hint}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"prompt {index} is not valid Unicode text: {prompt[exc.start]!r} at character "
+                          f"{exc.start} is a lone surrogate (bytes that were not UTF-8?); decode the "
+                          f"input as UTF-8 with errors='replace', or fix its encoding") from None
+
+
+def failed(result: Result) -> bool:
+    """Whether a prompt's run failed as a whole (``run`` kept going with the other prompts)."""
+    return any(f.get("kind") in ("component", "host") for f in result.failures) and result.best is None
+
+
+def _describe_failure(exc: BaseException, cfg: Config) -> dict[str, Any]:
+    """A ``Result.failures`` entry for an exception that ended a prompt's run: which component
+    (and plugin, distribution) raised it, or the host; what and where."""
+    import traceback
+    from pathlib import Path
+
+    from .config import component_of
+
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    where = ""
+    if frames:
+        code = frames[-1][0].f_code
+        where = f"{Path(code.co_filename).name}:{frames[-1][1]}"
+    error = f"{type(exc).__name__}: {exc}"
+    info = getattr(exc, "component", None)
+    raised_in_host = bool(frames) and frames[-1][0].f_globals.get("__name__", "").startswith(
+        f"{__name__}.hosts")
+    if info is None and not raised_in_host:
+        for frame, _ in reversed(frames):  # the innermost frame running a component's code
+            info = component_of(frame)
+            if info is not None:
+                break
+    if info is None:
+        return {"kind": "host", "component": f"{cfg.host_name} host", "error": error, "where": where,
+                "message": f"the {cfg.host_name} host failed: {error}" + (f" (at {where})" if where else "")}
+    return {"kind": "component", "component": info.label(), "component_kind": info.kind, "name": info.name,
+            "plugin": info.plugin, "distribution": info.distribution, "version": info.version,
+            "error": error, "where": where,
+            "message": f"{info.label()} raised {error}" + (f" at {where}" if where else "")}
+
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -110,6 +170,7 @@ __all__ = [
     "PluginError",
     "Result",
     "components",
+    "failed",
     "generate_kwargs",
     "get_registry",
     "run",

@@ -40,6 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--answer-pattern", help="the regular expression whose first group is the answer")
     again.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
+    tgi = commands.add_parser("tgi", help="TGI deployments: launcher arguments, checks")
+    tgi_commands = tgi.add_subparsers(dest="tgi_command", required=True)
+    launcher = tgi_commands.add_parser("launcher-args", help="print text-generation-launcher arguments "
+                                       "and the docker command for a configuration")
+    launcher.add_argument("--config", required=True, help="a TOML configuration with [host] name = \"tgi\"")
+    tgi_check = tgi_commands.add_parser("check", help="read /info and /health; report what the "
+                                        "deployment supports of a configuration")
+    tgi_check.add_argument("url", metavar="URL")
+    tgi_check.add_argument("--config", help="a TOML configuration to check against the deployment")
+
+    vllm = commands.add_parser("vllm", help="vLLM deployments")
+    vllm_commands = vllm.add_subparsers(dest="vllm_command", required=True)
+    serve = vllm_commands.add_parser("serve-args", help="print the vLLM server command for a configuration")
+    serve.add_argument("--config", required=True, help="a TOML configuration with [host] name = \"vllm\"")
+    serve.add_argument("--json", action="store_true", help="print the command as a JSON list of arguments")
+
     args = parser.parse_args(argv)
     from .errors import MetagenError
 
@@ -48,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             return _plugins_list(args)
         if args.command == "reselect":
             return _reselect(args)
+        if args.command == "vllm":
+            from .hosts.vllm import main_serve_args
+
+            return main_serve_args(args.config, as_json=args.json)
+        if args.command == "tgi":
+            return _tgi(args)
         return _run(args)
     except MetagenError as exc:
         if args.debug:
@@ -140,6 +162,24 @@ def _override(item: str) -> tuple[str, Any]:
         return key.strip(), tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return key.strip(), value
+
+
+def _tgi(args) -> int:
+    from . import get_registry
+    from .config import validate
+    from .hosts import tgi
+
+    registry = get_registry(args.plugins_dir, reload=args.plugins_dir is not None)
+    cfg = validate(args.config, registry) if args.config else None
+    if cfg is not None and cfg.host_name != "tgi":
+        from .errors import ConfigError
+
+        raise ConfigError(f"{args.config}: [host] name is {cfg.host_name!r}; metagen tgi needs name = \"tgi\"")
+    if args.tgi_command == "launcher-args":
+        print(tgi.launcher_command(cfg))
+        print(f"\n# or, in TGI's container:\n{tgi.docker_command(cfg)}")
+        return 0
+    return tgi.run_check(args.url, cfg)
 
 
 def _reselect(args) -> int:

@@ -50,15 +50,32 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
         "concurrency": int,
         "retries": int,
         "api_key": str,
+        # server settings, for `metagen vllm serve-args` (and the speculation check)
+        "speculative_ngram": int,
+        "num_speculative_tokens": int,
+        "prefix_caching": bool,
+        "gpu_memory_utilization": float,
+        "max_model_len": int,
+        "dtype": str,
+        "enforce_eager": bool,
     },
     "tgi": {
         "url": str,
         "timeout": float,
         "concurrency": int,
         "retries": int,
+        "api_key": str,
+        "model_id": str,
+        "draft_model": str,  # accepted only to be rejected with the reason (hosts/tgi.py)
         "kv_cache": str,
         "speculate": int,
         "quantize": str,
+        "best_of": int,
+        "max_best_of": int,
+        "max_stop_sequences": int,
+        "max_top_n_tokens": int,
+        "top_n_tokens": int,
+        "prompt_logprobs": bool,
     },
 }
 GENERATION_SETTINGS: dict[str, Any] = {"max_new_tokens": int, "do_sample": bool, "seed": int,
@@ -251,13 +268,47 @@ def build(info: ComponentInfo, params: dict[str, Any], context: dict[str, Any] |
                               f"did not provide (pass {key}= to generate_kwargs)")
         kwargs[key] = context[key]
     try:
-        return info.factory(**kwargs)
+        built = info.factory(**kwargs)
     except MetagenError:
         raise
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{prefix}{info.label()} rejected its parameters {params!r}: {exc}") from None
+        error = ConfigError(f"{prefix}{info.label()} rejected its parameters {params!r}: {exc}")
+        error.component = info
+        raise error from None
     except Exception as exc:
-        raise PluginError(f"{prefix}{info.label()} failed to build: {type(exc).__name__}: {exc}") from exc
+        error = PluginError(f"{prefix}{info.label()} failed to build: {type(exc).__name__}: {exc}")
+        error.component = info
+        raise error from exc
+    _tag(built, info)
+    return built
+
+
+_CODE_OWNERS: dict[Any, ComponentInfo] = {}  # code of components that are plain functions
+
+
+def _tag(built: Any, info: ComponentInfo) -> None:
+    """Remember which component an object is, so an exception raised in its code can be
+    attributed to it (``component_of``)."""
+    try:
+        setattr(built, "_metagen_component", info)
+    except Exception:  # slots, builtins: fall back to the code object, when there is one
+        pass
+    code = getattr(built, "__code__", None)
+    if code is not None:
+        _CODE_OWNERS[code] = info
+
+
+def component_of(frame) -> ComponentInfo | None:
+    """The component whose code ``frame`` runs (its ``self`` or its function), if any."""
+    owner = frame.f_locals.get("self")
+    if owner is not None:
+        try:
+            info = getattr(owner, "_metagen_component", None)
+        except Exception:
+            info = None
+        if isinstance(info, ComponentInfo):
+            return info
+    return _CODE_OWNERS.get(frame.f_code)
 
 
 def _nearest(word: str, options) -> str:

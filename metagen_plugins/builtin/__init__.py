@@ -3,7 +3,7 @@
 from metagen_hooks import hookimpl
 
 from . import (compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors, refine,
-               scorers, search, stopping, strategies)
+               sandbox, scorers, search, stopping, strategies)
 
 
 @hookimpl
@@ -24,6 +24,7 @@ def register_stopping_criteria(register):
 def register_scorers(register):
     scorers.register_all(register)
     model_scorers.register_all(register)
+    sandbox.register_all(register)
 
 
 @hookimpl

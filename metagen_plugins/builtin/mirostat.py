@@ -49,4 +49,6 @@ class Mirostat:
 
 
 def register_all(register) -> None:
-    register("mirostat", Mirostat, sampling=True)
+    from ..hosts.vllm import server_side
+
+    register("mirostat", Mirostat, sampling=True, vllm=server_side("mirostat"))

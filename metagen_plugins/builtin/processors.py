@@ -107,18 +107,60 @@ def _same(key: str, engine_key: str | None = None):
     return realise
 
 
+def _below_one(key: str, engine_key: str | None = None):
+    """TGI takes top_p / typical_p only in (0, 1): 1.0 (keep everything) is sent as nothing."""
+
+    def realise(**params):
+        return {engine_key or key: params[key]} if params[key] < 1.0 else {}
+
+    return realise
+
+
+def watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key: int = 15485863,
+              seeding_scheme: str = "lefthash", context_width: int = 1, model=None):
+    """Watermark the text (Kirchenbauer et al., 2023): add ``bias`` to a pseudo-random "green list"
+    of ``greenlist_ratio`` of the vocabulary, seeded by the previous token(s), so a detector that
+    knows the key can tell generated text. transformers' WatermarkLogitsProcessor; on TGI the
+    request's ``watermark`` switch, with ratio and bias set at launch (--watermark-gamma/-delta)."""
+    from transformers.generation.logits_process import WatermarkLogitsProcessor
+
+    if not 0.0 < greenlist_ratio < 1.0:
+        raise ValueError(f"greenlist_ratio must be in (0, 1), got {greenlist_ratio}")
+    return WatermarkLogitsProcessor(vocab_size=model.config.vocab_size, device=model.device,
+                                    greenlist_ratio=greenlist_ratio, bias=bias, hashing_key=hashing_key,
+                                    seeding_scheme=seeding_scheme, context_width=context_width)
+
+
+def _tgi_watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key: int = 15485863,
+                   seeding_scheme: str = "lefthash", context_width: int = 1) -> dict:
+    """TGI's watermark is Kirchenbauer's left-hash scheme with its fixed key and one token of context."""
+    from ..errors import ConfigError
+
+    fixed = {"hashing_key": (hashing_key, 15485863), "seeding_scheme": (seeding_scheme, "lefthash"),
+             "context_width": (context_width, 1)}
+    changed = [f"{k} = {v!r}" for k, (v, default) in fixed.items() if v != default]
+    if changed:
+        raise ConfigError(f"logits processor 'watermark': TGI fixes the hashing key, seeding scheme and "
+                          f"context width; {', '.join(changed)} needs the transformers host")
+    return {"watermark": True}
+
+
 def register_all(register) -> None:
+    from ..hosts.vllm import server_side  # runs these inside a vLLM server (contrib/metagen-vllm)
+
     register("temperature", temperature, sampling=True,
              vllm=_same("temperature"), tgi=_same("temperature"))
     register("top_k", top_k, sampling=True, vllm=_same("top_k"), tgi=_same("top_k"))
-    register("top_p", top_p, sampling=True, vllm=_same("top_p"), tgi=_same("top_p"))
+    register("top_p", top_p, sampling=True, vllm=_same("top_p"), tgi=_below_one("top_p"))
     register("min_p", min_p, sampling=True, vllm=_same("min_p"))
-    register("typical", typical, sampling=True, tgi=_same("mass", "typical_p"))
-    register("epsilon", epsilon, sampling=True)
-    register("eta", eta, sampling=True)
+    register("typical", typical, sampling=True, tgi=_below_one("mass", "typical_p"), vllm=server_side("typical"))
+    register("epsilon", epsilon, sampling=True, vllm=server_side("epsilon"))
+    register("eta", eta, sampling=True, vllm=server_side("eta"))
     register("repetition_penalty", repetition_penalty,
              vllm=_same("penalty", "repetition_penalty"), tgi=_same("penalty", "repetition_penalty"))
-    register("no_repeat_ngram", no_repeat_ngram)
-    register("logit_bias", logit_bias)
-    register("sequence_bias", sequence_bias)
-    register("bad_words", bad_words)
+    register("no_repeat_ngram", no_repeat_ngram, vllm=server_side("no_repeat_ngram"))
+    register("logit_bias", logit_bias,
+             vllm=lambda bias: {"logit_bias": {str(k): float(v) for k, v in bias.items()}})  # vLLM clamps to ±100
+    register("sequence_bias", sequence_bias, vllm=server_side("sequence_bias"))
+    register("bad_words", bad_words, vllm=server_side("bad_words"))
+    register("watermark", watermark, tgi=_tgi_watermark)

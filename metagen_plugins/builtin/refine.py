@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metagen_hooks import Candidate, Result
+from metagen_hooks import BudgetExceeded, Candidate, Result
 
 from . import selection
 from .run_state import Run
@@ -84,7 +84,7 @@ class SelfRefine:
             revision_prompt = self.template.format(prompt=prompt, answer=candidates[-1].text, score=scores[-1])
             try:
                 [[revised]] = generator.sample([revision_prompt], 1, max_new_tokens=self.max_new_tokens)
-            except Exception as exc:  # budget exhausted or the like: keep what we have
+            except BudgetExceeded as exc:  # keep what we have
                 run.trace.append({"event": "stopped", "reason": str(exc)})
                 break
             revised = Candidate(prompt=prompt, text=revised.text, token_ids=revised.token_ids,

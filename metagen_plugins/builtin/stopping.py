@@ -137,11 +137,13 @@ class TokenBudget:
 
 def register_all(register) -> None:
     register("stop_strings", stop_strings, vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
-    register("regex", RegexStop)
+    from ..hosts.vllm import server_side
+
+    register("regex", RegexStop, vllm=server_side("regex", "stopping"))
     register("step_delimiter", StepDelimiter,
              vllm=lambda delimiter="\n": {"stop": [delimiter], "include_stop_str_in_output": True})
-    register("answer_complete", AnswerComplete)
-    register("confidence", ConfidenceStop)
+    register("answer_complete", AnswerComplete, vllm=server_side("answer_complete", "stopping"))
+    register("confidence", ConfidenceStop, vllm=server_side("confidence", "stopping"))
     register("token_budget", TokenBudget,
              vllm=lambda max_tokens: {"max_tokens": max_tokens},
              tgi=lambda max_tokens: {"max_new_tokens": max_tokens})

@@ -241,17 +241,23 @@ class RemoteHost:
         for kind, entry in entries:
             info = self.registry.get(kind, entry["name"])
             values = info.realisers[self.name](**{k: v for k, v in entry.items() if k != "name"})
-            for key, value in values.items():
-                if key not in merged:
-                    merged[key] = value
-                elif isinstance(value, list) and isinstance(merged[key], list):
-                    merged[key] = merged[key] + value
-                elif isinstance(value, dict) and isinstance(merged[key], dict):
-                    merged[key] = {**merged[key], **value}
-                elif merged[key] != value:
-                    raise HostError(f"{info.label()} sets the {self.name} parameter {key!r} to {value!r}, "
-                                    f"but another component already set it to {merged[key]!r}; keep one")
+            self._merge(merged, values, info, "")
         return merged
+
+    def _merge(self, merged: dict[str, Any], values: dict[str, Any], info, path: str) -> None:
+        """Lists concatenate (in configuration order), tables merge key by key, equal values
+        agree; two components setting one parameter to different values is an error."""
+        for key, value in values.items():
+            if key not in merged:
+                merged[key] = value
+            elif isinstance(value, list) and isinstance(merged[key], list):
+                merged[key] = merged[key] + value
+            elif isinstance(value, dict) and isinstance(merged[key], dict):
+                merged[key] = dict(merged[key])
+                self._merge(merged[key], value, info, f"{path}{key}.")
+            elif merged[key] != value:
+                raise HostError(f"{info.label()} sets the {self.name} parameter {path + key!r} to {value!r}, "
+                                f"but another component already set it to {merged[key]!r}; keep one")
 
     def check(self) -> None:
         """Reject, before any request, a configuration this engine cannot serve."""

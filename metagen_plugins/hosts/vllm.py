@@ -1,0 +1,317 @@
+"""The vLLM host: strategies over a vLLM server's OpenAI-compatible ``POST /v1/completions``.
+
+Each configured component becomes request parameters through its ``vllm=`` realiser: sampling
+parameters vLLM implements itself (temperature, top-k/p, min-p, penalties, logit bias, stop
+strings, structured outputs), or, for a component only metagen implements, an entry in
+``vllm_xargs`` that the ``metagen-vllm`` plugin (a vLLM logits processor, installed in the
+server's environment) builds and runs per request (:func:`server_side`). A prompt's n samples
+are one request with ``n`` (one prefill on the server); log-probabilities and token ids come back
+with each choice. Fan-out, timeouts, retries and partial failures are :mod:`.remote`'s.
+
+:func:`serve_args` writes the server command for a configuration (``metagen vllm serve-args``):
+draft-model or n-gram speculation, fp8 KV cache, prefix caching. Combinations vLLM cannot serve
+(custom logits processors, min-p or logit bias under speculative decoding) fail before sending.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError, HostError
+from .remote import Failure, RemoteGenerator, RemoteHost, Sample
+
+XARG = "metagen"  # the vllm_xargs key the metagen-vllm plugin reads (a JSON string: see server_side)
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+# What vLLM ignores once speculative decoding is on (vllm/v1/sample/logits_processor: custom
+# processors are not even loaded; min_p and logit_bias "won't work with speculative decoding").
+NOT_WITH_SPECULATION = {"min_p": "min_p", "logit_bias": "logit_bias", "vllm_xargs": "metagen-vllm processors"}
+# Sent with every sampled request unless a component sets them, so a server's model-specific
+# defaults (its generation_config.json) never add warpers the configuration did not ask for.
+NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+           "frequency_penalty": 0.0, "presence_penalty": 0.0}
+
+
+def server_side(name: str, section: str = "processors"):
+    """A ``vllm=`` realiser for a component that runs inside the server through the metagen-vllm
+    plugin: the component's name and parameters travel in ``vllm_xargs``. ``section`` is
+    ``"processors"`` or ``"stopping"``. A plugin's own component can use it too, provided the
+    plugin is installed on the server as well."""
+    if section not in ("processors", "stopping"):
+        raise ValueError(f"section must be 'processors' or 'stopping', got {section!r}")
+
+    def realise(**params):
+        return {"vllm_xargs": {XARG: [{"section": section, "name": name, **params}]}}
+
+    realise.server_side = True
+    return realise
+
+
+def speculation(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """vLLM's ``--speculative-config`` for ``[host] draft_model`` or ``speculative_ngram``."""
+    tokens = settings.get("num_speculative_tokens", 3)
+    if tokens < 1:
+        raise ConfigError(f"[host] num_speculative_tokens must be >= 1, got {tokens}")
+    if "draft_model" in settings and "speculative_ngram" in settings:
+        raise ConfigError("[host] draft_model and speculative_ngram are two kinds of speculative decoding; "
+                          "vLLM runs one: keep one of them")
+    if "draft_model" in settings:
+        return {"method": "draft_model", "model": _model_path(settings["draft_model"], "[host] draft_model"),
+                "num_speculative_tokens": tokens}
+    if "speculative_ngram" in settings:
+        ngram = settings["speculative_ngram"]
+        if ngram < 1:
+            raise ConfigError(f"[host] speculative_ngram (the longest n-gram looked up in the prompt) must be "
+                              f">= 1, got {ngram}")
+        return {"method": "ngram", "num_speculative_tokens": tokens, "prompt_lookup_max": ngram,
+                "prompt_lookup_min": 1}
+    return None
+
+
+def _model_path(name: str, what: str) -> str:
+    """A built-in or packaged model name as its local directory; anything else as given (a
+    directory, or a name the server itself resolves)."""
+    from ..models import BUILTIN_MODELS, PACKAGED_MODELS, resolve
+
+    if name in BUILTIN_MODELS or name in PACKAGED_MODELS:
+        return resolve(name, what=what)
+    return name
+
+
+def serve_args(config) -> list[str]:
+    """The command that starts a vLLM server for ``config`` (a validated vLLM configuration).
+
+    The metagen processors plugin needs no flag: vLLM loads every ``vllm.logits_processors``
+    entry point at startup, so installing ``metagen-vllm`` beside vLLM enables it (and naming
+    it again with ``--logits-processors`` would load it twice, or, with speculation, refuse to
+    start)."""
+    settings = config.host
+    if "model" not in settings:
+        raise ConfigError("[host] model is required to start a server: the model to serve (a local "
+                          "directory, a built-in name such as demo-arith, or a name vLLM resolves)")
+    url = urlsplit(settings.get("url", "http://127.0.0.1:8000"))
+    args = [sys.executable if _in_vllm_env() else "python", "-m", "vllm.entrypoints.openai.api_server",
+            "--model", _model_path(settings["model"], "[host] model"),
+            "--served-model-name", settings["model"],
+            "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 8000),
+            # only the configured components shape sampling, not the model's generation_config.json
+            "--generation-config", "vllm"]
+    for key, flag in (("dtype", "--dtype"), ("max_model_len", "--max-model-len"),
+                      ("gpu_memory_utilization", "--gpu-memory-utilization")):
+        if key in settings:
+            args += [flag, str(settings[key])]
+    if "kv_cache" in settings:
+        if settings["kv_cache"] not in KV_CACHE_DTYPES:
+            raise ConfigError(f"[host] kv_cache = {settings['kv_cache']!r} is not a vLLM --kv-cache-dtype; "
+                              f"use one of {', '.join(KV_CACHE_DTYPES)}")
+        args += ["--kv-cache-dtype", settings["kv_cache"]]
+    args.append("--enable-prefix-caching" if settings.get("prefix_caching", True) else "--no-enable-prefix-caching")
+    spec = speculation(settings)
+    if spec is not None:
+        args += ["--speculative-config", json.dumps(spec)]
+    if settings.get("enforce_eager"):
+        args.append("--enforce-eager")
+    if "api_key" in settings:
+        args += ["--api-key", settings["api_key"]]
+    return args
+
+
+def _in_vllm_env() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def serve_script(config) -> str:
+    """:func:`serve_args` as a shell command, after a comment saying how the plugin is enabled."""
+    args = serve_args(config)
+    lines = ["# the server's environment needs vLLM and metagen-vllm (pip install metagen-vllm): vLLM loads its",
+             "# logits processor from the vllm.logits_processors entry point; no flag is needed",
+             shlex.join(args[:3]) + " \\"]
+    i = 3
+    while i < len(args):
+        step = 2 if i + 1 < len(args) and not args[i + 1].startswith("--") else 1
+        lines.append("    " + shlex.join(args[i:i + step]) + (" \\" if i + step < len(args) else ""))
+        i += step
+    return "\n".join(lines)
+
+
+class VLLMGenerator(RemoteGenerator):
+    """Samples through ``/v1/completions``. A sampled request carries all n samples of a prompt
+    (``n``); greedy decoding sends one per request, as vLLM rejects greedy ``n > 1``."""
+
+    def __init__(self, host: "VLLMHost", budget, **kwargs) -> None:
+        super().__init__(host, budget, **kwargs)
+        self.samples_per_request = sys.maxsize if host.sampling else 1
+
+    async def request(self, text, n, max_new_tokens, stop, seed) -> list[Sample]:
+        body = self.host.request_body(text, n, max_new_tokens, stop, seed)
+        client = self.host.client()
+        response = await client.post("/v1/completions", json=body)
+        if response.status_code >= 400:
+            raise _status_failure(response)
+        try:
+            data = response.json()
+            return _samples(data, n)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise Failure("protocol", f"malformed /v1/completions answer ({type(exc).__name__}: {exc}): "
+                                      f"{response.text[:300]!r}") from None
+
+    def classify(self, exc: BaseException) -> Failure:
+        import httpx2
+
+        if isinstance(exc, httpx2.TimeoutException):
+            return Failure("timeout", f"{type(exc).__name__}: {exc or 'no answer in time'}")
+        if isinstance(exc, (httpx2.ConnectError, httpx2.NetworkError, httpx2.RemoteProtocolError)):
+            return Failure("connection", f"{type(exc).__name__}: {exc or 'the connection failed'} "
+                                         f"(is the vLLM server at {self.host.url} running?)")
+        if isinstance(exc, httpx2.HTTPError):
+            return Failure("protocol", f"{type(exc).__name__}: {exc}")
+        return Failure("connection", f"{type(exc).__name__}: {exc}")
+
+
+def _status_failure(response) -> Failure:
+    """An HTTP error answer as a Failure, keeping the server's own message."""
+    try:
+        error = response.json()
+        message = error.get("error", {}).get("message") if isinstance(error.get("error"), dict) else None
+        message = message or error.get("message") or error.get("detail") or json.dumps(error)[:500]
+    except ValueError:
+        message = response.text[:500] or response.reason_phrase
+    status = response.status_code
+    if status == 429:
+        retry_after = response.headers.get("retry-after")
+        try:
+            wait = float(retry_after) if retry_after is not None else None
+        except ValueError:
+            wait = None
+        return Failure("rate_limit", message, status, wait)
+    return Failure("server" if status >= 500 else "invalid", message, status)
+
+
+def _samples(data: dict[str, Any], n: int) -> list[Sample]:
+    """The choices of a completion answer, in order; a trailing end-of-sequence token (vLLM
+    reports it as finish_reason "stop" with no stop_reason) is dropped, as the transformers
+    host drops it, so token ids, log-probs and text align."""
+    choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+    if len(choices) != n:
+        raise ValueError(f"asked for {n} choices, got {len(choices)}")
+    prompt_tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+    samples = []
+    for choice in choices:
+        ids = [int(t) for t in (choice.get("token_ids") or [])]
+        logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
+        logprobs = [float(lp) if lp is not None else float("-inf") for lp in logprobs]
+        generated = len(ids)
+        finish = choice.get("finish_reason") or "length"
+        if finish == "stop" and choice.get("stop_reason") is None and ids:
+            ids, logprobs = ids[:-1], logprobs[: len(ids) - 1]
+        if len(logprobs) != len(ids):
+            logprobs = []  # keep token ids only when the two align
+        samples.append(Sample(text=choice["text"], token_ids=ids, logprobs=logprobs,
+                              finish_reason="stop" if finish == "stop" else "length",
+                              prompt_tokens=prompt_tokens, completion_tokens=generated,
+                              meta={"stop_reason": choice.get("stop_reason")} if choice.get("stop_reason") else {}))
+    return samples
+
+
+class VLLMHost(RemoteHost):
+    """A vLLM server (``[host] url``) serving ``[host] model`` (its served model name)."""
+
+    name = "vllm"
+    generator_class = VLLMGenerator
+
+    def __init__(self, config, registry, model=None, tokenizer=None) -> None:
+        try:
+            import httpx2  # noqa: F401
+        except ImportError:
+            raise HostError("the vllm host needs httpx2: pip install 'metagen-plugins[vllm]'") from None
+        super().__init__(config, registry, model=model, tokenizer=tokenizer)
+        self.sampling = config.generation.get("do_sample", any(
+            registry.get("logits_processors", e["name"]).sampling for e in config.processors))
+        self._client = None
+
+    # -- before anything is sent ---------------------------------------------------------------
+
+    def check(self) -> None:
+        spec = speculation(self.config.host)
+        if spec is None:
+            return
+        blocked = []
+        for section, kind in (("processors", "logits_processors"), ("stopping", "stopping_criteria")):
+            for entry in getattr(self.config, section):
+                info = self.registry.get(kind, entry["name"])
+                values = info.realisers["vllm"](**{k: v for k, v in entry.items() if k != "name"})
+                hit = [NOT_WITH_SPECULATION[k] for k in values if k in NOT_WITH_SPECULATION]
+                if hit:
+                    blocked.append(f"{info.label()} (realised as {', '.join(hit)})")
+        if blocked:
+            kind = "a draft model" if spec["method"] == "draft_model" else "n-gram lookup"
+            raise HostError(
+                f"speculative decoding ({kind}, [host] {'draft_model' if 'draft_model' in self.config.host else 'speculative_ngram'}) "
+                f"cannot be combined with {'; '.join(blocked)}: a vLLM server with speculative decoding does not "
+                f"load custom logits processors and ignores min_p and logit_bias, so these would silently not apply. "
+                f"Remove speculation from [host], or run these components without it (another server, or the "
+                f"transformers host, where assisted generation takes logits processors)")
+
+    def request_body(self, text: str, n: int, max_new_tokens: int, stop: list[str], seed: int | None) -> dict:
+        """The JSON body of one ``/v1/completions`` request."""
+        params = dict(self.parameters)
+        xargs = dict(params.pop("vllm_xargs", {}))
+        limit = min(max_new_tokens, params.pop("max_tokens", max_new_tokens))
+        stops = list(dict.fromkeys([*params.pop("stop", []), *stop]))
+        params.pop("include_stop_str_in_output", None)
+        body: dict[str, Any] = {"prompt": text, "n": n, "max_tokens": limit, "logprobs": 0,
+                                "return_token_ids": True, "include_stop_str_in_output": True}
+        if "model" in self.config.host:
+            body["model"] = self.config.host["model"]
+        body.update(NEUTRAL)
+        body.update(params)
+        if not self.sampling:
+            body["temperature"] = 0.0  # greedy, as on the transformers host without sampling
+        if stops:
+            body["stop"] = stops
+        if seed is not None:
+            body["seed"] = seed
+        if XARG in xargs:
+            xargs[XARG] = json.dumps(xargs[XARG])  # vLLM takes flat values only: a JSON string
+        if xargs:
+            body["vllm_xargs"] = xargs
+        return body
+
+    # -- the connection ------------------------------------------------------------------------
+
+    def client(self):
+        """The host's HTTP client (made on the host's event loop, on first use)."""
+        if self._client is None:
+            import httpx2
+
+            headers = {"Authorization": f"Bearer {self.config.host['api_key']}"} if "api_key" in self.config.host else {}
+            self._client = httpx2.AsyncClient(base_url=self.url, headers=headers,
+                                              timeout=httpx2.Timeout(self.config.host.get("timeout", 60.0)),
+                                              limits=httpx2.Limits(max_connections=self.config.host.get("concurrency", 8)))
+        return self._client
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the event loop thread."""
+        if self._client is not None:
+            self.loop.run(self._client.aclose())
+            self._client = None
+        self.loop.close()
+
+
+def main_serve_args(config_path: str, as_json: bool = False) -> int:
+    """``metagen vllm serve-args --config FILE``: print the server command."""
+    from .. import get_registry, validate
+
+    cfg = validate(config_path, get_registry())
+    if cfg.host_name != "vllm":
+        raise ConfigError(f"{config_path}: [host] name is {cfg.host_name!r}; serve-args is for name = \"vllm\"")
+    print(json.dumps(serve_args(cfg)) if as_json else serve_script(cfg))
+    return 0
+
+
+__all__ = ["VLLMHost", "VLLMGenerator", "serve_args", "serve_script", "server_side", "speculation", "XARG"]
