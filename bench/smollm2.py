@@ -7,8 +7,14 @@ answer = the first equation's result); greedy is the same configuration without 
 strategy. The oracle row is the share of questions where any of the N samples is right
 (pass@N), the ceiling of any selection rule over those samples.
 
-    python bench/smollm2.py [--quick] [--questions 300] [--n 8] [--temperature 0.7]
+    python bench/smollm2.py [--quick] [--questions 200] [--n 8] [--temperature 0.7]
                             [--results docs/smollm2.json] [--plot docs/smollm2.png]
+
+On a shared CPU, split the questions over processes and report them together:
+
+    python bench/smollm2.py --questions 200 --shard 0/2 --records a.json &
+    python bench/smollm2.py --questions 200 --shard 1/2 --records b.json &
+    python bench/smollm2.py --from-records a.json b.json --results ... --plot ...
 """
 
 from __future__ import annotations
@@ -28,17 +34,34 @@ from metagen_plugins.demo.questions import questions
 
 def main() -> None:
     def extra(parser):
-        parser.add_argument("--questions", type=int, default=None, help="how many (default 300, quick 12)")
+        parser.add_argument("--questions", type=int, default=None, help="how many (default 200, quick 12)")
         parser.add_argument("--seed", type=int, default=1000, help="question seed")
         parser.add_argument("--n", type=int, default=8, help="self-consistency samples")
         parser.add_argument("--temperature", type=float, default=0.7)
+        parser.add_argument("--shard", default="0/1", help="I/K: run every K-th question from the I-th")
+        parser.add_argument("--records", help="write the per-question records here (JSON)")
+        parser.add_argument("--from-records", nargs="+", metavar="FILE", help="report saved records; run nothing")
         parser.add_argument("--results", help="write the results file (for `metagen plot`) here")
         parser.add_argument("--plot", help="draw accuracy vs FLOPs to this PNG/SVG")
 
     args = arguments(__doc__, extra)
-    count = args.questions or (12 if args.quick else 300)
-    items = questions(count, seed=args.seed)
-    prompts, expected = [q.prompt for q in items], [q.answer for q in items]
+    if args.from_records:
+        saved = [json.loads(open(path, encoding="utf-8").read()) for path in args.from_records]
+        about = saved[0]["about"]
+        records = sorted((r for s in saved for r in s["records"]), key=lambda r: r["index"])
+    else:
+        about, records = measure(args)
+        if args.records:
+            with open(args.records, "w", encoding="utf-8") as out:
+                json.dump({"about": about, "records": records}, out)
+    report(about, records, args)
+
+
+def measure(args) -> tuple[dict, list[dict]]:
+    count = args.questions or (12 if args.quick else 200)
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    items = [(i, q) for i, q in enumerate(questions(count, seed=args.seed)) if i % shards == shard]
+    prompts = [q.prompt for _, q in items]
 
     config = evaluate.default_config()
     config["processors"] = [{"name": "temperature", "temperature": args.temperature}]
@@ -50,52 +73,80 @@ def main() -> None:
 
     path = resolve(evaluate.DEFAULT_MODEL)
     model, tokenizer = load_model(path), load_tokenizer(path)
-
-    rows, per_kind = [], {}
-    runs = {}
-    for label, cfg in (("greedy", evaluate.greedy(config)), (f"self_consistency@{args.n}", config)):
+    records = [{"index": i, "kind": q.kind, "answer": q.answer} for i, q in items]
+    for label, cfg in (("greedy", evaluate.greedy(config)), ("sc", config)):
         start = time.perf_counter()
-        results = metagen_plugins.run(cfg, prompts, model=model, tokenizer=tokenizer)
-        seconds = time.perf_counter() - start
-        runs[label] = results
-        rows.append(evaluate.row(label, results, expected, pattern))
-        print(f"  {label}: {rows[-1]['accuracy']:.1%} ({seconds:.0f} s)", file=sys.stderr, flush=True)
-        for q, r in zip(items, results):
-            hit = evaluate.extract(r, pattern) == q.answer
-            per_kind.setdefault(q.kind, Counter())[label] += hit
-            per_kind[q.kind]["count"] += 1 if label == "greedy" else 0
+        done = iter(range(1, len(items) + 1))
 
-    sc = runs[f"self_consistency@{args.n}"]
-    oracle = sum(any(answers.extract(c.text, pattern) == q.answer for c in r.candidates)
-                 for q, r in zip(items, sc)) / count
-    sample_acc = sum(answers.extract(c.text, pattern) == q.answer for q, r in zip(items, sc)
-                     for c in r.candidates) / max(sum(len(r.candidates) for r in sc), 1)
-    no_answer = sum(evaluate.extract(r, evaluate.answer_pattern(config)) is None for r in runs["greedy"]) / count
-    rows.insert(1, {**rows[1], "strategy": f"one sample at T={args.temperature} (mean)", "accuracy": sample_acc,
-                    "correct": None, "tokens": rows[1]["tokens"] / args.n, "flops": None, "wall_time": None})
-    rows.append({**rows[-1], "strategy": f"pass@{args.n} (oracle)", "accuracy": oracle, "correct": None})
+        def progress(_, label=label):
+            i = next(done)
+            if i % 10 == 0:
+                print(f"  [{args.shard}] {label}: {i}/{len(items)} ({time.perf_counter() - start:.0f} s)",
+                      file=sys.stderr, flush=True)
 
-    print(f"SmolLM2-135M-Instruct; {count} questions (seed {args.seed}); N={args.n}, T={args.temperature}")
-    shown = [{**r, "GFLOPs": r["flops"] / 1e9 if r.get("flops") else None,
-              "s/question": r.get("wall_time")} for r in rows]
-    table(shown, ["strategy", "accuracy", "correct", "tokens", "GFLOPs", "s/question"])
-    print(f"greedy answers with no extractable number: {no_answer:.1%}")
-    print("\nby question kind (correct / questions)")
-    kinds = [{"kind": k, "questions": c["count"], "greedy": c["greedy"],
-              f"self_consistency@{args.n}": c[f"self_consistency@{args.n}"]} for k, c in sorted(per_kind.items())]
-    table(kinds, ["kind", "questions", "greedy", f"self_consistency@{args.n}"])
-
+        results = metagen_plugins.run(cfg, prompts, model=model, tokenizer=tokenizer, on_result=progress)
+        for record, result in zip(records, results):
+            spent = result.budget.spent()
+            record[label] = {"answer": evaluate.extract(result, pattern), "tokens": spent["tokens_generated"],
+                             "flops": spent["flops"], "wall_time": spent["wall_time"],
+                             "samples": [answers.extract(c.text, pattern) for c in result.candidates]}
     about = {"task": f"SmolLM2-135M-Instruct, {count} arithmetic/word questions (seed {args.seed})",
-             "n": args.n, "temperature": args.temperature}
-    plotted = [r for r in rows if r.get("flops")]
+             "questions": count, "seed": args.seed, "n": args.n, "temperature": args.temperature}
+    return about, records
+
+
+def report(about: dict, records: list[dict], args) -> None:
+    n, count = about["n"], len(records)
+
+    def mean(label, key):
+        return sum(r[label][key] for r in records) / count
+
+    def row(name, label, correct):
+        return {"strategy": name, "prompts": count, "accuracy": correct / count, "correct": correct,
+                "tokens": mean(label, "tokens"), "flops": mean(label, "flops"), "wall_time": mean(label, "wall_time")}
+
+    greedy = sum(r["greedy"]["answer"] == r["answer"] for r in records)
+    voted = sum(r["sc"]["answer"] == r["answer"] for r in records)
+    oracle = sum(r["answer"] in r["sc"]["samples"] for r in records)
+    single = sum(s == r["answer"] for r in records for s in r["sc"]["samples"])
+    drawn = sum(len(r["sc"]["samples"]) for r in records)
+    rows = [row("greedy", "greedy", greedy), row(f"self_consistency@{n}", "sc", voted),
+            {**row(f"pass@{n} (oracle)", "sc", oracle), "correct": None}]
+    sample_row = {"strategy": f"one sample at T={about['temperature']} (mean)", "accuracy": single / max(drawn, 1),
+                  "tokens": mean("sc", "tokens") / n}
+
+    print(f"{about['task']}; N={n}, T={about['temperature']}; {count} questions")
+    shown = [{**r, "GFLOPs": r["flops"] / 1e9, "s/question": r["wall_time"]} for r in rows]
+    shown.insert(1, sample_row)
+    table(shown, ["strategy", "accuracy", "correct", "tokens", "GFLOPs", "s/question"])
+    no_answer = sum(r["greedy"]["answer"] is None for r in records) / count
+    no_votes = sum(all(s is None for s in r["sc"]["samples"]) for r in records) / count
+    print(f"no extractable answer: greedy {no_answer:.1%}; all {n} samples {no_votes:.1%}")
+    print(f"self-consistency vs greedy per question: "
+          f"{sum(r['sc']['answer'] == r['answer'] != r['greedy']['answer'] for r in records)} fixed, "
+          f"{sum(r['greedy']['answer'] == r['answer'] != r['sc']['answer'] for r in records)} broken")
+
+    per_kind: dict[str, Counter] = {}
+    for r in records:
+        c = per_kind.setdefault(r["kind"], Counter())
+        c["questions"] += 1
+        c["greedy"] += r["greedy"]["answer"] == r["answer"]
+        c["sc"] += r["sc"]["answer"] == r["answer"]
+        c["oracle"] += r["answer"] in r["sc"]["samples"]
+    kinds = [{"kind": k, "questions": c["questions"], "greedy": c["greedy"], f"sc@{n}": c["sc"],
+              f"pass@{n}": c["oracle"]} for k, c in sorted(per_kind.items())]
+    print("\nby question kind (correct / questions)")
+    table(kinds, ["kind", "questions", "greedy", f"sc@{n}", f"pass@{n}"])
+
+    results = evaluate.results_file(rows, **about)
     if args.results:
         with open(args.results, "w", encoding="utf-8") as out:
-            json.dump(evaluate.results_file(plotted, **about), out, indent=2)
+            json.dump(results, out, indent=2)
     if args.plot:
         from metagen_plugins.plot import plot
 
-        plot(evaluate.results_file(plotted, **about), args.plot)
-    finish("smollm2", {"questions": count, "rows": rows, "by_kind": kinds, **about})
+        plot(results, args.plot, title=f"SmolLM2-135M-Instruct, {count} questions: accuracy vs compute")
+    finish("smollm2", {"rows": rows, "by_kind": kinds, **about})
 
 
 if __name__ == "__main__":

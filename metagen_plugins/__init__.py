@@ -94,7 +94,9 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
             result = strategy.run(prompt, generator, scorer, budget)
         except Exception as exc:  # this prompt failed; the others (done and to come) go on
             if single:  # nothing else to keep: raise, saying whose code failed
-                exc.add_note(_describe_failure(exc, cfg)["message"])
+                failure = _describe_failure(exc, cfg)
+                if failure["kind"] == "component":
+                    exc.add_note(failure["message"])
                 raise
             failure = _describe_failure(exc, cfg)
             result = Result(prompt=prompt, best=None, budget=budget, trace=[{"event": "failed", **failure}],

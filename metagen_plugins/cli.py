@@ -22,16 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     listing = plugins_commands.add_parser("list", help="list plugins, their status and components")
     listing.add_argument("--json", action="store_true", help="print JSON")
 
-    run = commands.add_parser("run", help="run the configured strategy on prompts")
-    run.add_argument("--config", required=True, help="a TOML configuration file")
-    run.add_argument("--model", help="a local model directory or built-in name (overrides [host] model)")
-    run.add_argument("--strategy", help="the strategy to run (overrides [strategy] name)")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="set a strategy parameter (TOML value: n=16, answer_pattern='...'); repeatable")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--json", action="store_true", help="print one JSON object per prompt")
-    run.add_argument("--trace", metavar="FILE", help="write every candidate, score and selection as JSON lines")
-    run.add_argument("prompts", nargs="+", metavar="PROMPT")
+    run = commands.add_parser("run", help="run a strategy on prompts (default: self-consistency on "
+                              "SmolLM2-135M-Instruct); --compare runs greedy beside it")
+    from . import cli_run
+
+    cli_run.add_arguments(run)
 
     again = commands.add_parser("reselect", help="re-run selection on a trace, without generating")
     again.add_argument("trace", metavar="TRACE")
@@ -56,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", required=True, help="a TOML configuration with [host] name = \"vllm\"")
     serve.add_argument("--json", action="store_true", help="print the command as a JSON list of arguments")
 
+    draw = commands.add_parser("plot", help="draw accuracy vs compute from a results file or a trace")
+    draw.add_argument("source", metavar="TRACE_OR_RESULTS",
+                      help="a results file (metagen run --json --compare > results.json) or a trace (--trace)")
+    draw.add_argument("-o", "--output", help="the PNG, SVG or PDF to write (default: SOURCE with .png)")
+    draw.add_argument("--title", help="the plot's title")
+
+    new = commands.add_parser("new-plugin", help="write a ready-to-install plugin distribution")
+    new.add_argument("name", metavar="NAME", help="the plugin's name, e.g. shout (-> metagen-shout, metagen_shout)")
+    new.add_argument("--dir", default=".", help="where to create metagen-NAME/ (default: here)")
+
     args = parser.parse_args(argv)
     from .errors import MetagenError
 
@@ -70,12 +75,28 @@ def main(argv: list[str] | None = None) -> int:
             return main_serve_args(args.config, as_json=args.json)
         if args.command == "tgi":
             return _tgi(args)
+        if args.command == "plot":
+            return _plot(args)
+        if args.command == "new-plugin":
+            from .templates import new_plugin
+
+            return new_plugin(args.name, args.dir)
         return _run(args)
     except MetagenError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, in metagen or a plugin: one paragraph, the traceback on request
+        if args.debug:
+            raise
+        print(f"error: metagen {args.command} failed unexpectedly with {type(exc).__name__}: {exc}. This is "
+              f"a bug in metagen or in a plugin it loaded; run again with --debug for the traceback and "
+              f"report it (metagen plugins list shows what is loaded).", file=sys.stderr)
+        return 1
 
 
 def _plugins_list(args) -> int:
@@ -106,62 +127,20 @@ def _record(r) -> dict[str, Any]:
 
 
 def _run(args) -> int:
-    from . import config as config_module
+    from . import cli_run
 
-    try:  # weight-loading progress bars are noise in a CLI run
-        from transformers.utils import logging as transformers_logging
+    return cli_run.execute(args)
 
-        transformers_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    from . import get_registry, run
 
-    registry = get_registry(args.plugins_dir, reload=args.plugins_dir is not None)
-    data = config_module.load(args.config)
-    if args.model:
-        data.setdefault("host", {})["model"] = args.model
-    if args.strategy:
-        data["strategy"] = {"name": args.strategy}  # another strategy's parameters do not carry over
-    for item in args.param:
-        key, value = _override(item)
-        data.setdefault("strategy", {"name": "generate"})[key] = value
-    cfg = config_module.validate(data, registry)
-    from tqdm import tqdm
+def _plot(args) -> int:
+    from pathlib import Path
 
-    bar = tqdm(total=len(args.prompts), desc=cfg.strategy["name"] if cfg.strategy else "generate",
-               unit="prompt", delay=1.0, disable=args.quiet, file=sys.stderr)
-    with bar:
-        results = run(cfg, args.prompts, on_result=lambda _: bar.update())
-    if args.trace:
-        from . import trace
+    from .plot import load, plot
 
-        trace.write(args.trace, results, config=data)
-    for result in results:
-        if args.json:
-            print(json.dumps(result.to_dict()))
-            continue
-        best = result.best.text if result.best else "(no candidate)"
-        spent = result.budget.spent()
-        print(f"prompt: {result.prompt}\n{best}\n"
-              f"[strategy {result.strategy}; {spent['tokens_generated']} tokens generated, "
-              f"{spent['forward_passes']} forward passes, {spent['wall_time']:.2f} s]\n")
+    out = Path(args.output) if args.output else Path(args.source).with_suffix(".png")
+    written = plot(load(args.source), out, title=args.title)
+    print(f"wrote {written}")
     return 0
-
-
-def _override(item: str) -> tuple[str, Any]:
-    """``key=value`` with a TOML value (``n=16``, ``temperature=0.7``, ``stop=["."]``); a bare
-    word is a string."""
-    import tomllib
-
-    from .errors import ConfigError
-
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"-p {item!r}: write KEY=VALUE, e.g. -p n=16")
-    try:
-        return key.strip(), tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return key.strip(), value
 
 
 def _tgi(args) -> int:

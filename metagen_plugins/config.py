@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
         "max_model_len": int,
         "dtype": str,
         "enforce_eager": bool,
+        "block_size": int,
     },
     "tgi": {
         "url": str,
@@ -207,6 +209,8 @@ def _settings(table: dict[str, Any], schema: dict[str, Any], label: str, where: 
         if not conforms(value, schema[key]):
             raise ConfigError(f"{where}{label} {key} must be {type_name(schema[key])}, "
                               f"got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{where}{label} {key} is NaN; give a number")
     return dict(table)
 
 
@@ -229,7 +233,7 @@ def _component(section, label, entry, registry: Registry, host, where) -> dict[s
             f"{where}{label}: {info.label()} cannot run on the {host} host; it runs on "
             f"{', '.join(info.hosts) or 'no host'}. Choose one of those hosts or another component."
         )
-    if kind in ("logits_processors", "stopping_criteria") and host == "transformers" \
+    if (kind == "strategies" or kind in ("logits_processors", "stopping_criteria") and host == "transformers") \
             and not info.schema.context:
         build(info, params, prefix=f"{where}{label}: ")  # cheap: catches bad values before loading
     return {"name": name, **params}
@@ -251,6 +255,10 @@ def check_params(info: ComponentInfo, params: dict[str, Any], prefix: str = "") 
         if not conforms(value, param.annotation):
             raise ConfigError(f"{prefix}{info.label()}: parameter {key!r} must be "
                               f"{type_name(param.annotation)}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{prefix}{info.label()}: parameter {key!r} is NaN; give a number")
+        if key == "max_new_tokens" and isinstance(value, int) and value < 1:  # the Generator's own rule
+            raise ConfigError(f"{prefix}{info.label()}: parameter 'max_new_tokens' must be >= 1, got {value}")
     missing = [p.name for p in schema.params.values() if p.required and p.name not in params]
     if missing:
         raise ConfigError(f"{prefix}{info.label()} is missing required parameter(s) "

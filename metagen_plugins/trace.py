@@ -19,11 +19,18 @@ from .errors import ConfigError
 SELECTIONS = ("self_consistency", "weighted_majority", "best_of_n", "mbr")
 
 
-def write(path: str | Path, results: Iterable[Result], config: dict[str, Any] | None = None) -> None:
+def write(path: str | Path, results: Iterable[Result], config: dict[str, Any] | Sequence[dict] | None = None,
+          expected: Sequence[str | None] | None = None) -> None:
+    """``config``: the run's configuration, or one per result; ``expected``: each prompt's known
+    answer (recorded as ``answer`` on its run line, so ``metagen plot`` can score the trace)."""
+    results = list(results)
+    configs = config if isinstance(config, (list, tuple)) else [config] * len(results)
     with open(path, "w", encoding="utf-8") as out:
-        for result in results:
+        for i, result in enumerate(results):
+            answer = expected[i] if expected is not None and i < len(expected) else None
             out.write(json.dumps({"event": "run", "prompt": result.prompt, "strategy": result.strategy,
-                                  "config": config or {}}) + "\n")
+                                  "config": configs[i] or {},
+                                  **({"answer": answer} if answer is not None else {})}) + "\n")
             for event in result.trace:
                 out.write(json.dumps(event) + "\n")
             best = result.candidates.index(result.best) if result.best in result.candidates else None

@@ -41,3 +41,13 @@ def test_generate_kwargs_example_runs(tiny_dir):
     first = proc.stdout.splitlines()[0]
     assert "'logits_processor'" in first and "'stopping_criteria'" in first
     assert "'prompt_lookup_num_tokens'" in first and "'do_sample'" in first
+
+
+def test_every_page_is_in_the_mkdocs_nav():
+    """`mkdocs build --strict` (make docs) fails on a nav entry with no page; this catches the
+    converse early: a page nobody can reach from the nav."""
+    root = Path(__file__).resolve().parent.parent
+    nav = (root / "mkdocs.yml").read_text()
+    pages = {p.name for p in (root / "docs").glob("*.md")}
+    missing = sorted(p for p in pages if not re.search(rf":\s*{re.escape(p)}\s*$", nav, flags=re.M))
+    assert pages and not missing, f"add these pages to the nav in mkdocs.yml: {missing}"

@@ -70,3 +70,16 @@ def test_llm_judge_in_a_run_uses_the_host_model(tiny):
 def test_missing_reward_model_is_clear(tmp_path):
     with pytest.raises(metagen_plugins.HostError, match="the reward model = .*neither a local directory"):
         build({"name": "outcome_reward_model", "path": str(tmp_path / "none")})
+
+
+def test_a_score_does_not_depend_on_what_else_is_in_the_batch(classifier_dir):
+    """A left-padded row is read at its own positions: scored alone or beside a longer text, a
+    candidate gets the same reward (rotary positions are relative, so
+    left padding must not change it)."""
+    short = Candidate("Q: 1+2=? A:", " 1+2=3. #### 3")
+    long = Candidate("Q: 1+2=? A:", " 1+2=4. 4+1=5. 5+5=10. 10+10=20. #### 20")
+    orm = build({"name": "outcome_reward_model", "path": str(classifier_dir)})
+    orm.tokenizer.padding_side = "left"
+    alone = orm.score("Q: 1+2=? A:", [short])[0]
+    beside = orm.score("Q: 1+2=? A:", [short, long])[0]
+    assert beside == pytest.approx(alone, abs=1e-5)

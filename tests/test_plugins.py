@@ -149,6 +149,6 @@ def test_components_api(install_plugin, registry):
     info = metagen_plugins.components("scorers")["shout"]
     assert set(info) >= {"plugin", "distribution", "version", "hosts", "docstring"}
     assert metagen_plugins.components("logits_processors")["top_p"]["hosts"] == ["transformers", "vllm", "tgi"]
-    assert metagen_plugins.components("logits_processors")["eta"]["hosts"] == ["transformers"]
+    assert metagen_plugins.components("logits_processors")["eta"]["hosts"] == ["transformers", "vllm"]  # not TGI
     with pytest.raises(ValueError, match="kind must be one of"):
         metagen_plugins.components("processors")

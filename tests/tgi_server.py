@@ -148,6 +148,7 @@ class TGIServer:
         self.delay = 0.0  # before each generation answer
         self.token_delay = 0.0  # between streamed events
         self.requests: list[tuple[str, dict]] = []
+        self.arrivals: list[float] = []  # when each POST arrived (monotonic seconds)
         self.contract_errors: list[str] = []
         self.streams: list[dict] = []  # per stream: events sent, total, closed_by_client
         self.in_flight = self.peak = 0
@@ -168,6 +169,16 @@ class TGIServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def finished_streams(self, timeout: float = 10.0) -> list[dict]:
+        """The stream records, once the server has finished writing (or lost) every stream."""
+        for record in self.streams:
+            record["done"].wait(timeout)
+        return [{k: v for k, v in r.items() if k != "done"} for r in self.streams]
+
+    def gaps(self) -> list[float]:
+        """Seconds between consecutive POSTs (a retry's wait, seen from the server)."""
+        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:])]
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -274,6 +285,7 @@ class TGIServer:
                 body = json.loads(raw)
                 path = self.path
                 server.requests.append((path, body))
+                server.arrivals.append(time.monotonic())
                 if path not in ("/", "/generate", "/generate_stream"):
                     return self._json(404, {"error": "not found", "error_type": "not_found"})
                 server._contract("CompatGenerateRequest" if path == "/" else "GenerateRequest", body)
@@ -312,8 +324,14 @@ class TGIServer:
             def _stream(self, body):
                 params = body.get("parameters") or {}
                 tokens, finish, seed = server.generate(body)
-                record = {"sent": 0, "total": len(tokens), "closed_by_client": False}
+                record = {"sent": 0, "total": len(tokens), "closed_by_client": False, "done": threading.Event()}
                 server.streams.append(record)
+                try:
+                    self._events(body, params, tokens, finish, seed, record)
+                finally:
+                    record["done"].set()
+
+            def _events(self, body, params, tokens, finish, seed, record):
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.end_headers()

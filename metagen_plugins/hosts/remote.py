@@ -60,6 +60,7 @@ class Sample:
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str = "length"
     prompt_tokens: int = 0  # prompt tokens the engine computed for this request, if it says
+    prompt_tokens_reused: int = 0  # prompt tokens it took from its prefix cache instead, if it says
     completion_tokens: int = 0  # tokens it generated (when token_ids are not returned)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +77,8 @@ class EventLoopThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def close(self) -> None:
+        # Finish async generators a client left early (e.g. a stream closed at a stop string).
+        asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result(timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
 
@@ -189,7 +192,8 @@ class RemoteGenerator:
             else:
                 charged = sum(s.completion_tokens or len(s.token_ids) for s in samples)
                 self.budget.charge(tokens_generated=charged,
-                                   prompt_tokens_computed=max((s.prompt_tokens for s in samples), default=0))
+                                   prompt_tokens_computed=max((s.prompt_tokens for s in samples), default=0),
+                                   prompt_tokens_reused=max((s.prompt_tokens_reused for s in samples), default=0))
                 return samples
             if problem.kind not in RETRYABLE or attempt == self.retries:
                 if attempt:

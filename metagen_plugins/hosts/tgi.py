@@ -150,24 +150,32 @@ class TGIGenerator(RemoteGenerator):
         from huggingface_hub import AsyncInferenceClient
 
         params = {k: v for k, v in params.items() if k != "decoder_input_details"}  # not streamed
-        tokens, pieces = [], []
+        tokens, pieces, top = [], [], []
         finish, prompt_tokens, seed = "length", 0, None
         async with AsyncInferenceClient(model=self.host.url, token=self.host.token, timeout=self.timeout) as client:
-            async for event in await client.text_generation(text, stream=True, **params):
-                tokens.append(event.token)
-                if not event.token.special:
-                    pieces.append(event.token.text)
-                if event.details is not None:
-                    finish, prompt_tokens, seed = (event.details.finish_reason, event.details.input_length,
-                                                   event.details.seed)
-                    break
-                if any(s in "".join(pieces) for s in client_stops):
-                    finish = "stop_sequence"
-                    break
+            events = await client.text_generation(text, stream=True, **params)
+            try:
+                async for event in events:
+                    tokens.append(event.token)
+                    if event.top_tokens:
+                        top.append([{k: _get(t, k) for k in ("id", "text", "logprob")} for t in event.top_tokens])
+                    if not event.token.special:
+                        pieces.append(event.token.text)
+                    if event.details is not None:
+                        finish, prompt_tokens, seed = (event.details.finish_reason, event.details.input_length,
+                                                       event.details.seed)
+                        break
+                    if any(s in "".join(pieces) for s in client_stops):
+                        finish = "stop_sequence"
+                        break
+            finally:
+                await events.aclose()  # before the client closes the connection
+        meta = {"seed": seed, "client_stop": finish == "stop_sequence" and bool(client_stops)}
+        if top:
+            meta["top_tokens"] = top
         return Sample(text="".join(pieces), token_ids=[t.id for t in tokens],
                       logprobs=[_logprob(t.logprob) for t in tokens], finish_reason=finish,
-                      prompt_tokens=prompt_tokens, completion_tokens=len(tokens),
-                      meta={"seed": seed, "client_stop": finish == "stop_sequence" and bool(client_stops)})
+                      prompt_tokens=prompt_tokens, completion_tokens=len(tokens), meta=meta)
 
     def _parse(self, output, client_stops: list[str]) -> Sample:
         details = output.details
@@ -181,21 +189,25 @@ class TGIGenerator(RemoteGenerator):
                 tokens, finish = tokens[:cut], "stop_sequence"
                 text = "".join(t.text for t in tokens if not t.special)
         meta: dict[str, Any] = {"seed": details.seed}
-        if details.top_tokens:
-            meta["top_tokens"] = [[{"id": t.id, "text": t.text, "logprob": t.logprob} for t in row]
+        if details.top_tokens:  # huggingface_hub leaves these nested rows as plain dicts
+            meta["top_tokens"] = [[{k: _get(t, k) for k in ("id", "text", "logprob")} for t in row]
                                   for row in details.top_tokens[:len(tokens)]]
         if details.prefill:
-            meta["prompt_logprobs"] = [_logprob(t.logprob) for t in details.prefill]
+            meta["prompt_logprobs"] = [_logprob(_get(t, "logprob")) for t in details.prefill]
         generated = details.generated_tokens
         if details.best_of_sequences:  # the other candidates TGI generated and discarded
             meta["best_of"] = 1 + len(details.best_of_sequences)
-            generated += sum(s.generated_tokens for s in details.best_of_sequences)
+            generated += sum(_get(s, "generated_tokens") for s in details.best_of_sequences)
         return Sample(text=text, token_ids=[t.id for t in tokens], logprobs=[_logprob(t.logprob) for t in tokens],
                       finish_reason=finish, prompt_tokens=len(details.prefill),
                       completion_tokens=max(generated, len(tokens)), meta=meta)
 
     def classify(self, exc: BaseException) -> Failure:
         return classify(exc)
+
+
+def _get(item, key: str):
+    return item[key] if isinstance(item, dict) else getattr(item, key)
 
 
 def _logprob(value: float | None) -> float:
@@ -222,7 +234,10 @@ _ERROR_TYPES = {"ValidationError": "invalid", "OverloadedError": "rate_limit",
 def classify(exc: BaseException) -> Failure:
     """A huggingface_hub / httpx exception as a :class:`Failure`: its kind, HTTP status, TGI's own
     message, and the server's Retry-After hint."""
-    import httpx2
+    try:  # huggingface_hub 2 speaks httpx2; 1.x spoke httpx
+        import httpx2
+    except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+        import httpx as httpx2
     from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, TextGenerationError
 
     if isinstance(exc, (InferenceTimeoutError, httpx2.TimeoutException, TimeoutError)):
@@ -241,9 +256,9 @@ def classify(exc: BaseException) -> Failure:
                        retry_after=retry_after)
     if isinstance(exc, (httpx2.TransportError, ConnectionError)):
         return Failure("connection", f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, (json.JSONDecodeError, ValueError, KeyError, TypeError)):
-        return Failure("protocol", f"malformed answer ({type(exc).__name__}: {exc})")
-    return Failure("connection", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, OSError):
+        return Failure("connection", f"{type(exc).__name__}: {exc}")
+    return Failure("protocol", f"malformed answer ({type(exc).__name__}: {exc})")  # not retried
 
 
 def _status_kind(status: int | None) -> str | None:
@@ -373,7 +388,7 @@ def check_deployment(url: str, config=None, timeout: float = 10.0) -> tuple[dict
     configured components it supports. Returns the /info document and the report lines."""
     from huggingface_hub import InferenceClient
 
-    client = InferenceClient(model=url.rstrip("/"), timeout=timeout,
+    client = InferenceClient(model=url.rstrip("/"), provider="hf-inference", timeout=timeout,
                              token=config.host.get("api_key") if config is not None else None)
     try:
         info = client.get_endpoint_info()
@@ -410,6 +425,10 @@ def _config_lines(info: dict[str, Any], config) -> list[CheckLine]:
             out.append(CheckLine("FAIL", key, f"configured {host[key]}, the server says {info[key]}: "
                                               f"set [host] {key} = {info[key]}"))
     cap = info.get("max_stop_sequences", DEFAULT_MAX_STOP_SEQUENCES)
+    for key, default in (("max_best_of", DEFAULT_MAX_BEST_OF), ("max_stop_sequences", DEFAULT_MAX_STOP_SEQUENCES)):
+        if key not in host and info.get(key, default) > default:
+            out.append(CheckLine("note", key, f"the server allows {info[key]}; set [host] {key} = {info[key]} "
+                                              f"to use them (metagen assumes TGI's default {default})"))
     for entry in config.processors + config.stopping:
         name = entry["name"]
         if name == "stop_strings" and len(entry.get("stop", [])) > cap:

@@ -234,6 +234,9 @@ class TransformersGenerator:
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         kwargs.setdefault("max_new_tokens", 64)
+        kwargs["max_new_tokens"] = self._fit_context(tokens, continuation, kwargs["max_new_tokens"])
+        if kwargs.get("logits_processor"):
+            kwargs["logits_processor"] = _checked(kwargs["logits_processor"], self.host.config, self.host.registry)
         n, kwargs["max_new_tokens"] = self.budget.allow(n, kwargs["max_new_tokens"], len(tokens),
                                                         self.host.params)
         kwargs.pop("token_healing", None)  # prompt_tokens() has healed the prompt already
@@ -275,6 +278,19 @@ class TransformersGenerator:
                            tokens_generated=generated, forward_passes=passes[0], samples=n,
                            params=self.host.params)
         return candidates
+
+    def _fit_context(self, tokens: list[int], continuation: list[int], max_new_tokens: int) -> int:
+        """``max_new_tokens`` cut to what the model's context leaves; a clear error, before any
+        generation, when the prompt alone fills it."""
+        limit = context_length(self.model)
+        if limit is None:
+            return max_new_tokens
+        if len(tokens) >= limit:
+            what = "prompt" + (f" with its {len(continuation)}-token continuation" if continuation else "")
+            raise HostError(f"the {what} is {len(tokens)} tokens; the model's context is {limit} tokens "
+                            f"(max_position_embeddings in its config), so nothing can be generated. "
+                            f"Shorten the prompt (or use a model with a longer context)")
+        return min(max_new_tokens, limit - len(tokens))
 
     def _eos_at(self, tokens: list[int]) -> int:
         """Index of the first EOS in ``tokens`` (its length when there is none)."""
@@ -331,6 +347,58 @@ class TransformersGenerator:
                                       return_dict_in_generate=True, output_logits=True, **kwargs)
             results.extend(_rows(out.sequences[:, len(tokens):], out.logits))
         return results, len(tokens) * n, 0
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model was built for (its config's position limit), if known."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class _FiniteCheck:
+    """Runs after a logits processor (or on the model's raw logits): stops generation with an
+    error naming the component when scores hold NaN or +inf, or a row is all -inf, instead of
+    sampling from them. Two cheap reductions per step."""
+
+    def __init__(self, what: str, info=None) -> None:
+        self.what, self.info, self.step = what, info, 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.step += 1
+        problem = None
+        if torch.isnan(scores).any():
+            problem = "NaN"
+        elif torch.isposinf(scores).any():
+            problem = "+inf"
+        elif torch.isneginf(scores).all(dim=-1).any():
+            problem = "only -inf (every token banned) in a row"
+        if problem is not None:
+            row = _first_bad_row(scores)
+            error = HostError(f"{self.what} produced {problem} scores at generation step {self.step} "
+                              f"(row {row}); metagen does not sample from them. Fix the component, or "
+                              f"remove it from the configuration")
+            error.component = self.info
+            raise error
+        return scores
+
+
+def _first_bad_row(scores: torch.Tensor) -> int:
+    bad = torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1) | torch.isneginf(scores).all(-1)
+    return int(bad.nonzero()[0, 0]) if bad.any() else -1
+
+
+def _checked(processors, config: Config, registry: Registry) -> LogitsProcessorList:
+    """The configured processors, each followed by a finiteness check naming it (and the
+    model's raw logits checked first)."""
+    checked = LogitsProcessorList([_FiniteCheck("the model's logits (before any processor)")])
+    for index, (processor, entry) in enumerate(zip(processors, config.processors)):
+        info = registry.get("logits_processors", entry["name"])
+        checked.extend([processor, _FiniteCheck(f"processors[{index}]: {info.label()}", info)])
+    return checked
 
 
 def _rows(new: torch.Tensor, logits) -> list[tuple[list[int], list[float]]]:

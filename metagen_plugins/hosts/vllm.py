@@ -100,7 +100,7 @@ def serve_args(config) -> list[str]:
             # only the configured components shape sampling, not the model's generation_config.json
             "--generation-config", "vllm"]
     for key, flag in (("dtype", "--dtype"), ("max_model_len", "--max-model-len"),
-                      ("gpu_memory_utilization", "--gpu-memory-utilization")):
+                      ("gpu_memory_utilization", "--gpu-memory-utilization"), ("block_size", "--block-size")):
         if key in settings:
             args += [flag, str(settings[key])]
     if "kv_cache" in settings:
@@ -109,6 +109,7 @@ def serve_args(config) -> list[str]:
                               f"use one of {', '.join(KV_CACHE_DTYPES)}")
         args += ["--kv-cache-dtype", settings["kv_cache"]]
     args.append("--enable-prefix-caching" if settings.get("prefix_caching", True) else "--no-enable-prefix-caching")
+    args.append("--enable-prompt-tokens-details")  # usage reports cached prompt tokens: the budget's "reused"
     spec = speculation(settings)
     if spec is not None:
         args += ["--speculative-config", json.dumps(spec)]
@@ -199,7 +200,9 @@ def _samples(data: dict[str, Any], n: int) -> list[Sample]:
     choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
     if len(choices) != n:
         raise ValueError(f"asked for {n} choices, got {len(choices)}")
-    prompt_tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+    usage = data.get("usage") or {}
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    prompt_tokens = int(usage.get("prompt_tokens") or 0) - cached  # computed; the rest came from the cache
     samples = []
     for choice in choices:
         ids = [int(t) for t in (choice.get("token_ids") or [])]
@@ -213,7 +216,7 @@ def _samples(data: dict[str, Any], n: int) -> list[Sample]:
             logprobs = []  # keep token ids only when the two align
         samples.append(Sample(text=choice["text"], token_ids=ids, logprobs=logprobs,
                               finish_reason="stop" if finish == "stop" else "length",
-                              prompt_tokens=prompt_tokens, completion_tokens=generated,
+                              prompt_tokens=prompt_tokens, prompt_tokens_reused=cached, completion_tokens=generated,
                               meta={"stop_reason": choice.get("stop_reason")} if choice.get("stop_reason") else {}))
     return samples
 

@@ -1,0 +1,254 @@
+"""Plugin faults: a plugin that raises while registering, building or generating takes down
+neither the other plugins nor the results already computed, and the error names the
+component, its plugin and its distribution. (Load failures, a hook raising and duplicate names
+across two distributions are in test_plugins.py.)
+
+``FAULTS`` is also run by ``bench/reliability.py`` for the report in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import metagen_plugins
+from metagen_plugins import PluginError
+from metagen_plugins.registry import DuplicateComponent
+
+FAULTY = '''
+import torch
+from metagen_hooks import Result, hookimpl
+
+LONG = 12  # inputs longer than this many tokens trigger the fault (the "long" prompt)
+
+
+class Explode:
+    """A logits processor that raises on long inputs."""
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] > LONG:
+            raise RuntimeError("explode: input too long")
+        return scores
+
+
+class Poison:
+    """A logits processor that returns NaN, +inf or all -inf scores on long inputs."""
+    def __init__(self, value: str = "nan"):
+        self.value = value
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] <= LONG:
+            return scores
+        scores = scores.clone()
+        if self.value == "nan":
+            scores[-1, 5] = float("nan")
+        elif self.value == "inf":
+            scores[-1, 5] = float("inf")
+        else:
+            scores[-1, :] = float("-inf")
+        return scores
+
+
+def halt_factory():
+    def halt(input_ids, scores, **kwargs):
+        if input_ids.shape[1] > LONG:
+            raise LookupError("halt: cannot decide")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    return halt
+
+
+class Grumpy:
+    """A scorer that raises on long prompts."""
+    def score(self, prompt, candidates):
+        if "long" in prompt:
+            raise ZeroDivisionError("grumpy scorer")
+        return [1.0 for _ in candidates]
+
+
+class Fragile:
+    """A strategy that raises on long prompts, after generating."""
+    def run(self, prompt, generator, scorer, budget):
+        [[c]] = generator.sample([prompt], 1, max_new_tokens=2)
+        if "long" in prompt:
+            raise KeyError("fragile strategy")
+        return Result(prompt=prompt, best=c, candidates=[c])
+
+
+class Unbuildable:
+    """A scorer whose factory raises."""
+    def __init__(self):
+        raise RuntimeError("cannot build")
+
+
+@hookimpl
+def register_logits_processors(register):
+    register("explode", Explode)
+    register("poison", Poison)
+
+
+@hookimpl
+def register_stopping_criteria(register):
+    register("halt", halt_factory)
+
+
+@hookimpl
+def register_scorers(register):
+    register("grumpy", Grumpy)
+    register("unbuildable", Unbuildable)
+
+
+@hookimpl
+def register_strategies(register):
+    register("fragile", Fragile)
+'''
+
+PROMPTS = ["ab", "a long prompt that trips it", "cd"]
+BASE = {"generation": {"max_new_tokens": 3, "seed": 0}}
+
+# name -> (configuration, the component named in the failure, what the error says)
+FAULTS: dict[str, tuple[dict, str, str]] = {
+    "logits processor raises": ({"processors": [{"name": "explode"}]}, "logits processor 'explode'",
+                                "RuntimeError: explode: input too long"),
+    "logits processor returns NaN": ({"processors": [{"name": "poison", "value": "nan"}]},
+                                     "logits processor 'poison'", "produced NaN scores"),
+    "logits processor returns +inf": ({"processors": [{"name": "poison", "value": "inf"}]},
+                                      "logits processor 'poison'", "produced +inf scores"),
+    "logits processor bans every token": ({"processors": [{"name": "poison", "value": "-inf"}]},
+                                          "logits processor 'poison'", "only -inf"),
+    "stopping criterion raises": ({"stopping": [{"name": "halt"}]}, "stopping criterion 'halt'",
+                                  "LookupError: halt: cannot decide"),
+    "scorer raises": ({"strategy": {"name": "best_of_n", "n": 2}, "scorer": {"name": "grumpy"}},
+                      "scorer 'grumpy'", "ZeroDivisionError: grumpy scorer"),
+    "strategy raises": ({"strategy": {"name": "fragile"}}, "strategy 'fragile'", "KeyError: 'fragile strategy'"),
+}
+
+
+def install_faulty(install_plugin):
+    install_plugin("metagen_faulty", FAULTY, dist="metagen-faulty", version="0.3")
+
+
+def run_fault(name: str, model, tokenizer, prompts=PROMPTS):
+    config, _, _ = FAULTS[name]
+    return metagen_plugins.run({**BASE, **config}, prompts, model=model, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_a_fault_fails_only_its_prompt_and_names_the_component(name, install_plugin, registry, tiny):
+    install_faulty(install_plugin)
+    registry()
+    model, tok = tiny
+    results = run_fault(name, model, tok)
+    assert [r.prompt for r in results] == PROMPTS
+    _, component, error = FAULTS[name]
+    ok_first, lost, ok_last = results
+    assert not metagen_plugins.failed(ok_first) and ok_first.best is not None
+    assert not metagen_plugins.failed(ok_last) and ok_last.best is not None
+    assert metagen_plugins.failed(lost) and lost.best is None
+    [failure] = [f for f in lost.failures if f["kind"] == "component"]
+    assert component in failure["component"] and error in failure["error"]
+    assert (failure["plugin"], failure["distribution"], failure["version"]) == ("metagen_faulty", "metagen-faulty", "0.3")
+    assert "metagen-faulty 0.3" in failure["message"]
+    assert lost.trace[-1]["event"] == "failed"
+    # the prompts that completed are exactly what a run without the failing prompt gives
+    alone = run_fault(name, model, tok, [PROMPTS[0], PROMPTS[2]])
+    assert [r.best.text for r in alone] == [ok_first.best.text, ok_last.best.text]
+
+
+def test_a_single_prompt_run_raises_with_the_component_named(install_plugin, registry, tiny):
+    install_faulty(install_plugin)
+    registry()
+    model, tok = tiny
+    with pytest.raises(Exception) as caught:
+        metagen_plugins.run({**BASE, "processors": [{"name": "poison"}]}, PROMPTS[1], model=model, tokenizer=tok)
+    assert "produced NaN scores" in str(caught.value)
+    assert any("logits processor 'poison' (plugin 'metagen_faulty', metagen-faulty 0.3)" in note
+               for note in caught.value.__notes__)
+
+
+def test_a_factory_that_raises_is_reported_before_any_model_loads(install_plugin, registry, monkeypatch):
+    install_faulty(install_plugin)
+    registry()
+    from metagen_plugins import hosts
+
+    monkeypatch.setattr(hosts, "create", lambda *a, **k: pytest.fail("the host was created"))
+    with pytest.raises(PluginError) as caught:
+        metagen_plugins.run({"scorer": {"name": "unbuildable"}}, ["x", "y"])
+    assert "scorer 'unbuildable' (plugin 'metagen_faulty', metagen-faulty 0.3) failed to build" in str(caught.value)
+    assert "RuntimeError: cannot build" in str(caught.value)
+
+
+def test_a_hook_that_registers_then_raises_adds_nothing(install_plugin, registry, capsys):
+    install_plugin("metagen_half", """
+from metagen_hooks import hookimpl
+@hookimpl
+def register_scorers(register):
+    register("half_done", lambda: None)
+    raise RuntimeError("midway")
+""", dist="metagen-half", version="2.0")
+    reg = registry()
+    assert "half_done" not in reg.components["scorers"]
+    assert reg.manager.records["metagen_half"].status == "FAILED"
+    assert "metagen-half 2.0" in capsys.readouterr().err
+    assert reg.get("scorers", "logprob")  # the others are untouched
+
+
+def test_a_plugin_cannot_replace_a_component_by_registering_it_twice(install_plugin, registry):
+    install_plugin("metagen_twice", """
+from metagen_hooks import hookimpl
+@hookimpl
+def register_scorers(register):
+    register("same", lambda: 1)
+    register("same", lambda: 2)
+""", dist="metagen-twice")
+    with pytest.raises(DuplicateComponent, match="'same' is registered by plugin 'metagen_twice'"):
+        registry().get("scorers", "same")
+
+
+def test_a_third_registration_does_not_win_a_conflict(install_plugin, registry):
+    for module in ("metagen_one", "metagen_two", "metagen_three"):
+        install_plugin(module, """
+from metagen_hooks import hookimpl
+@hookimpl
+def register_scorers(register):
+    register("contested", lambda: None)
+""", dist=module.replace("_", "-"))
+    reg = registry()
+    with pytest.raises(DuplicateComponent) as caught:
+        reg.get("scorers", "contested")
+    assert all(d in str(caught.value) for d in ("metagen-one", "metagen-two", "metagen-three"))
+    assert "contested" not in reg.components["scorers"]
+
+
+def test_an_entry_point_name_taken_by_another_distribution_fails_the_second(install_plugin, registry, capsys):
+    install_plugin("metagen_first", "from metagen_hooks import hookimpl\n", dist="metagen-first",
+                   entry_name="shared_name")
+    install_plugin("metagen_second", "from metagen_hooks import hookimpl\n", dist="metagen-second",
+                   entry_name="shared_name")
+    reg = registry()
+    record = reg.manager.records["shared_name"]
+    assert record.status == "FAILED" and "already loaded" in record.error
+    assert "metagen-first" in record.error or "metagen-second" in record.error
+
+
+def test_cli_prints_what_completed_and_exits_non_zero(tiny_dir, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "faulty_local.py").write_text(FAULTY)
+    config = tmp_path / "run.toml"
+    config.write_text(f'[host]\nmodel = "{tiny_dir}"\n\n[generation]\nmax_new_tokens = 3\n\n'
+                      '[[processors]]\nname = "explode"\n')
+    binary = Path(sys.executable).parent / "metagen"
+    proc = subprocess.run([str(binary), "--plugins-dir", str(plugins), "run", "--quiet", "--config", str(config),
+                           *PROMPTS], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    blocks = proc.stdout.strip().split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == [f"prompt: {p}" for p in PROMPTS]
+    assert "tokens generated" in blocks[0] and "tokens generated" in blocks[2]
+    assert "FAILED: logits processor 'explode' (plugin 'faulty_local', faulty_local) raised RuntimeError" in blocks[1]
+    assert "1 of 3 prompt(s) failed" in proc.stderr
+    json_run = subprocess.run([str(binary), "--plugins-dir", str(plugins), "run", "--quiet", "--json", "--config",
+                               str(config), *PROMPTS], capture_output=True, text=True, timeout=300)
+    rows = [json.loads(line) for line in json_run.stdout.splitlines()]
+    assert json_run.returncode == 1 and [r["best"] is None for r in rows] == [False, True, False]

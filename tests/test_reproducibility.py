@@ -1,0 +1,113 @@
+"""Reproducibility: the same configuration, seed and host give identical outputs and traces,
+for every strategy the registry holds (a new built-in strategy is covered without editing this
+file), across two fresh processes on the transformers host with the demo model; and a prompt's
+result does not depend on the prompts run before it. (test_strategies.py repeats a fixed list
+of strategies twice in one process on a random model.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import metagen_plugins
+
+PROMPTS = ["Q: 3+4-2=? A:", "Q: 9-5+7=? A:"]
+# Small settings for strategies that need them; any other strategy runs with its defaults under
+# the budget below, so it is covered as soon as it is registered.
+SMALL = {
+    "parallel": {"n": 3}, "best_of_n": {"n": 3}, "self_consistency": {"n": 3}, "weighted_majority": {"n": 3},
+    "mbr": {"n": 3}, "rejection": {"batch": 2, "max_samples": 4},
+    "adaptive_self_consistency": {"batch": 2, "max_samples": 4},
+    "step_beam_search": {"beam_width": 2, "expansions": 2, "max_steps": 3, "step_tokens": 10},
+    "dvts": {"n": 4, "expansions": 2, "max_steps": 3, "step_tokens": 10},
+    "rebase": {"n": 3, "max_steps": 3, "step_tokens": 10},
+    "particle_filtering": {"n": 3, "max_steps": 3, "step_tokens": 10},
+    "mcts": {"iterations": 3, "expansions": 2, "max_steps": 3, "step_tokens": 10},
+    "self_repair": {"rounds": 2}, "self_refine": {"rounds": 1},
+    "compose": {"inner": {"name": "best_of_n", "n": 2}, "outer": {"name": "self_consistency", "n": 2}},
+    "chain": {"stages": [{"template": "{prompt}"}, {"template": "{prompt}"}]},
+}
+SCORERS = {"mbr": "edit_similarity"}
+
+
+def builtin_strategies() -> list[str]:
+    registry = metagen_plugins.get_registry(reload=True)
+    return sorted(name for name, info in registry.components["strategies"].items()
+                  if info.plugin == "metagen_plugins.builtin")
+
+
+def config(name: str) -> dict:
+    return {"host": {"model": "demo-arith"},
+            "processors": [{"name": "temperature", "temperature": 0.8}],
+            "generation": {"do_sample": True, "seed": 1234, "max_new_tokens": 40},
+            "budget": {"max_tokens": 400, "max_samples": 12},
+            "strategy": {"name": name, **SMALL.get(name, {})},
+            "scorer": {"name": SCORERS.get(name, "step_checker")}}
+
+
+def without_wall_time(value):
+    """A result or trace with its wall-clock fields (the only ones allowed to differ) removed."""
+    if isinstance(value, dict):
+        return {k: without_wall_time(v) for k, v in value.items() if k != "wall_time"}
+    if isinstance(value, list):
+        return [without_wall_time(v) for v in value]
+    return value
+
+
+SCRIPT = """
+import json, sys
+import metagen_plugins
+from test_reproducibility import builtin_strategies, config, PROMPTS
+out = {}
+for name in builtin_strategies():
+    results = metagen_plugins.run(config(name), PROMPTS)
+    out[name] = [r.to_dict() for r in results]
+json.dump(out, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def two_processes():
+    """Every built-in strategy on both prompts, in two fresh processes."""
+    from pathlib import Path
+
+    here = str(Path(__file__).parent)
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=1800,
+                              cwd=here, env={"PYTHONPATH": here, "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(proc.stdout))
+    return runs
+
+
+@pytest.mark.parametrize("name", builtin_strategies())
+def test_same_configuration_and_seed_give_identical_outputs_and_traces(name, two_processes):
+    first, second = (without_wall_time(run[name]) for run in two_processes)
+    assert [r["best"] for r in first] == [r["best"] for r in second]
+    assert [r["candidates"] for r in first] == [r["candidates"] for r in second]
+    assert [r["trace"] for r in first] == [r["trace"] for r in second]
+    assert first == second  # everything else too: scores, budgets, failures
+    assert all(r["failures"] == [] and r["best"] is not None for r in first), name
+    assert first[0]["best"]["text"] or first[0]["candidates"]  # something was generated
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from metagen_plugins.hosts.transformers import load_model, load_tokenizer
+    from metagen_plugins.models import resolve
+
+    path = resolve("demo-arith")
+    return load_model(path), load_tokenizer(path)
+
+
+@pytest.mark.parametrize("name", builtin_strategies())
+def test_a_prompts_result_does_not_depend_on_the_prompts_before_it(name, two_processes, demo):
+    model, tokenizer = demo  # the same checkpoint, loaded once in this process
+    alone = without_wall_time(metagen_plugins.run(config(name), PROMPTS[1], model=model,
+                                                  tokenizer=tokenizer).to_dict())
+    assert alone == without_wall_time(two_processes[0][name][1])
