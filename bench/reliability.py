@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -125,6 +126,7 @@ def injected_faults() -> list[dict]:
                          "lost": lost, "names component + distribution": named})
     finally:
         sys.path.remove(str(site))
+        shutil.rmtree(site, ignore_errors=True)
         metagen_plugins.get_registry(reload=True)
     return rows
 
