@@ -83,31 +83,35 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
     from . import hosts
 
     host = hosts.create(cfg, registry, model=model, tokenizer=tokenizer)
-    if scorer_info is not None and scorer is None:
-        scorer = build(scorer_info, _params(cfg.scorer), context=host.context(), prefix="[scorer]: ")
-    results = []
-    for prompt in prompts:
-        budget = Budget(**cfg.budget)
-        generator = host.generator(budget)
-        budget.start()
-        try:
-            result = strategy.run(prompt, generator, scorer, budget)
-        except Exception as exc:  # this prompt failed; the others (done and to come) go on
-            if single:  # nothing else to keep: raise, saying whose code failed
+    try:
+        if scorer_info is not None and scorer is None:
+            scorer = build(scorer_info, _params(cfg.scorer), context=host.context(), prefix="[scorer]: ")
+        results = []
+        for prompt in prompts:
+            budget = Budget(**cfg.budget)
+            generator = host.generator(budget)
+            budget.start()
+            try:
+                result = strategy.run(prompt, generator, scorer, budget)
+            except Exception as exc:  # this prompt failed; the others (done and to come) go on
+                if single:  # nothing else to keep: raise, saying whose code failed
+                    failure = _describe_failure(exc, cfg)
+                    if failure["kind"] == "component":
+                        exc.add_note(failure["message"])
+                    raise
                 failure = _describe_failure(exc, cfg)
-                if failure["kind"] == "component":
-                    exc.add_note(failure["message"])
-                raise
-            failure = _describe_failure(exc, cfg)
-            result = Result(prompt=prompt, best=None, budget=budget, trace=[{"event": "failed", **failure}],
-                            failures=list(getattr(exc, "failures", [])) + [failure])
-        finally:
-            budget.stop()
-        result.strategy = result.strategy or strategy_entry["name"]
-        result.failures.extend(getattr(generator, "failures", []))
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
+                result = Result(prompt=prompt, best=None, budget=budget, trace=[{"event": "failed", **failure}],
+                                failures=[failure])  # the generator's own failures follow
+            finally:
+                budget.stop()
+            result.strategy = result.strategy or strategy_entry["name"]
+            result.failures.extend(getattr(generator, "failures", []))
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        if hasattr(host, "close"):  # a remote host's HTTP clients and event-loop thread
+            host.close()
     return results[0] if single else results
 
 

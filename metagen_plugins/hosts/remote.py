@@ -266,6 +266,14 @@ class RemoteHost:
     def check(self) -> None:
         """Reject, before any request, a configuration this engine cannot serve."""
 
+    async def aclose_clients(self) -> None:
+        """Close the HTTP clients this host opened (subclasses that keep one override this)."""
+
+    def close(self) -> None:
+        """Close the clients and stop the event-loop thread; ``run()`` calls this when done."""
+        self.loop.run(self.aclose_clients())
+        self.loop.close()
+
     def context(self) -> dict[str, Any]:
         return {}
 

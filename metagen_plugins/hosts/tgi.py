@@ -322,6 +322,11 @@ class TGIHost(RemoteHost):
                                                 timeout=self.config.host.get("timeout", 60.0))
         return self._client
 
+    async def aclose_clients(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
 
 # -- launcher configuration --------------------------------------------------------------------
 

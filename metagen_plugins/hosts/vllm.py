@@ -298,12 +298,10 @@ class VLLMHost(RemoteHost):
                                               limits=httpx2.Limits(max_connections=self.config.host.get("concurrency", 8)))
         return self._client
 
-    def close(self) -> None:
-        """Close the HTTP client and stop the event loop thread."""
+    async def aclose_clients(self) -> None:
         if self._client is not None:
-            self.loop.run(self._client.aclose())
+            await self._client.aclose()
             self._client = None
-        self.loop.close()
 
 
 def main_serve_args(config_path: str, as_json: bool = False) -> int:
