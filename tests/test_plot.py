@@ -86,3 +86,11 @@ def test_bad_input_is_one_clear_line(tmp_path, content, expected):
 def test_rejects_an_unknown_output_format(tmp_path):
     with pytest.raises(ConfigError, match=r"\.png, \.svg, \.pdf"):
         plot({"rows": RESULTS["rows"]}, tmp_path / "plot.jpg")
+
+
+def test_rows_differing_only_in_n_are_one_line():
+    from metagen_plugins.plot import families
+
+    rows = [{"strategy": s} for s in ("best_of_4 + rule", "best_of_16 + rule", "greedy", "self_consistency@8")]
+    assert {name: len(points) for name, points in families(rows).items()} == {
+        "best_of_N + rule": 2, "greedy": 1, "self_consistency@8": 1}
