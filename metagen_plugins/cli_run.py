@@ -129,11 +129,24 @@ def _configuration(args) -> dict[str, Any]:
     else:
         data = evaluate.default_config(args.model)
     if args.strategy:
-        data["strategy"] = {"name": args.strategy}  # another strategy's parameters do not carry over
+        data["strategy"] = {"name": args.strategy, **_carried(data.get("strategy") or {}, args.strategy)}
     for item in args.param:
         key, value = override(item)
         data.setdefault("strategy", {"name": "generate"})[key] = value
     return data
+
+
+def _carried(previous: dict[str, Any], name: str) -> dict[str, Any]:
+    """The previous strategy's parameters that ``name`` also takes (an ``answer_pattern`` for a
+    voting strategy, say); the rest belonged to the other strategy and are dropped."""
+    from . import get_registry
+    from .errors import ConfigError
+
+    try:
+        accepted = get_registry().get("strategies", name).schema.params
+    except ConfigError:  # an unknown name: validation names it and the valid ones
+        return {}
+    return {k: v for k, v in previous.items() if k != "name" and k in accepted}
 
 
 def _show(args, data: dict[str, Any]) -> None:

@@ -133,3 +133,15 @@ def test_strategy_and_parameter_overrides(tiny_dir, tmp_path):
     assert bad.returncode == 2 and "has no parameter 'm'" in bad.stderr
     bad = metagen("run", "--config", str(config), "-p", "n", "x", check=False)
     assert bad.returncode == 2 and "write KEY=VALUE" in bad.stderr
+
+
+def test_strategy_override_keeps_the_parameters_the_new_strategy_takes(tmp_path):
+    """Switching self-consistency to weighted majority keeps its n and answer pattern; switching
+    to best-of-N drops the answer pattern, which best-of-N does not take."""
+    config = tmp_path / "c.toml"
+    config.write_text('[strategy]\nname = "self_consistency"\nn = 3\nanswer_pattern = "= (\\\\d+)"\n')
+    shown = metagen("run", "--config", str(config), "--strategy", "weighted_majority", "--show-config").stdout
+    strategy = json.loads(shown.split("\n", 1)[1])["strategy"]
+    assert strategy == {"name": "weighted_majority", "n": 3, "answer_pattern": "= (\\d+)"}
+    shown = metagen("run", "--config", str(config), "--strategy", "best_of_n", "--show-config").stdout
+    assert json.loads(shown.split("\n", 1)[1])["strategy"] == {"name": "best_of_n", "n": 3}

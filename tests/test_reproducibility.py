@@ -14,24 +14,11 @@ import sys
 import pytest
 
 import metagen_plugins
+# The small settings the strategy tests use; a strategy not listed there runs with its defaults
+# under the budget below, so it is covered as soon as it is registered.
+from test_strategies import SCORERS, STRATEGIES as SMALL
 
 PROMPTS = ["Q: 3+4-2=? A:", "Q: 9-5+7=? A:"]
-# Small settings for strategies that need them; any other strategy runs with its defaults under
-# the budget below, so it is covered as soon as it is registered.
-SMALL = {
-    "parallel": {"n": 3}, "best_of_n": {"n": 3}, "self_consistency": {"n": 3}, "weighted_majority": {"n": 3},
-    "mbr": {"n": 3}, "rejection": {"batch": 2, "max_samples": 4},
-    "adaptive_self_consistency": {"batch": 2, "max_samples": 4},
-    "step_beam_search": {"beam_width": 2, "expansions": 2, "max_steps": 3, "step_tokens": 10},
-    "dvts": {"n": 4, "expansions": 2, "max_steps": 3, "step_tokens": 10},
-    "rebase": {"n": 3, "max_steps": 3, "step_tokens": 10},
-    "particle_filtering": {"n": 3, "max_steps": 3, "step_tokens": 10},
-    "mcts": {"iterations": 3, "expansions": 2, "max_steps": 3, "step_tokens": 10},
-    "self_repair": {"rounds": 2}, "self_refine": {"rounds": 1},
-    "compose": {"inner": {"name": "best_of_n", "n": 2}, "outer": {"name": "self_consistency", "n": 2}},
-    "chain": {"stages": [{"template": "{prompt}"}, {"template": "{prompt}"}]},
-}
-SCORERS = {"mbr": "edit_similarity"}
 
 
 def builtin_strategies() -> list[str]:
