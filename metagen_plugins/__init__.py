@@ -94,12 +94,11 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
             try:
                 result = strategy.run(prompt, generator, scorer, budget)
             except Exception as exc:  # this prompt failed; the others (done and to come) go on
+                failure = _describe_failure(exc, cfg)
                 if single:  # nothing else to keep: raise, saying whose code failed
-                    failure = _describe_failure(exc, cfg)
                     if failure["kind"] == "component":
                         exc.add_note(failure["message"])
                     raise
-                failure = _describe_failure(exc, cfg)
                 result = Result(prompt=prompt, best=None, budget=budget, trace=[{"event": "failed", **failure}],
                                 failures=[failure])  # the generator's own failures follow
             finally:

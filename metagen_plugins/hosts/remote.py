@@ -51,6 +51,28 @@ class Failure(Exception):
         return f"{self.kind}{status}: {self.message}"
 
 
+def status_kind(status: int | None) -> str | None:
+    """The :class:`Failure` kind of an HTTP error status (None for no status): 429 rate_limit,
+    408 timeout, 5xx server, any other error invalid (the engine rejected the request)."""
+    if status is None:
+        return None
+    if status == 429:
+        return "rate_limit"
+    if status == 408:
+        return "timeout"
+    return "server" if status >= 500 else "invalid"
+
+
+def retry_after(headers) -> float | None:
+    """The server's ``Retry-After`` in seconds; None when absent or an HTTP date (then the
+    exponential backoff applies)."""
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class Sample:
     """One completion as an engine returns it."""

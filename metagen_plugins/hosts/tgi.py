@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, HostError
-from .remote import Failure, RemoteGenerator, RemoteHost, Sample
+from .remote import Failure, RemoteGenerator, RemoteHost, Sample, retry_after, status_kind
 
 # TGI's launcher defaults and accepted values (text-generation-inference, launcher/src/main.rs).
 DEFAULT_MAX_BEST_OF = 2
@@ -247,40 +247,17 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(cause, HfHubHTTPError):
         response = cause.response
     status = response.status_code if response is not None else None
-    retry_after = _retry_after(response)
+    wait = retry_after(response.headers if response is not None else None)
     if isinstance(exc, TextGenerationError):  # TGI's own error body: {"error", "error_type"}
-        kind = _ERROR_TYPES.get(type(exc).__name__) or _status_kind(status) or "server"
-        return Failure(kind, str(exc), status=status, retry_after=retry_after)
+        kind = _ERROR_TYPES.get(type(exc).__name__) or status_kind(status) or "server"
+        return Failure(kind, str(exc), status=status, retry_after=wait)
     if isinstance(exc, HfHubHTTPError):
-        return Failure(_status_kind(status) or "server", _http_message(exc), status=status,
-                       retry_after=retry_after)
+        return Failure(status_kind(status) or "server", _http_message(exc), status=status, retry_after=wait)
     if isinstance(exc, (httpx2.TransportError, ConnectionError)):
         return Failure("connection", f"{type(exc).__name__}: {exc}")
     if isinstance(exc, OSError):
         return Failure("connection", f"{type(exc).__name__}: {exc}")
     return Failure("protocol", f"malformed answer ({type(exc).__name__}: {exc})")  # not retried
-
-
-def _status_kind(status: int | None) -> str | None:
-    if status is None:
-        return None
-    if status == 429:
-        return "rate_limit"
-    if status == 408:
-        return "timeout"
-    if status >= 500:
-        return "server"
-    return "invalid"
-
-
-def _retry_after(response) -> float | None:
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to exponential backoff
 
 
 def _http_message(exc) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, HostError
-from .remote import Failure, RemoteGenerator, RemoteHost, Sample
+from .remote import Failure, RemoteGenerator, RemoteHost, Sample, retry_after, status_kind
 
 XARG = "metagen"  # the vllm_xargs key the metagen-vllm plugin reads (a JSON string: see server_side)
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
@@ -183,14 +183,7 @@ def _status_failure(response) -> Failure:
     except ValueError:
         message = response.text[:500] or response.reason_phrase
     status = response.status_code
-    if status == 429:
-        retry_after = response.headers.get("retry-after")
-        try:
-            wait = float(retry_after) if retry_after is not None else None
-        except ValueError:
-            wait = None
-        return Failure("rate_limit", message, status, wait)
-    return Failure("server" if status >= 500 else "invalid", message, status)
+    return Failure(status_kind(status), message, status, retry_after(response.headers))
 
 
 def _samples(data: dict[str, Any], n: int) -> list[Sample]:
