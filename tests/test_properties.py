@@ -87,9 +87,10 @@ def invalid_configs(draw):
         return {section: {key: value}}, f"[{section}] {key}"
     if case == "budget_negative":
         key = draw(st.sampled_from(sorted(BUDGET_SETTINGS)))
-        value = draw(st.integers(max_value=-1) | st.floats(max_value=-1e-9, allow_infinity=True))
-        if BUDGET_SETTINGS[key] is int:
-            value = int(value) if math.isfinite(value) else -1
+        negative_int = st.integers(max_value=-1)
+        # an int setting gets a negative int (int(-1e-9) would be 0, a valid budget)
+        value = draw(negative_int if BUDGET_SETTINGS[key] is int
+                     else negative_int | st.floats(max_value=-1e-9, allow_infinity=True))
         return {"budget": {key: value}}, f"[budget] {key}"
     if case == "budget_nan":
         return {"budget": {"max_flops": math.nan}}, "[budget] max_flops"
