@@ -2,6 +2,7 @@
 registry before any model loads.
 
     [host]          name = "transformers" | "vllm" | "tgi"; model, draft_model, kv_cache, url, ...
+    [run]           concurrency (prompts in flight at once)
     [generation]    max_new_tokens, do_sample, seed
     [budget]        max_tokens, max_flops, max_samples
     [[processors]]  ordered: name = "top_p", top_p = 0.9
@@ -83,7 +84,9 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
 GENERATION_SETTINGS: dict[str, Any] = {"max_new_tokens": int, "do_sample": bool, "seed": int,
                                        "token_healing": bool}
 BUDGET_SETTINGS: dict[str, Any] = {"max_tokens": int, "max_flops": float, "max_samples": int}
+RUN_SETTINGS: dict[str, Any] = {"concurrency": int}
 SECTIONS = {
+    "run": "table",
     "host": "table",
     "generation": "table",
     "budget": "table",
@@ -108,6 +111,7 @@ class Config:
     host: dict[str, Any] = field(default_factory=lambda: {"name": "transformers"})
     generation: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
     processors: list[dict[str, Any]] = field(default_factory=list)
     stopping: list[dict[str, Any]] = field(default_factory=list)
     strategy: dict[str, Any] | None = None
@@ -172,6 +176,10 @@ def validate(source: Any, registry: Registry) -> Config:
     config.host = _host(data.get("host") or {}, where)
     config.generation = _settings(data.get("generation") or {}, GENERATION_SETTINGS, "[generation]", where)
     config.budget = _settings(data.get("budget") or {}, BUDGET_SETTINGS, "[budget]", where)
+    config.run = _settings(data.get("run") or {}, RUN_SETTINGS, "[run]", where)
+    if config.run.get("concurrency", 1) < 1:
+        raise ConfigError(f"{where}[run] concurrency must be >= 1 (1 runs prompts one at a time), "
+                          f"got {config.run['concurrency']}")
     for key, value in config.budget.items():
         if value < 0:
             raise ConfigError(f"{where}[budget] {key} must be >= 0, got {value!r}")

@@ -302,7 +302,9 @@ class RemoteHost:
     def format(self, prompt: str) -> str:
         return prompt
 
-    def generator(self, budget: Budget) -> RemoteGenerator:
+    def generator(self, budget: Budget, config=None) -> RemoteGenerator:
+        if config is not None and config is not self.config:
+            raise HostError(f"the {self.name} host does not take a per-prompt configuration yet")
         settings = self.config.host
         return self.generator_class(self, budget, timeout=settings.get("timeout", 60.0),
                                     concurrency=settings.get("concurrency", 8),

@@ -168,13 +168,15 @@ class TransformersHost:
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
 
-    def generator(self, budget: Budget) -> "TransformersGenerator":
-        """A Generator charging ``budget``; seeds torch first when ``[generation] seed`` is set,
-        so each prompt's run is reproducible on its own."""
-        seed = self.config.generation.get("seed")
+    def generator(self, budget: Budget, config: Config | None = None) -> "TransformersGenerator":
+        """A Generator charging ``budget``, with ``config``'s components (the host's own when
+        ``None``); seeds torch first when ``[generation] seed`` is set, so each prompt's run is
+        reproducible on its own."""
+        config = config or self.config
+        seed = config.generation.get("seed")
         if seed is not None:
             torch.manual_seed(seed)
-        return TransformersGenerator(self, budget)
+        return TransformersGenerator(self, budget, config)
 
 
 class TransformersGenerator:
@@ -182,8 +184,9 @@ class TransformersGenerator:
     every prefix it has computed (prompts, and each sample's prompt + continuation) stays in a
     prefix cache for this run, so ``extend`` pays only for tokens it has not seen."""
 
-    def __init__(self, host: TransformersHost, budget: Budget) -> None:
+    def __init__(self, host: TransformersHost, budget: Budget, config: Config | None = None) -> None:
         self.host = host
+        self.config = config or host.config
         self.budget = budget
         self.model = host.model
         self.tokenizer = host.tokenizer
@@ -194,7 +197,7 @@ class TransformersGenerator:
         self.pad_id = next(iter(self.eos_ids), None)
         if self.pad_id is None:
             self.pad_id = self.tokenizer.pad_token_id or 0
-        self.prefix_cache = PrefixCache(host.config.host.get("prefix_cache_bytes", 512 * 2**20),
+        self.prefix_cache = PrefixCache(self.config.host.get("prefix_cache_bytes", 512 * 2**20),
                                         self.model.config)
         self._prompt_tokens: dict[str, list[int]] = {}
 
@@ -218,7 +221,7 @@ class TransformersGenerator:
             ids = self.tokenizer(self.host.format(prompt), add_special_tokens=not self.host.chat).input_ids
             if not ids:
                 raise ValueError("the prompt is empty after tokenization; give at least one token")
-            if self.host.config.generation.get("token_healing") and len(ids) > 1:
+            if self.config.generation.get("token_healing") and len(ids) > 1:
                 with torch.no_grad():
                     ids = self.model.heal_tokens(torch.tensor([ids]), self.tokenizer)[0].tolist()
                 self.budget.charge(prompt_tokens_computed=len(ids) - 1, forward_passes=1, params=self.host.params)
@@ -230,13 +233,13 @@ class TransformersGenerator:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         tokens = self.prompt_tokens(prompt) + continuation
-        kwargs = generate_kwargs(self.host.config, self.host.registry, model=self.model, tokenizer=self.tokenizer)
+        kwargs = generate_kwargs(self.config, self.host.registry, model=self.model, tokenizer=self.tokenizer)
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         kwargs.setdefault("max_new_tokens", 64)
         kwargs["max_new_tokens"] = self._fit_context(tokens, continuation, kwargs["max_new_tokens"])
         if kwargs.get("logits_processor"):
-            kwargs["logits_processor"] = _checked(kwargs["logits_processor"], self.host.config, self.host.registry)
+            kwargs["logits_processor"] = _checked(kwargs["logits_processor"], self.config, self.host.registry)
         n, kwargs["max_new_tokens"] = self.budget.allow(n, kwargs["max_new_tokens"], len(tokens),
                                                         self.host.params)
         kwargs.pop("token_healing", None)  # prompt_tokens() has healed the prompt already
