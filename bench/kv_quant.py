@@ -52,7 +52,7 @@ def run(model, prefill, first_logits, make_cache, reference):
         predictions = [first_logits.argmax().item()]
         start = time.perf_counter()
         for token in reference[:-1]:
-            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            out = model(torch.tensor([[token]]), cache=cache, use_cache=True)
             predictions.append(out.logits[0, -1].argmax().item())
         seconds = time.perf_counter() - start
     return cache, predictions, seconds / max(1, len(reference) - 1)
@@ -76,7 +76,7 @@ def main() -> None:
     }
     prefill = DynamicCache(config=config)
     with torch.no_grad():
-        out = model(ids, past_key_values=prefill, use_cache=True)
+        out = model(ids, cache=prefill, use_cache=True)
     first_logits = out.logits[0, -1]
     reference = []  # the default cache's greedy continuation
     cache = copy.deepcopy(prefill)
@@ -84,7 +84,7 @@ def main() -> None:
         for _ in range(steps):
             token = out.logits[0, -1].argmax().item()
             reference.append(token)
-            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            out = model(torch.tensor([[token]]), cache=cache, use_cache=True)
     rows, figures = [], {}
     base_bytes = None
     for name, make in kinds.items():

@@ -32,6 +32,9 @@ def add_arguments(run) -> None:
     run.add_argument("--compare", action="store_true",
                      help="also decode greedily on the same prompts; print both answers, accuracies and costs")
     run.add_argument("--show-config", action="store_true", help="print the configuration that would run, and exit")
+    run.add_argument("--concurrency", type=int, metavar="N",
+                     help="prompts in flight at once (overrides [run] concurrency; 1 = one at a time; "
+                     "default: the host's, 64)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print one JSON object per prompt (with --compare: "
                      "one results file, the input of `metagen plot`)")
@@ -76,16 +79,19 @@ def execute(args) -> int:
     with bar:
         for label, config in runs:
             bar.set_description(label)
-            count = iter(range(len(prompts)))
 
-            def done(result):
-                bar.update()
-                index = next(count)
+            def show(index, result):
                 if not args.compare and not args.json:  # stream each answer as it is ready
                     bar.write(_text(result, expected[index], pattern), file=sys.stdout)
 
+            waiting = _Ordered(prompts, show)
+
+            def done(result):
+                bar.update()
+                waiting.add(result)  # answers print in input order, each as soon as it can
+
             try:
-                outputs.append((label, run(config, prompts, on_result=done, **objects)))
+                outputs.append((label, run(config, prompts, on_result=done, concurrency=args.concurrency, **objects)))
             finally:
                 if not quiet:  # clear the bar even when a streamed answer redrew it
                     sys.stderr.write("\r\033[K")
@@ -107,6 +113,25 @@ def execute(args) -> int:
         for result, answer in zip(outputs[0][1], expected):
             print(json.dumps({**result.to_dict(), **_summary(result, answer, pattern)}))
     return _report_failures([r for _, results in outputs for r in results])
+
+
+class _Ordered:
+    """Results arrive as prompts finish; ``emit(index, result)`` runs in input order, for each
+    result as soon as every earlier prompt's has arrived."""
+
+    def __init__(self, prompts: list[str], emit) -> None:
+        self.emit = emit
+        self.slots: dict[str, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            self.slots.setdefault(prompt, []).append(index)
+        self.ready: dict[int, Any] = {}
+        self.next = 0
+
+    def add(self, result) -> None:
+        self.ready[self.slots[result.prompt].pop(0)] = result  # a repeated prompt: first free slot
+        while self.next in self.ready:
+            self.emit(self.next, self.ready.pop(self.next))
+            self.next += 1
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

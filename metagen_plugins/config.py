@@ -42,6 +42,8 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
         "prefix_cache_bytes": int,
         "chat_template": bool | Literal["auto"],
         "shared_prefix_attention": bool,
+        "batching": bool,
+        "max_batch_tokens": int,
     },
     "vllm": {
         "url": str,

@@ -24,7 +24,7 @@ from .errors import ConfigError
 
 # Prompts in flight at once when neither [run] concurrency nor concurrency= says: enough to fill
 # a batch on the in-process host, and to keep a serving engine's queue full on a remote one.
-DEFAULT_CONCURRENCY = {"transformers": 1, "vllm": 64, "tgi": 64}
+DEFAULT_CONCURRENCY = {"transformers": 64, "vllm": 64, "tgi": 64}
 
 
 class Runner:

@@ -33,18 +33,28 @@ def test_n_greedy_samples_share_one_prefill_and_equal_generate(tiny):
     assert gen.budget.forward_passes == 1 + 12
 
 
-def test_sampling_matches_num_return_sequences_with_the_same_seed(tiny):
+def test_each_row_samples_from_its_own_seeded_stream(tiny):
+    """Row r of a seeded request draws from softmax(processed scores) with its own generator
+    (derived from the seed, the prompt, the call and the prefix index), exactly as a hand loop
+    over the full model does; so a row's tokens do not depend on what shares its batch."""
+    from metagen_plugins.hosts.batching import row_generators
+
     model, tok = tiny
-    config = {"processors": [{"name": "temperature", "temperature": 1.2}]}
-    gen = generator(tiny, config)
-    torch.manual_seed(11)
-    [cands] = gen.sample([PROMPT], n=6, max_new_tokens=10)
+    config = {"processors": [{"name": "temperature", "temperature": 1.2}], "generation": {"seed": 11}}
+    [cands] = generator(tiny, config).sample([PROMPT], n=6, max_new_tokens=10)
     ids = tok(PROMPT, return_tensors="pt").input_ids
-    torch.manual_seed(11)
-    ref = model.generate(ids, max_new_tokens=10, do_sample=True, temperature=1.2, top_k=0,
-                         num_return_sequences=6, pad_token_id=2)[:, ids.shape[1]:]
-    assert [c.token_ids for c in cands] == [row.tolist()[: len(c.token_ids)] for row, c in zip(ref, cands)]
+    for row, (candidate, stream) in enumerate(zip(cands, row_generators((11, PROMPT, 1, 0), 6))):
+        tokens = ids
+        with torch.no_grad():
+            for _ in range(len(candidate.token_ids)):
+                scores = model(tokens).logits[:, -1, :].float() / 1.2
+                chosen = torch.multinomial(scores.softmax(-1)[0], 1, generator=stream)
+                tokens = torch.cat([tokens, chosen[None]], 1)
+        assert candidate.token_ids == tokens[0, ids.shape[1]:].tolist(), row
     assert len({c.text for c in cands}) > 1
+    # The same request beside another prompt's, in one call and in one batch: the same rows.
+    [again, _] = generator(tiny, config).sample([PROMPT, "another prompt entirely"], n=6, max_new_tokens=10)
+    assert [c.token_ids for c in again] == [c.token_ids for c in cands]
 
 
 def test_extend_reuses_the_cached_prefix_and_continues_exactly(tiny):
@@ -79,11 +89,11 @@ def test_prefix_cache_is_bounded_in_bytes(tiny):
     model, tok = tiny
     ids = torch.tensor([tok("abcdefgh").input_ids])
     out = model(ids, use_cache=True)
-    size = cache_bytes(out.past_key_values)
+    size = cache_bytes(out.cache)
     cache = PrefixCache(max_bytes=2 * size, config=model.config)
     for i, prompt in enumerate(["abcdefgh", "bcdefghi", "cdefghij"]):
         ids = torch.tensor([tok(prompt).input_ids])
-        cache.put(tuple(ids[0].tolist()), model(ids, use_cache=True).past_key_values)
+        cache.put(tuple(ids[0].tolist()), model(ids, use_cache=True).cache)
     assert cache.bytes <= 2 * size and len(cache.entries) == 2
     assert cache.longest(tuple(tok("abcdefgh").input_ids))[0] == 0  # evicted, least recent
     hit, kv = cache.longest(tuple(tok("cdefghijk").input_ids))
@@ -118,24 +128,24 @@ def test_shared_prefix_attention_equals_full_attention(kv_heads):
     rows = torch.cat([ids.repeat(3, 1), torch.randint(4, 60, (3, 4), generator=torch.Generator().manual_seed(1))], 1)
     with torch.no_grad():
         full = model(rows).logits[:, 30:]
-        prefix = model(ids, use_cache=True).past_key_values
+        prefix = model(ids, use_cache=True).cache
         cache = shared_cache(prefix, model.config)
         with decoding(model, cache):
-            first = model(rows[:, 30:32], past_key_values=cache, use_cache=True).logits  # q > 1: causal
-            rest = [model(rows[:, i:i + 1], past_key_values=cache, use_cache=True).logits for i in (32, 33)]
+            first = model(rows[:, 30:32], cache=cache, use_cache=True).logits  # q > 1: causal
+            rest = [model(rows[:, i:i + 1], cache=cache, use_cache=True).logits for i in (32, 33)]
     assert model.config._attn_implementation == "sdpa"  # restored
     shared = torch.cat([first, *rest], dim=1)
     assert torch.allclose(shared, full, atol=1e-5)
 
 
-def test_shared_prefix_and_expanded_paths_sample_the_same_tokens(tiny):
+def test_batched_loop_and_expanded_generate_path_agree(tiny):
+    """Greedy tokens and log-probs: the batched decode loop (shared prefixes) equals one
+    generate() call on the prefix KV expanded to n rows."""
     outputs = []
     for shared in (True, False):
-        gen = generator(tiny, {"host": {"shared_prefix_attention": shared},
-                               "processors": [{"name": "temperature", "temperature": 1.3}]})
+        gen = generator(tiny, {"host": {"shared_prefix_attention": shared}})
         assert gen.host.shared_prefix is shared
-        torch.manual_seed(5)
-        [cands] = gen.sample([PROMPT], n=5, max_new_tokens=10)
+        [cands] = gen.sample([PROMPT], n=3, max_new_tokens=10)
         [[child]] = gen.extend(cands[:1], n=1, max_new_tokens=5)
         outputs.append(([c.token_ids for c in cands], child.token_ids, [c.logprobs for c in cands]))
     assert outputs[0][:2] == outputs[1][:2]

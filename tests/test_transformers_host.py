@@ -175,7 +175,7 @@ def test_quantized_kv_cache(tiny, kv_cache, backend):
     assert kwargs["cache_implementation"] == "quantized" and kwargs["cache_config"]["backend"] == backend
     out = model.generate(**tok("hello " * 40, return_tensors="pt"), **kwargs, pad_token_id=2,
                          return_dict_in_generate=True)
-    assert isinstance(out.past_key_values, QuantizedCache)
+    assert isinstance(out.cache, QuantizedCache)
     result = metagen_plugins.run({"host": {"kv_cache": kv_cache}, "generation": {"max_new_tokens": 8}},
                                  "hello " * 40, model=model, tokenizer=tok)
     assert len(result.best.token_ids) <= 8 and result.budget.prompt_tokens_reused == 0

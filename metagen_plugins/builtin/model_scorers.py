@@ -7,6 +7,7 @@ from typing import Literal, Sequence
 
 from metagen_hooks import Candidate
 
+from .gather import Gathered
 from .run_state import aggregate_steps
 
 
@@ -46,9 +47,11 @@ class OutcomeRewardModel:
     def __init__(self, path: str, batch_size: int = 32) -> None:
         self.model, self.tokenizer = _classifier(path)
         self.batch_size = batch_size
+        # Prompts scored at the same time (the runner's workers) share forward passes.
+        self._reward = Gathered(lambda texts: _reward(self.model, self.tokenizer, texts, self.batch_size))
 
     def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
-        return _reward(self.model, self.tokenizer, [prompt + c.text for c in candidates], self.batch_size)
+        return self._reward([prompt + c.text for c in candidates])
 
 
 class ProcessRewardModel:
@@ -60,6 +63,8 @@ class ProcessRewardModel:
                  batch_size: int = 64) -> None:
         self.model, self.tokenizer = _classifier(path)
         self.delimiter, self.aggregate, self.batch_size = delimiter, aggregate, batch_size
+        # Prompts scored at the same time (the runner's workers) share forward passes.
+        self._reward = Gathered(lambda texts: _reward(self.model, self.tokenizer, texts, self.batch_size))
 
     def _prefixes(self, text: str) -> list[str]:
         pieces = text.split(self.delimiter)
@@ -73,7 +78,7 @@ class ProcessRewardModel:
             prefixes = self._prefixes(c.text)
             spans.append(len(prefixes))
             texts += [prompt + p for p in prefixes]
-        flat = _reward(self.model, self.tokenizer, texts, self.batch_size)
+        flat = self._reward(texts)
         out, start = [], 0
         for n in spans:
             out.append(flat[start:start + n])
@@ -108,6 +113,8 @@ class LLMJudge:
                              "transformers host, whose model judges")
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.yes, self.no = self._token(yes), self._token(no)
+        # Prompts judged at the same time (the runner's workers) share forward passes.
+        self._judged = Gathered(self._judge)
 
     def _token(self, word: str) -> int:
         ids = self.tokenizer(word, add_special_tokens=False).input_ids
@@ -116,15 +123,25 @@ class LLMJudge:
         return ids[0]
 
     def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        return self._judged([self.template.format(prompt=prompt, answer=c.text) for c in candidates])
+
+    def _judge(self, texts: list[str], batch_size: int = 16) -> list[float]:
+        """P(yes) against no after each text: left-padded batches (positions counted from each
+        row's first real token, as generate() does), the last position's logits."""
         import torch
 
+        encoded = [self.tokenizer(text).input_ids for text in texts]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = []
-        for c in candidates:
-            ids = self.tokenizer(self.template.format(prompt=prompt, answer=c.text), return_tensors="pt").input_ids
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start:start + batch_size]
+            length = max(len(ids) for ids in chunk)
+            ids = torch.tensor([[pad] * (length - len(row)) + row for row in chunk])
+            mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in chunk])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                logits = self.model(ids).logits[0, -1].float()
-            pair = torch.stack([logits[self.yes], logits[self.no]]).softmax(-1)
-            out.append(pair[0].item())
+                logits = self.model(ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            out += torch.stack([logits[:, self.yes], logits[:, self.no]], -1).softmax(-1)[:, 0].tolist()
         return out
 
 

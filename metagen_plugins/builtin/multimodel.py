@@ -38,8 +38,8 @@ class SideModel:
                 self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
                 positions = self.mask.sum(-1, keepdim=True) - 1
                 out = self.model(input_ids[:, -1:], attention_mask=self.mask, position_ids=positions,
-                                 past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                                 cache=self.cache, use_cache=True)
+        self.cache = out.cache
         self.seen = input_ids.shape[1]
         return out.logits[:, -1, :].float()
 

@@ -127,4 +127,4 @@ def extend_cache(model, cache: DynamicCache | None, tokens: torch.Tensor) -> Dyn
     """Run ``tokens`` ([1, k]) on top of ``cache`` (mutated) and return the cache."""
     if tokens.shape[1] == 0:
         return cache
-    return model(tokens, past_key_values=cache, use_cache=True).past_key_values
+    return model(tokens, cache=cache, use_cache=True).cache

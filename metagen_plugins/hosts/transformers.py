@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import Any, Sequence
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     LogitsProcessorList,
     StoppingCriteriaList,
 )
@@ -21,9 +23,13 @@ from ..builtin.stopping import stop_strings
 from ..config import Config, build
 from ..errors import ConfigError, HostError
 from ..models import resolve
+from .batching import Engine, Request, _Prefix, row_generators
 from .prefix_cache import PrefixCache, extend_cache, sliceable
-from .shared_prefix import decoding, shared_cache, supported
+from .shared_prefix import SharedPrefixLayer, decoding, shared_cache, supported
 from ..registry import Registry
+
+# Prefill batches stay under this many (padded) tokens.
+_PREFILL_TOKENS = 8192
 
 # With sampling on, these neutralise generate()'s own warpers (and top_k's default of 50), so
 # only the configured processors apply, in the configured order.
@@ -131,7 +137,9 @@ def cache_kwargs(kv_cache: str | dict) -> dict[str, Any]:
 
 
 class TransformersHost:
-    """Holds the model and tokenizer (given, or loaded from ``[host] model``) for a run."""
+    """Holds the model and tokenizer (given, or loaded from ``[host] model``) for a run, the
+    prefix cache every prompt shares, and the batched decode loop (``batching.Engine``) that
+    decodes every sequence in flight, whichever prompt's strategy asked for it."""
 
     name = "transformers"
 
@@ -156,6 +164,17 @@ class TransformersHost:
         chat = settings.get("chat_template", "auto")
         self.chat = bool(getattr(tokenizer, "chat_template", None)) if chat == "auto" else chat
         self.params = sum(p.numel() for p in model.parameters())
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
+        self.pad_id = next(iter(self.eos_ids), None)
+        if self.pad_id is None:
+            self.pad_id = tokenizer.pad_token_id or 0
+        self.prefix_cache = PrefixCache(settings.get("prefix_cache_bytes", 512 * 2**20), model.config)
+        self.lock = threading.Lock()  # generate() calls (paths the engine does not take) one at a time
+        self._engine: Engine | None = None
+        self._stop_criteria: dict[tuple[str, ...], Any] = {}
 
     def context(self) -> dict[str, Any]:
         """What components may ask the host for (their ``model`` / ``tokenizer`` parameters)."""
@@ -170,44 +189,142 @@ class TransformersHost:
 
     def generator(self, budget: Budget, config: Config | None = None) -> "TransformersGenerator":
         """A Generator charging ``budget``, with ``config``'s components (the host's own when
-        ``None``); seeds torch first when ``[generation] seed`` is set, so each prompt's run is
-        reproducible on its own."""
-        config = config or self.config
-        seed = config.generation.get("seed")
-        if seed is not None:
-            torch.manual_seed(seed)
-        return TransformersGenerator(self, budget, config)
+        ``None``). With ``[generation] seed`` every row samples from its own stream derived from
+        the seed, the prompt and the request, so a prompt's run is reproducible on its own."""
+        return TransformersGenerator(self, budget, config or self.config)
+
+    @property
+    def engine(self) -> Engine:
+        """The batched decode loop, started on first use."""
+        with self.lock:
+            if self._engine is None:
+                self._engine = Engine(self.model, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                                      max_batch_tokens=self.config.host.get("max_batch_tokens", 65536),
+                                      prefill=self._prefill, remember=self._remember)
+            return self._engine
+
+    def batched(self, kwargs: dict[str, Any]) -> bool:
+        """Whether the batched loop can run a request with these generate() arguments (not for
+        draft models, prompt lookup or caches of generate()'s own making, nor for model types
+        without the shared-prefix attention path)."""
+        return (self.shared_prefix and self.config.host.get("batching", True)
+                and not {"assistant_model", "prompt_lookup_num_tokens", "cache_implementation"} & set(kwargs))
+
+    def _prefill(self, prefixes: list[list[int]]) -> list[tuple[_Prefix, int]]:
+        """Each prefix's KV as one row, with how many of its tokens the prefix cache held: taken
+        from the cache as far as it holds it, computed past that; prefixes the cache knows nothing
+        of are computed together, right-padded, in one forward pass (per chunk of tokens)."""
+        out: list[tuple[_Prefix, int] | None] = [None] * len(prefixes)
+        fresh: dict[tuple[int, ...], list[int]] = {}
+        for index, tokens in enumerate(prefixes):
+            if not tokens:  # a one-token prompt: no prefix at all
+                out[index] = self._empty_prefix(), 0
+                continue
+            hit, cache = self.prefix_cache.longest(tuple(tokens))
+            if hit == 0:
+                fresh.setdefault(tuple(tokens), []).append(index)
+                continue
+            if hit < len(tokens):
+                cache = self.model(torch.tensor([tokens[hit:]]), cache=cache, use_cache=True).cache
+                self.prefix_cache.put(tuple(tokens), cache, 0)
+            out[index] = _Prefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]), hit
+        pending = sorted(fresh, key=len)
+        while pending:
+            chunk = [pending.pop()]  # longest first; add prefixes while the padded batch stays small
+            while pending and (len(chunk) + 1) * len(chunk[0]) <= _PREFILL_TOKENS:
+                chunk.append(pending.pop())
+            for tokens, prefix in zip(chunk, self._prefill_batch(chunk)):
+                for index in fresh[tokens]:
+                    out[index] = prefix, 0
+        return out
+
+    def _prefill_batch(self, chunk: list[tuple[int, ...]]) -> list[_Prefix]:
+        """One forward pass over prefixes right-padded to the longest (padding sits after every
+        real token, so causal attention never sees it); the batch cache is kept once in the prefix
+        cache, each prefix a row of it."""
+        length = len(chunk[0])
+        ids = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, tokens in enumerate(chunk):
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            mask[row, :len(tokens)] = 1
+        cache = self.model(ids, attention_mask=mask if len(chunk) > 1 else None, use_cache=True).cache
+        prefixes = []
+        for row, tokens in enumerate(chunk):
+            self.prefix_cache.put(tokens, cache, row)
+            prefixes.append(_Prefix([layer.keys[row:row + 1, :, :len(tokens)] for layer in cache.layers],
+                                    [layer.values[row:row + 1, :, :len(tokens)] for layer in cache.layers]))
+        return prefixes
+
+    def _empty_prefix(self) -> _Prefix:
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        empty = next(self.model.parameters()).new_zeros(1, heads, 0, dim)
+        return _Prefix([empty] * config.num_hidden_layers, [empty] * config.num_hidden_layers)
+
+    def _remember(self, request: Request, own: list[tuple[torch.Tensor, torch.Tensor]], rows) -> None:
+        """Keep each finished row (prefix + what it generated) in the prefix cache, so extending
+        it later pays only for new tokens."""
+        cache = DynamicCache(config=self.model.config)
+        layers = []
+        for (keys, values), prefix_keys, prefix_values in zip(own, request.prefix.keys, request.prefix.values):
+            layer = SharedPrefixLayer(prefix_keys, prefix_values)
+            layer.keys, layer.values = keys.clone(), values.clone()
+            layer.is_initialized = True
+            layers.append(layer)
+        cache.layers = layers
+        for row, (new, _) in enumerate(rows):
+            kept = next((i for i, t in enumerate(new) if t in self.eos_ids), len(new))
+            length = len(request.tokens) - 1 + len(new)  # every generated token but the last was fed
+            self.prefix_cache.put(tuple(request.tokens + new[:kept])[:length], cache, row)
+
+    def stop_criterion(self, stop: tuple[str, ...]):
+        """transformers' StopStringCriteria indexes the vocabulary once per stop list (slow): one
+        per distinct list, shared, as it keeps no state; text-matching criteria are per request."""
+        criterion = self._stop_criteria.get(stop)
+        if criterion is None:
+            criterion = stop_strings(list(stop), tokenizer=self.tokenizer)
+            if type(criterion).__name__ != "StopStringCriteria":
+                return criterion
+            self._stop_criteria[stop] = criterion
+        return criterion
+
+    def close(self) -> None:
+        """Stop the decode loop (``run()`` and the Runner call this when done)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
 
 class TransformersGenerator:
-    """Samples with the configured components. The N samples of a prompt share one prefill, and
-    every prefix it has computed (prompts, and each sample's prompt + continuation) stays in a
-    prefix cache for this run, so ``extend`` pays only for tokens it has not seen."""
+    """Samples with the configured components. Every request goes to the host's batched decode
+    loop, where it shares forward passes with every other prompt's requests; the N samples of a
+    prefix share its prefill, and every prefix computed stays in the host's prefix cache, so
+    ``extend`` pays only for tokens it has not seen."""
 
-    def __init__(self, host: TransformersHost, budget: Budget, config: Config | None = None) -> None:
+    def __init__(self, host: TransformersHost, budget: Budget, config: Config) -> None:
         self.host = host
-        self.config = config or host.config
         self.budget = budget
+        self.config = config
         self.model = host.model
         self.tokenizer = host.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
-        self.pad_id = next(iter(self.eos_ids), None)
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.pad_token_id or 0
-        self.prefix_cache = PrefixCache(self.config.host.get("prefix_cache_bytes", 512 * 2**20),
-                                        self.model.config)
+        self.eos_ids = host.eos_ids
+        self.pad_id = host.pad_id
+        self.prefix_cache = host.prefix_cache
         self._prompt_tokens: dict[str, list[int]] = {}
+        self._calls = 0  # numbers this generator's requests, for their rows' random streams
+        seed = config.generation.get("seed")
+        # Unseeded runs draw their streams from torch's global generator (torch.manual_seed works).
+        self._seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,)))
 
     def sample(self, prompts: Sequence[str], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return [self._generate(prompt, [], n, max_new_tokens, stop) for prompt in prompts]
+        return self._generate([(prompt, [], None) for prompt in prompts], n, max_new_tokens, stop)
 
     def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return [self._generate(p.prompt, self._continuation(p), n, max_new_tokens, stop, p) for p in prefixes]
+        return self._generate([(p.prompt, self._continuation(p), p) for p in prefixes], n, max_new_tokens, stop)
 
     def _continuation(self, prefix: Candidate) -> list[int]:
         """A prefix's token ids; one given as text only is tokenized (and keeps no log-probs)."""
@@ -222,16 +339,45 @@ class TransformersGenerator:
             if not ids:
                 raise ValueError("the prompt is empty after tokenization; give at least one token")
             if self.config.generation.get("token_healing") and len(ids) > 1:
-                with torch.no_grad():
+                with self.host.lock, torch.no_grad():
                     ids = self.model.heal_tokens(torch.tensor([ids]), self.tokenizer)[0].tolist()
                 self.budget.charge(prompt_tokens_computed=len(ids) - 1, forward_passes=1, params=self.host.params)
             self._prompt_tokens[prompt] = list(ids)
         return self._prompt_tokens[prompt]
 
-    def _generate(self, prompt: str, continuation: list[int], n: int, max_new_tokens, stop,
-                  parent: Candidate | None = None) -> list[Candidate]:
+    def _generate(self, jobs, n: int, max_new_tokens, stop) -> list[list[Candidate]]:
+        """``n`` continuations of each job ``(prompt, continuation, parent)``: all of them sent to
+        the batched loop at once (so one call's prefixes share forward passes), then collected."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        self._calls += 1
+        prepared = [self._prepare(prompt, continuation, n, max_new_tokens, stop)
+                    for prompt, continuation, _ in jobs]
+        pending = []
+        for index, (tokens, rows, kwargs) in enumerate(prepared):
+            if self.host.batched(kwargs):
+                request = Request(tokens=tokens, n=rows, max_new_tokens=kwargs["max_new_tokens"],
+                                  processors=list(kwargs.get("logits_processor", [])),
+                                  criteria=list(kwargs.get("stopping_criteria", [])),
+                                  generators=row_generators((self._seed, jobs[index][0], self._calls, index), rows)
+                                  if kwargs["do_sample"] else None)
+                pending.append(self.host.engine.submit(request))
+            else:
+                pending.append(None)
+        out = []
+        for index, ((prompt, continuation, parent), (tokens, rows, kwargs), future) in enumerate(
+                zip(jobs, prepared, pending)):
+            if future is not None:
+                results, computed, reused, passes = future.result()
+            else:
+                results, computed, reused, passes = self._unbatched(tokens, rows, kwargs)
+            out.append(self._candidates(prompt, continuation, parent, results, computed, reused, passes,
+                                        kwargs["max_new_tokens"]))
+        return out
+
+    def _prepare(self, prompt: str, continuation: list[int], n: int, max_new_tokens, stop):
+        """The tokens to continue, the rows the budget allows, and generate()'s arguments (this
+        request's own processor and criterion objects)."""
         tokens = self.prompt_tokens(prompt) + continuation
         kwargs = generate_kwargs(self.config, self.host.registry, model=self.model, tokenizer=self.tokenizer)
         if max_new_tokens is not None:
@@ -243,31 +389,24 @@ class TransformersGenerator:
         n, kwargs["max_new_tokens"] = self.budget.allow(n, kwargs["max_new_tokens"], len(tokens),
                                                         self.host.params)
         kwargs.pop("token_healing", None)  # prompt_tokens() has healed the prompt already
+        kwargs.pop("tokenizer", None)
         for component in [*kwargs.get("logits_processor", []), *kwargs.get("stopping_criteria", [])]:
             if hasattr(component, "begin"):  # it tracks the continuation since the prompt
                 component.begin(len(tokens) - len(continuation))
         if stop:
             criteria = StoppingCriteriaList(kwargs.get("stopping_criteria", []))
-            criteria.append(stop_strings(list(stop), tokenizer=self.tokenizer))
+            criteria.append(self.host.stop_criterion(tuple(stop)))
             kwargs["stopping_criteria"] = criteria
-        passes = [0]
-        hook = self.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
-        try:
-            with torch.no_grad():
-                if "assistant_model" in kwargs or "prompt_lookup_num_tokens" in kwargs:
-                    rows, computed, reused = self._assisted(tokens, n, kwargs)
-                elif "cache_implementation" in kwargs:
-                    rows, computed, reused = self._plain(tokens, n, kwargs)
-                else:
-                    rows, computed, reused = self._shared(tokens, n, kwargs)
-        finally:
-            hook.remove()
+        return tokens, n, kwargs
+
+    def _candidates(self, prompt, continuation, parent, results, computed, reused, passes,
+                    max_new_tokens) -> list[Candidate]:
         candidates, generated = [], 0
-        for new, logprobs in rows:
+        for new, logprobs in results:
             cut = self._eos_at(new)
             kept = new[:cut]
             generated += cut + (cut < len(new))  # the EOS itself was generated too
-            finish = "stop" if cut < len(new) or len(new) < kwargs["max_new_tokens"] else "length"
+            finish = "stop" if cut < len(new) or len(new) < max_new_tokens else "length"
             ids = continuation + kept
             candidates.append(Candidate(
                 prompt=prompt,
@@ -278,7 +417,7 @@ class TransformersGenerator:
                 finish_reason=finish,
             ))
         self.budget.charge(prompt_tokens_computed=computed, prompt_tokens_reused=reused,
-                           tokens_generated=generated, forward_passes=passes[0], samples=n,
+                           tokens_generated=generated, forward_passes=passes, samples=len(results),
                            params=self.host.params)
         return candidates
 
@@ -299,12 +438,33 @@ class TransformersGenerator:
         """Index of the first EOS in ``tokens`` (its length when there is none)."""
         return next((i for i, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
 
+    # -- the paths the batched loop does not take: one generate() call at a time ---------------
+
+    def _unbatched(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int, int]:
+        kwargs = dict(kwargs)
+        if kwargs["do_sample"]:  # generate() samples from torch's global generator: seed it
+            torch.manual_seed(int(row_generators((self._seed, tokens, self._calls), 1)[0].initial_seed()))
+        passes = [0]
+        with self.host.lock, torch.no_grad():
+            hook = self.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+            try:
+                if "assistant_model" in kwargs or "prompt_lookup_num_tokens" in kwargs:
+                    rows, computed, reused = self._assisted(tokens, n, kwargs)
+                elif "cache_implementation" in kwargs:
+                    rows, computed, reused = self._plain(tokens, n, kwargs)
+                else:
+                    rows, computed, reused = self._shared(tokens, n, kwargs)
+            finally:
+                hook.remove()
+        return rows, computed, reused, passes[0]
+
     def _shared(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int]:
-        """Prefill (or fetch) the prefix once and decode n rows on it: through shared-prefix
-        attention where the model supports it, else on the prefix KV expanded to n rows."""
+        """One generate() call: prefill (or fetch) the prefix once and decode n rows on it,
+        through shared-prefix attention where the model supports it, else on the prefix KV
+        expanded to n rows."""
         length = len(tokens)
         ids = torch.tensor([tokens])
-        hit, cache, context = 0, None, contextlib.nullcontext()
+        hit, context = 0, contextlib.nullcontext()
         if length > 1:
             # generate() must see at least one uncached token: cache all but the last.
             hit, cache = self.prefix_cache.longest(tuple(tokens[:-1]))
@@ -314,14 +474,14 @@ class TransformersGenerator:
                 context = decoding(self.model, cache)
             elif n > 1:
                 cache.batch_repeat_interleave(n)
-            kwargs["past_key_values"] = cache
+            kwargs["cache"] = cache
         rows = ids.repeat(n, 1)
         with context:
             out = self.model.generate(rows, attention_mask=torch.ones_like(rows), pad_token_id=self.pad_id,
                                       return_dict_in_generate=True, output_logits=True, **kwargs)
         new = out.sequences[:, length:]
         results = _rows(new, out.logits)
-        final = out.past_key_values
+        final = out.cache
         if final is not None and sliceable(final):
             cached = final.get_seq_length()
             self.prefix_cache.put(tuple(tokens[:-1]), final, 0)

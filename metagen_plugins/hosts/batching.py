@@ -1,0 +1,528 @@
+"""One batched decode loop for every sequence in flight on the in-process host.
+
+Strategies run in many worker threads (the runner); each ``sample``/``extend`` call becomes one
+:class:`Request` per prefix: ``n`` rows continuing the same token prefix. A single engine
+thread decodes all admitted requests' rows together, one token per step (continuous batching:
+a request joins as soon as it arrives and leaves as soon as all its rows are done).
+
+Memory layout (a generalisation of Hydragen-style shared-prefix attention to many prefixes):
+each request's prefix KV is computed once (or taken from the host's prefix cache) and held
+once, as one row; the batch's own KV holds only what each row generated. Attention splits in
+two parts merged exactly: every row's query against its request's prefix (all prefixes
+stacked and padded, one batched product; a prefix is read once per step for all its rows), and
+each row against its own positions.
+
+Per-row semantics follow ``generate()``: the request's logits processors see its rows'
+``input_ids`` (prefix + generated, rectangular: finished rows are padded until the whole
+request is done) and scores; stopping criteria, EOS and ``max_new_tokens`` end rows. Each row
+samples from its own ``torch.Generator``, so its tokens do not depend on which other requests
+share the batch.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+from ..errors import HostError
+
+NAME = "metagen_batched"
+GATHER_GAP, GATHER_MAX = 0.005, 0.05  # seconds: how an idle loop waits for a batch to assemble
+_active: contextvars.ContextVar["_Layout | None"] = contextvars.ContextVar(NAME, default=None)
+
+
+@dataclass
+class Request:
+    """``n`` continuations of ``tokens`` (prompt + continuation so far), decoded in the batch.
+
+    ``processors`` and ``criteria`` are this request's own component objects; ``generators``
+    one seeded stream per row when sampling (``None`` for greedy)."""
+
+    tokens: list[int]
+    n: int
+    max_new_tokens: int
+    processors: list = field(default_factory=list)
+    criteria: list = field(default_factory=list)
+    generators: list[torch.Generator] | None = None
+    future: Future = field(default_factory=Future)
+    # filled by the engine
+    ids: torch.Tensor | None = None  # [n, len(tokens) + steps] what processors see
+    scores: torch.Tensor | None = None  # the last step's processed scores (stopping criteria see them)
+    first: int = 0  # its first row in the batch
+    zombie: bool = False  # ended (its rows wait in the batch for the next compaction)
+    steps: int = 0
+    prefix: "_Prefix | None" = None
+    computed: int = 0
+    reused: int = 0
+    passes: int = 0
+
+    @property
+    def slow(self) -> bool:
+        """Whether it needs per-request work each step (components or sampling)."""
+        return bool(self.processors or self.criteria or self.generators is not None)
+
+    def cost(self) -> int:
+        """Tokens of KV it may hold at its largest: its prefix once, each row's own positions."""
+        return len(self.tokens) + self.n * (self.max_new_tokens + 1)
+
+
+@dataclass
+class _Prefix:
+    """One request's prefix KV: per layer keys/values [1, kv_heads, P, head_dim]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[-2]
+
+
+class _OwnLayer(DynamicLayer):
+    """Each row's own positions (what it fed since joining); ``update`` appends one column."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+        self.dtype, self.device = keys.dtype, keys.device
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        return self.keys, self.values
+
+
+class _Layout:
+    """Where each row's prefix is: prefixes stacked (padded to the longest), the padded slot of
+    each row among its request's rows, and which own columns each row may attend to."""
+
+    def __init__(self, requests: list[Request], valid: torch.Tensor, num_layers: int) -> None:
+        rows_max = max(r.n for r in requests)
+        length = max(1, max(r.prefix.length for r in requests))
+        self.groups, self.rows_max = len(requests), rows_max
+        slots = []
+        for g, r in enumerate(requests):
+            slots.extend(g * rows_max + j for j in range(r.n))
+        self.slots = torch.tensor(slots)
+        self.prefix_mask = torch.zeros(len(requests), 1, 1, length, dtype=torch.bool)
+        for g, r in enumerate(requests):
+            self.prefix_mask[g, :, :, :r.prefix.length] = True
+        self.keys, self.values = [], []
+        for layer in range(num_layers):
+            self.keys.append(_stack([r.prefix.keys[layer] for r in requests], length))
+            self.values.append(_stack([r.prefix.values[layer] for r in requests], length))
+        self.valid = valid  # [B, S] own columns each row attends to (before this step's column)
+
+
+def _stack(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    """[G, kv_heads, length, dim] from G tensors [1, kv_heads, P_g, dim], zero-padded."""
+    first = tensors[0]
+    out = first.new_zeros(len(tensors), first.shape[1], length, first.shape[3])
+    for g, t in enumerate(tensors):
+        out[g, :, :t.shape[-2]] = t[0]
+    return out
+
+
+def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention of one new position per row: ``query`` [B, Hq, 1, D] over the row's prefix
+    (in the layout) and its own ``key``/``value`` [B, Hkv, S, D]; returns [B, 1, Hq, D]."""
+    layout = _active.get()
+    if layout is None:  # a forward pass outside the decode loop (a prefill, a judge): plain SDPA
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    batch, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    scaling = dim ** -0.5 if scaling is None else scaling
+    own_valid = torch.cat([layout.valid, layout.valid.new_ones(batch, key.shape[-2] - layout.valid.shape[1])], 1)
+    if layout.rows_max == 1:  # no prefix is shared by two rows: one fused attention over [prefix, own]
+        mask = torch.cat([layout.prefix_mask[:, 0, 0], own_valid], 1)[:, None, None, :]
+        keys = torch.cat([layout.keys[module.layer_idx], key], 2)
+        values = torch.cat([layout.values[module.layer_idx], value], 2)
+        out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,
+                                                               enable_gqa=groups > 1)
+        return out.transpose(1, 2).contiguous(), None
+    q = query.float().reshape(batch, kv_heads, groups * q_len, dim)
+    lowest = torch.finfo(torch.float32).min
+    # Prefix: rows scattered into [G * rows_max] slots, one product per prefix for all its rows.
+    padded = q.new_zeros(layout.groups * layout.rows_max, kv_heads, groups * q_len, dim)
+    padded[layout.slots] = q
+    padded = padded.reshape(layout.groups, layout.rows_max, kv_heads, groups * q_len, dim).transpose(1, 2)
+    padded = padded.reshape(layout.groups, kv_heads, layout.rows_max * groups * q_len, dim)
+    prefix_keys = layout.keys[module.layer_idx].float()
+    prefix_values = layout.values[module.layer_idx].float()
+    p_scores = torch.matmul(padded, prefix_keys.transpose(-1, -2)) * scaling  # [G, Hkv, R*g, P]
+    p_scores = p_scores.masked_fill(~layout.prefix_mask, lowest)
+    p_max = p_scores.amax(-1, keepdim=True)
+    p_weights = (p_scores - p_max).exp() * layout.prefix_mask
+    p_sum = p_weights.sum(-1, keepdim=True)
+    p_out = torch.matmul(p_weights, prefix_values)  # [G, Hkv, R*g, D]
+
+    def back(t: torch.Tensor) -> torch.Tensor:  # [G, Hkv, R*g, X] -> [B, Hkv, g, X]
+        t = t.reshape(layout.groups, kv_heads, layout.rows_max, groups * q_len, -1).transpose(1, 2)
+        return t.reshape(layout.groups * layout.rows_max, kv_heads, groups * q_len, -1)[layout.slots]
+
+    p_max, p_sum, p_out = back(p_max), back(p_sum), back(p_out)
+    # Own positions: the columns this row wrote (the newest column, this step's, always).
+    o_scores = torch.matmul(q, key.float().transpose(-1, -2)) * scaling  # [B, Hkv, g, S]
+    o_scores = o_scores.masked_fill(~own_valid[:, None, None, :], lowest)
+    o_max = o_scores.amax(-1, keepdim=True)
+    o_weights = (o_scores - o_max).exp() * own_valid[:, None, None, :]
+    o_sum = o_weights.sum(-1, keepdim=True)
+    o_out = torch.matmul(o_weights, value.float())
+    peak = torch.maximum(p_max, o_max)
+    p_scale, o_scale = (p_max - peak).exp(), (o_max - peak).exp()
+    out = (p_out * p_scale + o_out * o_scale) / (p_sum * p_scale + o_sum * o_scale)
+    out = out.to(query.dtype).reshape(batch, heads, q_len, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(NAME, attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)  # masks for the plain-SDPA passes
+
+_attached: dict[int, tuple[int, str]] = {}  # id(model) -> (engines using it, its own implementation)
+_attached_lock = threading.Lock()
+
+
+def _attach(model) -> None:
+    """Route the model's attention through :func:`attention` while an engine uses it. Set once,
+    not around each step: other threads may run the same model at any time (a judge scoring with
+    the host's model, a prefill), and outside the decode loop the function is plain SDPA."""
+    with _attached_lock:
+        count, previous = _attached.get(id(model), (0, model.config._attn_implementation))
+        _attached[id(model)] = (count + 1, previous)
+        model.config._attn_implementation = NAME
+
+
+def _detach(model) -> None:
+    """The model's own attention back when the last engine using it closes."""
+    with _attached_lock:
+        count, previous = _attached.pop(id(model), (1, model.config._attn_implementation))
+        if count > 1:
+            _attached[id(model)] = (count - 1, previous)
+        else:
+            model.config._attn_implementation = previous
+
+
+class Engine:
+    """The decode loop, in its own thread. ``submit`` a Request and wait on its future, which
+    holds ``(rows, computed, reused, passes)``: each row's new tokens (up to and including EOS)
+    and their log-probs under the model, prompt tokens computed and reused, forward passes."""
+
+    def __init__(self, model, *, eos_ids: set[int], pad_id: int, max_batch_tokens: int,
+                 prefill: Callable[[list[list[int]]], list[tuple[_Prefix, int]]],
+                 remember: Callable[[Request, list, list], None] | None = None,
+                 on_pass: Callable[[], None] | None = None) -> None:
+        self.model = model
+        self.eos = torch.tensor(sorted(eos_ids)) if eos_ids else torch.tensor([], dtype=torch.long)
+        self.pad_id = pad_id
+        self.max_batch_tokens = max_batch_tokens
+        self.prefill = prefill  # prefixes -> (prefix KV, tokens taken from the prefix cache) each
+        self.remember = remember
+        self.on_pass = on_pass
+        self.num_layers = model.config.num_hidden_layers
+        self._pending: list[Request] = []
+        self._active: list[Request] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="metagen-decode", daemon=True)
+        self._reset()
+        _attach(model)
+        self.steps = 0  # batched forward passes run (for the throughput report)
+        self.rows_stepped = 0
+        self._thread.start()
+
+    def submit(self, request: Request) -> Future:
+        if request.cost() > self.max_batch_tokens:
+            raise HostError(f"one request needs {request.cost()} tokens of KV cache ({len(request.tokens)} "
+                            f"prefix tokens + {request.n} rows x {request.max_new_tokens} new tokens), more than "
+                            f"[host] max_batch_tokens = {self.max_batch_tokens}; raise max_batch_tokens (memory "
+                            f"allowing) or ask for fewer samples or tokens per call")
+        with self._wake:
+            if self._closed:
+                raise HostError("the transformers host is closed")
+            self._pending.append(request)
+            self._wake.notify()
+        return request.future
+
+    def close(self) -> None:
+        with self._wake:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+        _detach(self.model)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._pending and not self._active and not self._closed:
+                        self._wake.wait()
+                    if self._closed:
+                        for r in self._pending + self._active:
+                            if not r.future.done():
+                                r.future.set_exception(HostError("the transformers host was closed"))
+                        return
+                    if not self._active:
+                        self._gather()
+                    admitted = self._admit()
+                try:
+                    self._join(admitted)
+                    if self._active:
+                        self._step()
+                except BaseException as exc:  # the model itself failed: every request in flight fails
+                    for r in self._active:
+                        if not r.future.done():
+                            r.future.set_exception(exc)
+                    self._reset()
+
+    def _gather(self) -> None:
+        """With nothing decoding, wait while requests keep arriving (each within GATHER_GAP of
+        the last, for at most GATHER_MAX), so prompts submitted together start in one batch with
+        one prefill instead of trickling in one forward pass each. Called holding the lock."""
+        deadline = time.monotonic() + GATHER_MAX
+        while not self._closed:
+            seen = len(self._pending)
+            self._wake.wait(timeout=GATHER_GAP)
+            if len(self._pending) == seen or time.monotonic() >= deadline:
+                return
+
+    def _admit(self) -> list[Request]:
+        """Pending requests that fit under max_batch_tokens, in arrival order (back-pressure:
+        the rest wait for rows to leave)."""
+        used = sum(r.cost() for r in self._active if not r.zombie)
+        admitted = []
+        while self._pending and (used + self._pending[0].cost() <= self.max_batch_tokens or not (used or admitted)):
+            request = self._pending.pop(0)
+            used += request.cost()
+            admitted.append(request)
+        return admitted
+
+    def _join(self, requests: list[Request]) -> None:
+        """Prefill each new request's prefix (all its tokens but the last, which each row feeds
+        as its first step) and add its rows to the batch with no own positions yet."""
+        if not requests:
+            return
+        try:
+            prefixes = self.prefill([r.tokens[:-1] for r in requests])
+        except BaseException as exc:
+            for request in requests:
+                request.future.set_exception(exc)
+            return
+        if self._active and any(r.zombie for r in self._active):
+            self._compact()  # the layout is rebuilt anyway: drop finished rows now
+        width = self._valid.shape[1]
+        rows = sum(r.n for r in requests)
+        heads, dim = prefixes[0][0].keys[0].shape[1], prefixes[0][0].keys[0].shape[3]
+        if not self._own:
+            sample = prefixes[0][0].keys[0]
+            self._own = [_OwnLayer(sample.new_zeros(0, heads, 0, dim), sample.new_zeros(0, heads, 0, dim))
+                         for _ in range(self.num_layers)]
+        last, pos, limit = [], [], []
+        for request, (prefix, hit) in zip(requests, prefixes):
+            request.prefix = prefix
+            prefix_len = len(request.tokens) - 1
+            request.passes += int(prefix_len > hit)
+            request.computed = (prefix_len - hit) + request.n  # the last token runs once per row
+            request.reused = hit + prefix_len * (request.n - 1)
+            if request.slow:
+                request.ids = torch.tensor([request.tokens]).repeat(request.n, 1)
+            last += [request.tokens[-1]] * request.n
+            pos += [prefix_len] * request.n
+            limit += [request.max_new_tokens] * request.n
+        for layer in self._own:
+            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(rows, heads, width, dim)], 0)
+            layer.values = torch.cat([layer.values, layer.values.new_zeros(rows, heads, width, dim)], 0)
+        self._valid = torch.cat([self._valid, self._valid.new_zeros(rows, width)], 0)
+        self._tokens = torch.cat([self._tokens, self._tokens.new_zeros(rows, width)], 0)
+        self._logprobs = torch.cat([self._logprobs, self._logprobs.new_zeros(rows, width)], 0)
+        self._last = torch.cat([self._last, torch.tensor(last, dtype=torch.long)])
+        self._pos = torch.cat([self._pos, torch.tensor(pos, dtype=torch.long)])
+        self._limit = torch.cat([self._limit, torch.tensor(limit, dtype=torch.long)])
+        self._age = torch.cat([self._age, self._age.new_zeros(rows)])
+        self._fed = torch.cat([self._fed, self._fed.new_zeros(rows)])
+        self._done = torch.cat([self._done, self._done.new_zeros(rows)])
+        self._active.extend(requests)
+        self._renumber()
+
+    def _renumber(self) -> None:
+        """Each request's first row, and the owner of each row (after rows join or leave)."""
+        first, owners = 0, []
+        for index, r in enumerate(self._active):
+            r.first = first
+            first += r.n
+            owners.append(torch.full((r.n,), index, dtype=torch.long))
+        self._owner = torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long)
+        self._sizes = torch.tensor([r.n for r in self._active], dtype=torch.long)
+        self._layout = None
+
+    def _step(self) -> None:
+        """One forward pass over every row, then: argmax for the whole batch; each request with
+        processors, sampling or stopping criteria on its own rows; EOS, lengths and bookkeeping
+        for the whole batch at once."""
+        if self._layout is None:
+            self._layout = _Layout(self._active, self._valid, self.num_layers)
+        else:
+            self._layout.valid = self._valid
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = self._own
+        token = _active.set(self._layout)
+        try:
+            # A prepared 4D mask is passed through untouched; the attention reads the layout.
+            mask = torch.ones(self._last.shape[0], 1, 1, 1, dtype=torch.bool)
+            logits = self.model(input_ids=self._last[:, None], position_ids=self._pos[:, None], attention_mask=mask,
+                                cache=cache, use_cache=True).logits[:, -1, :].float()
+        finally:
+            _active.reset(token)
+        self.steps += 1
+        self.rows_stepped += logits.shape[0]
+        if self.on_pass is not None:
+            self.on_pass()
+        self._valid = torch.cat([self._valid, self._valid.new_ones(self._valid.shape[0], 1)], 1)
+        chosen = logits.argmax(-1)
+        failed: list[tuple[Request, BaseException]] = []
+        for r in self._active:
+            if r.zombie:
+                continue
+            r.steps += 1
+            r.passes += 1
+            if r.slow:
+                rows = slice(r.first, r.first + r.n)
+                try:
+                    chosen[rows] = self._choose(r, logits[rows])
+                except BaseException as exc:  # a component failed: this request fails alone
+                    failed.append((r, exc))
+        chosen = torch.where(self._done, torch.full_like(chosen, self.pad_id), chosen)
+        logprobs = logits.log_softmax(-1).gather(1, chosen[:, None])[:, 0]
+        self._fed += ~self._done
+        self._age += 1
+        self._tokens = torch.cat([self._tokens, chosen[:, None]], 1)
+        self._logprobs = torch.cat([self._logprobs, logprobs[:, None]], 1)
+        stop = torch.isin(chosen, self.eos) | (self._age >= self._limit)
+        for r in self._active:
+            if r.slow and not r.zombie and not any(f is r for f, _ in failed):
+                rows = slice(r.first, r.first + r.n)
+                r.ids = torch.cat([r.ids, chosen[rows, None]], 1)
+                try:
+                    for criterion in r.criteria:
+                        stop[rows] |= torch.as_tensor(criterion(r.ids, r.scores), dtype=torch.bool)
+                except BaseException as exc:
+                    failed.append((r, exc))
+        self._done |= stop
+        self._last = chosen
+        self._pos += 1
+        for r, exc in failed:
+            r.future.set_exception(exc)
+            self._retire(r)
+        counts = torch.zeros(len(self._active), dtype=torch.long).index_add_(0, self._owner, self._done.long())
+        for index in (counts == self._sizes).nonzero()[:, 0].tolist():
+            r = self._active[index]
+            if not r.zombie:
+                self._finish(r)
+        zombies = sum(r.n for r in self._active if r.zombie)
+        if zombies == self._last.shape[0]:
+            self._reset()
+        elif zombies >= max(16, self._last.shape[0] // 4):
+            self._compact()
+
+    def _choose(self, r: Request, logits: torch.Tensor) -> torch.Tensor:
+        """The request's processors over its rows' ids and scores, then argmax or a draw from
+        each row's own stream."""
+        scores = logits
+        for processor in r.processors:
+            scores = processor(r.ids, scores)
+        r.scores = scores
+        if r.generators is None:
+            return scores.argmax(-1)
+        probs = scores.softmax(-1)
+        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(r.generators)])
+
+    def _finish(self, r: Request) -> None:
+        """A request whose rows are all done: its tokens, remembered KV, and its future."""
+        rows = slice(r.first, r.first + r.n)
+        width = self._tokens.shape[1]
+        tokens = self._tokens[rows, width - r.steps:].tolist()
+        logprobs = self._logprobs[rows, width - r.steps:].tolist()
+        fed = self._fed[rows].tolist()
+        out = [(tokens[i][:k], logprobs[i][:k]) for i, k in enumerate(fed)]
+        if self.remember is not None:
+            try:
+                own = [(layer.keys[rows, :, width - r.steps:], layer.values[rows, :, width - r.steps:])
+                       for layer in self._own]
+                self.remember(r, own, out)
+            except Exception:  # remembering is an optimisation; never lose a result over it
+                pass
+        r.future.set_result((out, r.computed, r.reused, r.passes))
+        self._retire(r)
+
+    def _retire(self, r: Request) -> None:
+        """Its rows stay in the batch, finished, until the next compaction (cheaper than
+        reshaping every tensor whenever one request ends)."""
+        r.zombie = True
+        self._done[r.first:r.first + r.n] = True
+        self._limit[r.first:r.first + r.n] = 0
+
+    def _compact(self) -> None:
+        """Drop the rows of requests that ended, and own columns no remaining row needs."""
+        kept = [r for r in self._active if not r.zombie]
+        if not kept:
+            self._reset()
+            return
+        index = torch.cat([torch.arange(r.first, r.first + r.n) for r in kept])
+        valid = self._valid[index]
+        used = valid.any(0)
+        first = int(used.nonzero()[0, 0]) if bool(used.any()) else valid.shape[1]
+        for layer in self._own:
+            layer.keys = layer.keys[index][:, :, first:]
+            layer.values = layer.values[index][:, :, first:]
+        self._valid = valid[:, first:]
+        self._tokens = self._tokens[index][:, first:]
+        self._logprobs = self._logprobs[index][:, first:]
+        for name in ("_last", "_pos", "_limit", "_age", "_fed", "_done"):
+            setattr(self, name, getattr(self, name)[index])
+        self._active = kept
+        self._renumber()
+
+    def _reset(self) -> None:
+        self._active = []
+        self._own = []
+        self._valid = torch.zeros(0, 0, dtype=torch.bool)  # [B, S] own columns each row may attend to
+        self._tokens = torch.zeros(0, 0, dtype=torch.long)  # [B, S] the token each step chose
+        self._logprobs = torch.zeros(0, 0)  # [B, S] its log-probability under the model
+        self._last = torch.zeros(0, dtype=torch.long)  # [B] the next input of each row
+        self._pos = torch.zeros(0, dtype=torch.long)  # [B] its position
+        self._limit = torch.zeros(0, dtype=torch.long)  # [B] max_new_tokens
+        self._age = torch.zeros(0, dtype=torch.long)  # [B] steps since the row joined
+        self._fed = torch.zeros(0, dtype=torch.long)  # [B] steps while unfinished (tokens generated)
+        self._done = torch.zeros(0, dtype=torch.bool)  # [B]
+        self._renumber()
+
+
+def row_generators(seed_material: tuple, n: int) -> list[torch.Generator]:
+    """One random stream per row, derived from ``seed_material`` (e.g. the configured seed, the
+    prompt, the call and prefix index) and the row number: the same whatever shares the batch."""
+    import hashlib
+
+    out = []
+    for row in range(n):
+        digest = hashlib.blake2b(repr((*seed_material, row)).encode("utf-8"), digest_size=8).digest()
+        generator = torch.Generator()
+        generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+        out.append(generator)
+    return out
+
