@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = vllm_commands.add_parser("serve-args", help="print the vLLM server command for a configuration")
     serve.add_argument("--config", required=True, help="a TOML configuration with [host] name = \"vllm\"")
     serve.add_argument("--json", action="store_true", help="print the command as a JSON list of arguments")
+    serve.add_argument("--data-parallel", type=int, metavar="N", help="N engine replicas behind the one "
+                       "endpoint (vLLM's --data-parallel-size; overrides [host] data_parallel_size)")
 
     draw = commands.add_parser("plot", help="draw accuracy vs compute from a results file or a trace")
     draw.add_argument("source", metavar="TRACE_OR_RESULTS",
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "vllm":
             from .hosts.vllm import main_serve_args
 
-            return main_serve_args(args.config, as_json=args.json)
+            return main_serve_args(args.config, as_json=args.json, data_parallel=args.data_parallel)
         if args.command == "tgi":
             return _tgi(args)
         if args.command == "plot":

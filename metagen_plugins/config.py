@@ -47,6 +47,8 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
     },
     "vllm": {
         "url": str,
+        "urls": list[str],  # several replicas of one model (instead of url)
+        "cooldown": float,  # seconds a failed replica is skipped
         "model": str,
         "draft_model": str,
         "kv_cache": str,
@@ -63,9 +65,12 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
         "dtype": str,
         "enforce_eager": bool,
         "block_size": int,
+        "data_parallel_size": int,
     },
     "tgi": {
         "url": str,
+        "urls": list[str],  # several replicas of one model (instead of url)
+        "cooldown": float,  # seconds a failed replica is skipped
         "timeout": float,
         "concurrency": int,
         "retries": int,

@@ -27,7 +27,7 @@ class ScriptedGenerator(RemoteGenerator):
         self.calls = []
         self.in_flight = self.peak = 0
 
-    async def request(self, text, n, max_new_tokens, stop, seed):
+    async def request(self, text, n, max_new_tokens, stop, seed, replica):
         self.calls.append((text, n, max_new_tokens, stop, seed))
         outcome = self.script.pop(0) if self.script else None
         self.in_flight += 1
@@ -99,7 +99,8 @@ def test_partial_failure_keeps_the_samples_that_succeeded(host):
     gen = generator(host, budget, retries=0, script=[None, Failure("server", "gone", 500), None])
     [cands] = gen.sample(["Q"], n=6)
     assert len(cands) == 4  # two of three requests answered
-    assert gen.failures == [{"prompt": "Q", "samples": 2, "kind": "server", "status": 500, "error": "gone"}]
+    assert gen.failures == [{"prompt": "Q", "samples": 2, "kind": "server", "status": 500, "error": "gone",
+                             "url": "http://127.0.0.1:1"}]
     assert budget.samples == 4  # undelivered samples are not charged
 
 

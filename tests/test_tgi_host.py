@@ -213,7 +213,8 @@ def test_partial_failure_keeps_the_successes_and_the_result_says_what_failed(ser
                                  PROMPT)
     assert len(result.candidates) == 2 and result.best is not None
     assert result.failures == [{"prompt": PROMPT, "samples": 1, "kind": "invalid", "status": 422,
-                                "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048"}]
+                                "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048",
+                                "url": server.url}]
     assert result.budget.samples == 2
 
 

