@@ -10,28 +10,16 @@ The Python API::
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from metagen_hooks import KINDS, Result
 
 from .config import Config, build, validate
 from .errors import ConfigError, HostError, MetagenError, PluginError
-from .plugins import PluginManager
-from .registry import Registry
+from .registry import Registry, get_registry
 from .runner import Runner, failed, run
 
 __version__ = "0.1.0"
-
-_registry: Registry | None = None
-
-
-def get_registry(plugins_dir: str | os.PathLike | None = None, reload: bool = False) -> Registry:
-    """The registry of every installed plugin's components (loaded once, then cached)."""
-    global _registry
-    if _registry is None or reload or plugins_dir is not None:
-        _registry = Registry(PluginManager().load(plugins_dir))
-    return _registry
 
 
 def components(kind: str) -> dict[str, dict[str, Any]]:

@@ -4,6 +4,7 @@ import textwrap
 import pytest
 
 import metagen_plugins
+import metagen_plugins.registry
 
 
 @pytest.fixture(autouse=True)
@@ -11,7 +12,7 @@ def clean_plugin_env(monkeypatch):
     monkeypatch.delenv("METAGEN_DISABLE_PLUGINS", raising=False)
     monkeypatch.delenv("METAGEN_STRICT_PLUGINS", raising=False)
     yield
-    metagen_plugins._registry = None
+    metagen_plugins.registry._registry = None  # the shared registry: the next test loads its own
 
 
 @pytest.fixture

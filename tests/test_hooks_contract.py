@@ -14,7 +14,8 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 
 
 def test_hook_names_are_the_public_contract():
-    assert sorted(HOOKS) == sorted(f"register_{k}" for k in metagen_hooks.KINDS)
+    assert sorted(HOOKS) == sorted(metagen_hooks.HOOKS)
+    assert set(f"register_{k}" for k in metagen_hooks.KINDS) | {"register_hosts"} == set(HOOKS)
     assert metagen_hooks.PROJECT_NAME == metagen_hooks.ENTRY_POINT_GROUP == "metagen"
     for name in HOOKS:
         assert list(inspect.signature(getattr(hookspecs, name)).parameters) == ["register"]

@@ -7,7 +7,7 @@ torch, transformers or an HTTP client.
 
 import pluggy
 
-from .protocols import Generator, PairwiseUtility, Scorer, StepScorer, Strategy
+from .protocols import Generator, Host, PairwiseUtility, Scorer, StepScorer, Strategy
 from .types import Budget, BudgetExceeded, Candidate, Result
 
 PROJECT_NAME = "metagen"
@@ -19,10 +19,16 @@ KINDS = ("logits_processors", "stopping_criteria", "scorers", "strategies")
 """The four kinds of component, in the order their hooks are called."""
 
 HOSTS = ("transformers", "vllm", "tgi")
-"""Where a component can run. A factory registered with no host metadata runs in-process."""
+"""The hosts metagen-plugins itself registers (through ``register_hosts``). The installed hosts
+are those every plugin registers: ``metagen plugins list`` shows them."""
 
-CONTEXT_PARAMETERS = ("model", "tokenizer", "generator")
-"""Factory parameters the host fills in; a configuration may not set them."""
+HOOKS = tuple(f"register_{kind}" for kind in KINDS) + ("register_hosts",)
+"""Every hook a plugin may implement."""
+
+CONTEXT_PARAMETERS = ("model", "tokenizer", "generator", "registry")
+"""Factory parameters metagen fills in; a configuration may not set them. ``model``,
+``tokenizer`` and ``generator`` come from the host; ``registry`` (the installed components, to
+build a nested one, as the built-in ``compose`` strategy does) from metagen's core."""
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -34,6 +40,8 @@ __all__ = [
     "Candidate",
     "ENTRY_POINT_GROUP",
     "Generator",
+    "HOOKS",
+    "Host",
     "HOSTS",
     "KINDS",
     "PROJECT_NAME",

@@ -78,3 +78,22 @@ class Strategy(Protocol):
     def run(
         self, prompt: str, generator: Generator, scorer: Scorer | None, budget: Budget
     ) -> Result: ...
+
+
+@runtime_checkable
+class Host(Protocol):
+    """What a host's factory returns (see ``register_hosts``): one engine deployment or loaded
+    model for a run, making a Generator per prompt."""
+
+    def generator(self, budget: Budget, config=None) -> Generator:
+        """A Generator that charges ``budget``; ``config`` is a per-prompt configuration with the
+        same ``[host]`` (None: the host's own)."""
+        ...
+
+    def context(self) -> dict:
+        """What components may ask the host for: ``model``, ``tokenizer`` (empty for a server)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the host opened (clients, event loops); called when the run ends."""
+        ...

@@ -98,7 +98,7 @@ class LLMJudge:
         if judge is not None:
             from transformers import AutoTokenizer
 
-            from ..hosts.transformers import load_model_cached
+            from ..models import load_model_cached
             from ..models import resolve
 
             model = load_model_cached(judge, what="the judge")

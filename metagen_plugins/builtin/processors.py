@@ -146,7 +146,7 @@ def _tgi_watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key
 
 
 def register_all(register) -> None:
-    from ..hosts.vllm import server_side  # runs these inside a vLLM server (contrib/metagen-vllm)
+    from metagen_hooks.engines import server_side  # runs these inside a vLLM server (contrib/metagen-vllm)
 
     register("temperature", temperature, sampling=True,
              vllm=_same("temperature"), tgi=_same("temperature"))

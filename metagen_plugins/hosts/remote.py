@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from metagen_hooks import Budget, Candidate
 
+from ..components import realised
 from ..errors import HostError
 
 RETRYABLE = ("connection", "timeout", "server", "rate_limit")
@@ -244,6 +245,7 @@ class RemoteHost:
 
     name = "remote"
     generator_class = RemoteGenerator
+    realiser: str | None = None  # the component metadata key read for request parameters (default: name)
 
     def __init__(self, config, registry, model=None, tokenizer=None) -> None:
         if model is not None or tokenizer is not None:
@@ -262,11 +264,7 @@ class RemoteHost:
         """The configured processors and stopping criteria as this engine's request parameters
         (each component's realiser for this host; validation has checked that one exists)."""
         merged: dict[str, Any] = {}
-        entries = [("logits_processors", e) for e in self.config.processors]
-        entries += [("stopping_criteria", e) for e in self.config.stopping]
-        for kind, entry in entries:
-            info = self.registry.get(kind, entry["name"])
-            values = info.realisers[self.name](**{k: v for k, v in entry.items() if k != "name"})
+        for info, values in realised(self.config, self.registry, self.realiser or self.name):
             self._merge(merged, values, info, "")
         return merged
 

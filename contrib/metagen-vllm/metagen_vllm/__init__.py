@@ -26,13 +26,12 @@ from functools import cached_property
 from typing import Any
 
 import torch
+from metagen_hooks.engines import SECTIONS, XARG  # the contract both ends of vllm_xargs share
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 __all__ = ["XARG", "MetagenLogitsProcessor", "parse", "configuration"]
 __version__ = "0.1.0"
 
-XARG = "metagen"
-SECTIONS = ("processors", "stopping")
 logger = logging.getLogger("metagen_vllm")
 
 
