@@ -38,3 +38,42 @@ def test_every_hook_is_exercised_by_a_test():
     tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py") if p.name != Path(__file__).name)
     untested = [h for h in HOOKS if f"def {h}(register)" not in tests]
     assert not untested, f"hooks no test implements: {untested}"
+
+
+def _documented_signature(docs: str, callback: str) -> list[str]:
+    """The parameter names of the ``register(...)`` signature documented in a python block."""
+    for block in re.findall(r"```python\n(.*?)```", docs, flags=re.S):
+        match = re.match(rf"\s*{callback}\((.*?)\)\s*->\s*None", block, flags=re.S)
+        if match:
+            import ast
+
+            args = ast.parse(f"def f({match.group(1)}): pass").body[0].args
+            every = [*args.posonlyargs, *args.args, *args.kwonlyargs] + ([args.kwarg] if args.kwarg else [])
+            return [a.arg for a in every]
+    raise AssertionError(f"docs/hooks.md documents no {callback}(...) -> None signature")
+
+
+def test_documented_register_parameters_match_the_signatures(tmp_path):
+    """Each hook's documented ``register`` parameters are the protocol's, and the protocol's are
+    those of the callback metagen really passes (captured from a plugin's hook)."""
+    import metagen_plugins
+
+    docs = (ROOT / "docs" / "hooks.md").read_text()
+    sections = re.split(r"^## ", docs, flags=re.M)
+    host_section = next(s for s in sections if s.startswith("register_hosts(register)"))
+    register_section = next(s for s in sections if s.startswith("The `register` callback"))
+    documented = {"register_hosts": _documented_signature(host_section, "register"),
+                  "components": _documented_signature(register_section, "register")}
+    declared = {"register_hosts": list(inspect.signature(hookspecs.RegisterHost.__call__).parameters)[1:],
+                "components": list(inspect.signature(hookspecs.Register.__call__).parameters)[1:]}
+    assert documented == declared
+    (tmp_path / "spy.py").write_text(
+        "from metagen_hooks import hookimpl\nseen = {}\n\n"
+        "@hookimpl\ndef register_hosts(register):\n    seen['register_hosts'] = register\n\n"
+        "@hookimpl\ndef register_scorers(register):\n    seen['components'] = register\n")
+    registry = metagen_plugins.get_registry(plugins_dir=tmp_path)
+    spy = registry.manager.pm.get_plugin("spy")
+    actual = {k: list(inspect.signature(v).parameters) for k, v in spy.seen.items()}
+    assert actual == declared
+    for name in HOOKS:  # and every hook takes the one documented argument
+        assert f"## {name}(register)" in docs

@@ -1,14 +1,20 @@
 """The contract between metagen and its plugins.
 
 Plugin authors import from here only: ``hookimpl`` to mark hook implementations, the data types
-strategies and scorers exchange, and the protocols components satisfy. Nothing here imports
+strategies and scorers exchange, the protocols components satisfy, and the kit for strategy
+authors: :class:`Run` (sampling, scoring, budget and trace in one helper), the trace-event
+schema :data:`EVENTS`, and the selection rules ``majority``, ``argmax`` and ``mbr``
+(:mod:`metagen_hooks.selection`; answers extracted by :mod:`metagen_hooks.answers`). A component
+that runs inside a serving engine declares it with :mod:`metagen_hooks.engines`. Nothing here imports
 torch, transformers or an HTTP client.
 """
 
 import pluggy
 
-from .protocols import Generator, Host, PairwiseUtility, Scorer, StepScorer, Strategy
+from .protocols import Begins, Generator, Host, PairwiseUtility, Scorer, StepScorer, Strategy
 from .types import Budget, BudgetExceeded, Candidate, Result
+from .run import EVENTS, Run, check_event
+from .selection import argmax, majority, mbr
 
 PROJECT_NAME = "metagen"
 """The pluggy project name; also the entry-point group plugins register under."""
@@ -34,7 +40,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 __all__ = [
+    "Begins",
     "Budget",
+    "EVENTS",
     "BudgetExceeded",
     "CONTEXT_PARAMETERS",
     "Candidate",
@@ -47,9 +55,14 @@ __all__ = [
     "PROJECT_NAME",
     "PairwiseUtility",
     "Result",
+    "Run",
     "Scorer",
     "StepScorer",
     "Strategy",
+    "argmax",
+    "check_event",
     "hookimpl",
     "hookspec",
+    "majority",
+    "mbr",
 ]

@@ -44,6 +44,16 @@ class Generator(Protocol):
 
 
 @runtime_checkable
+class Begins(Protocol):
+    """Optional for a logits processor or stopping criterion that tracks what was generated:
+    metagen's Generators call ``begin(prompt_length)`` before decoding, so the component knows
+    which tokens of each row are the prompt and which an earlier continuation (a step-level
+    search extending a partial solution). A plain ``model.generate()`` call does not call it."""
+
+    def begin(self, prompt_length: int) -> None: ...
+
+
+@runtime_checkable
 class Scorer(Protocol):
     """Scores whole candidates (verifier, outcome reward model, log-probability, ...).
 

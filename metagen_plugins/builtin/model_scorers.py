@@ -7,7 +7,7 @@ from typing import Literal, Sequence
 
 from metagen_hooks import Candidate
 
-from .run_state import aggregate_steps
+from metagen_hooks.run import aggregate_steps
 
 
 def _classifier(path: str):
