@@ -35,6 +35,17 @@ def sampling(config, registry: Registry) -> bool:
     return any(registry.get("logits_processors", e["name"]).sampling for e in config.processors)
 
 
+def built(config, registry: Registry, context: dict[str, Any] | None = None) -> dict[str, list[Any]]:
+    """Each configured processor and stopping criterion built, in order, for an in-process engine:
+    ``{"processors": [...], "stopping": [...]}``; ``context`` lends what factories ask for
+    (``model``, ``tokenizer``). A failure names the entry (``processors[1]: ...``)."""
+    out: dict[str, list[Any]] = {}
+    for section, kind in ORDERED:
+        out[section] = [build(registry.get(kind, entry["name"]), params(entry), context, prefix=f"{section}[{i}]: ")
+                        for i, entry in enumerate(getattr(config, section))]
+    return out
+
+
 def realised(config, registry: Registry, key: str) -> Iterator[tuple[ComponentInfo, dict[str, Any]]]:
     """Each configured processor and stopping criterion, in order, with its engine request
     parameters: what its ``key=`` realiser returns for its parameters (validation has checked

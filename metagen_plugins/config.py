@@ -139,10 +139,20 @@ def validate(source: Any, registry: Registry) -> Config:
             _component(section, f"{section}[{i}]", entry, registry, host, where)
             for i, entry in enumerate(entries)
         ])
+    config.processors = constraints_first(config.processors, registry)
     for section in ("strategy", "scorer"):
         if data.get(section):
             setattr(config, section, _component(section, f"[{section}]", data[section], registry, host, where))
     return config
+
+
+def constraints_first(processors: list[dict[str, Any]], registry: Registry) -> list[dict[str, Any]]:
+    """The order processors apply in: hard constraints (registered ``constraint=True``: grammar,
+    bad_words, ...) first, in their listed order, then the others in theirs. transformers and vLLM
+    apply constraints before truncation too; otherwise min_p before a grammar can keep only tokens
+    the grammar bans, and sampling fails."""
+    hard = [e for e in processors if registry.get("logits_processors", e["name"]).constraint]
+    return hard + [e for e in processors if e not in hard]
 
 
 def _host(table: dict[str, Any], registry: Registry, where: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from .plugins import PluginManager, _describe
 _registry: "Registry | None" = None
 _plugins_dir: str | None = None  # the --plugins-dir the shared registry was loaded with
 
-_METADATA = {"sampling", "doc"}  # besides the installed hosts' realiser keys
+_METADATA = {"sampling", "constraint", "doc"}  # besides the installed hosts' realiser keys
 SINGULAR = {"logits_processors": "logits processor", "stopping_criteria": "stopping criterion",
             "scorers": "scorer", "strategies": "strategy"}
 
@@ -34,6 +34,7 @@ class ComponentInfo:
     version: str | None
     realisers: dict[str, Callable[..., dict] | None]  # host -> engine parameters (None: in-process)
     sampling: bool = False
+    constraint: bool = False  # a hard constraint (bans tokens): applied before every other processor
     doc: str = ""
     schema: Schema = field(default=None)  # type: ignore[assignment]
     registry: "Registry | None" = field(default=None, repr=False, compare=False)  # the one it is in
@@ -246,6 +247,7 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> Compo
         version=record.version,
         realisers=realisers,
         sampling=bool(metadata.get("sampling", False)),
+        constraint=bool(metadata.get("constraint", False)),
         doc=doc,
         schema=schema_of(factory),
     )

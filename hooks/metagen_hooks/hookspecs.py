@@ -18,6 +18,11 @@ Metadata, all optional:
 ``sampling=True``
     a logits processor that only makes sense when sampling (a warper): a configuration that
     uses one turns sampling on.
+``constraint=True``
+    a logits processor that is a hard constraint (a grammar, banned tokens): metagen applies the
+    constraints first, in their listed order, then the other processors, as transformers applies
+    its processors before its warpers, so a truncation warper (top-k, min-p) can never leave
+    only tokens a constraint then bans.
 ``doc``
     a description, when the factory's docstring is not the one to show.
 """

@@ -158,9 +158,9 @@ def register_all(register) -> None:
     register("eta", eta, sampling=True, vllm=server_side("eta"))
     register("repetition_penalty", repetition_penalty,
              vllm=_same("penalty", "repetition_penalty"), tgi=_same("penalty", "repetition_penalty"))
-    register("no_repeat_ngram", no_repeat_ngram, vllm=server_side("no_repeat_ngram"))
+    register("no_repeat_ngram", no_repeat_ngram, constraint=True, vllm=server_side("no_repeat_ngram"))
     register("logit_bias", logit_bias,
              vllm=lambda bias: {"logit_bias": {str(k): float(v) for k, v in bias.items()}})  # vLLM clamps to ±100
     register("sequence_bias", sequence_bias, vllm=server_side("sequence_bias"))
-    register("bad_words", bad_words, vllm=server_side("bad_words"))
+    register("bad_words", bad_words, constraint=True, vllm=server_side("bad_words"))
     register("watermark", watermark, tgi=_tgi_watermark)

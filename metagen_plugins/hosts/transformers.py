@@ -11,7 +11,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from metagen_hooks import Budget, Candidate
 
-from ..components import build, params, sampling
+from ..components import built, sampling
 from ..config import Config
 from ..errors import ConfigError, HostError
 from ..text_stop import stop_strings
@@ -27,16 +27,9 @@ _NEUTRAL_WARPERS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1
 
 def generate_kwargs(config: Config, registry: Registry, model=None, tokenizer=None) -> dict[str, Any]:
     """The keyword arguments ``model.generate()`` takes for this configuration."""
-    context = {"model": model, "tokenizer": tokenizer}
+    objects = built(config, registry, {"model": model, "tokenizer": tokenizer})
+    processors, criteria = objects["processors"], objects["stopping"]
     kwargs: dict[str, Any] = {}
-    processors = []
-    for i, entry in enumerate(config.processors):
-        info = registry.get("logits_processors", entry["name"])
-        processors.append(build(info, params(entry), context, prefix=f"processors[{i}]: "))
-    criteria = []
-    for i, entry in enumerate(config.stopping):
-        info = registry.get("stopping_criteria", entry["name"])
-        criteria.append(build(info, params(entry), context, prefix=f"stopping[{i}]: "))
     if processors:
         kwargs["logits_processor"] = LogitsProcessorList(processors)
     if criteria:
