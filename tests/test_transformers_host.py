@@ -248,3 +248,29 @@ def test_generate_kwargs_names_the_processor_that_left_no_token(tiny, tmp_path, 
     with pytest.raises(metagen_plugins.HostError,
                        match=r"processors\[1\]: logits processor 'only_token_unmarked' .* produced only -inf"):
         model.generate(**tok("hello", return_tensors="pt"), **kwargs, max_new_tokens=2, pad_token_id=0)
+
+
+@pytest.mark.slow
+def test_the_readme_pattern_with_min_p_before_a_json_grammar_on_smollm2():
+    """The user report: temperature -> min_p -> grammar on SmolLM2 died in torch.multinomial
+    (min_p kept no token the grammar allows). The grammar now applies first: valid JSON."""
+    import json
+
+    from metagen_plugins.models import load_model, load_tokenizer, resolve
+
+    path = resolve("smollm2-135m-instruct")
+    model, tok = load_model(path), load_tokenizer(path)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                               "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    config = {"processors": [{"name": "temperature", "temperature": 0.7}, {"name": "min_p", "min_p": 0.05},
+                             {"name": "grammar", "json_schema": schema}]}
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Invent a person. Reply in JSON with name and age."}],
+                                     add_generation_prompt=True, tokenize=False)
+    inputs = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    for seed in range(3):  # a grammar processor follows one generation: fresh kwargs for each
+        kwargs = metagen_plugins.generate_kwargs(config, model=model, tokenizer=tok)
+        torch.manual_seed(seed)
+        out = model.generate(**inputs, **kwargs, max_new_tokens=40)
+        value = json.loads(tok.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))
+        assert set(value) == {"name", "age"} and isinstance(value["age"], int)
