@@ -1,10 +1,15 @@
 import importlib
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import metagen_plugins
 import metagen_plugins.registry
+
+# Stand-ins for outside services (the TGI server), imported by the tests of several folders.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
 
 
 @pytest.fixture(autouse=True)

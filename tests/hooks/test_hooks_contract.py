@@ -9,7 +9,7 @@ from pathlib import Path
 import metagen_hooks
 from metagen_hooks import hookspecs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
 
 
@@ -35,7 +35,7 @@ def test_every_hook_is_documented_in_docs():
 
 
 def test_every_hook_is_exercised_by_a_test():
-    tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py") if p.name != Path(__file__).name)
+    tests = "".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py") if p.name != Path(__file__).name)
     untested = [h for h in HOOKS if f"def {h}(register)" not in tests]
     assert not untested, f"hooks no test implements: {untested}"
 
