@@ -40,9 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     deploy = {}  # host name -> its deployment tooling module, reached through the host registry
     for host in registry.hosts.values():
         if host.deploy:
-            module = importlib.import_module(host.deploy)
+            try:
+                module = importlib.import_module(host.deploy)
+                module.add_arguments(commands.add_parser(host.name, help=(module.__doc__ or " ").splitlines()[0]))
+            except Exception as exc:  # a plugin's broken tooling must not take the command line down
+                print(f"warning: the {host.label()} declares deploy={host.deploy!r}, which failed to load: "
+                      f"{type(exc).__name__}: {exc}; metagen {host.name} ... is unavailable", file=sys.stderr)
+                continue
             deploy[host.name] = module
-            module.add_arguments(commands.add_parser(host.name, help=(module.__doc__ or "").splitlines()[0]))
 
     draw = commands.add_parser("plot", help="draw accuracy vs compute from a results file or a trace")
     draw.add_argument("source", metavar="TRACE_OR_RESULTS",

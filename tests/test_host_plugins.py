@@ -117,3 +117,28 @@ def test_the_built_in_hosts_register_through_the_hook(registry):
     assert reg.host("vllm").deploy == "metagen_plugins.deploy.vllm"
     assert reg.get("logits_processors", "min_p").hosts[:2] == ("transformers", "vllm")
     assert "tgi" not in reg.get("logits_processors", "min_p").hosts
+
+
+def test_a_host_plugins_deploy_tooling_becomes_a_subcommand(tmp_path, capsys):
+    """``deploy=`` names a module with add_arguments/main: the command line offers it as
+    ``metagen <host> ...``; a module that fails to load is reported and leaves the rest working."""
+    from metagen_plugins.cli import main
+
+    (tmp_path / "echo_host.py").write_text(ECHO.replace(
+        'register("echo", EchoHost, settings={"reply": str, "times": int})',
+        'register("echo", EchoHost, settings={"reply": str, "times": int}, deploy="echo_tools")\n'
+        '    register("broken", EchoHost, settings={}, deploy="no_such_module_here")'))
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "echo_tools.py").write_text(
+        '"""Echo deployments."""\n\ndef add_arguments(parser):\n    parser.add_argument("--shout", action="store_true")\n\n'
+        'def main(args, registry):\n    print("ECHO" if args.shout else "echo", registry.host("echo").plugin)\n    return 0\n')
+    import sys
+
+    sys.path.insert(0, str(tmp_path / "tools"))
+    try:
+        assert main(["--plugins-dir", str(tmp_path), "echo", "--shout"]) == 0
+    finally:
+        sys.path.remove(str(tmp_path / "tools"))
+    out = capsys.readouterr()
+    assert out.out.strip() == "ECHO echo_host"
+    assert "deploy='no_such_module_here', which failed to load" in out.err
