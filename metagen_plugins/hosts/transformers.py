@@ -14,8 +14,8 @@ from metagen_hooks import Budget, Candidate
 from ..components import built, sampling
 from ..config import Config
 from ..errors import ConfigError, HostError
-from ..text_stop import stop_strings
 from ..models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
+from ..text_stop import stop_strings
 from .prefix_cache import PrefixCache, extend_cache, sliceable
 from .shared_prefix import decoding, shared_cache, supported
 from ..registry import Registry
