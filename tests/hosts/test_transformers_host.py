@@ -1,5 +1,7 @@
 """The transformers host: generate() kwargs and the Generator, on a tiny local model."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers.generation import logits_process as lp
@@ -184,28 +186,8 @@ def test_quantized_kv_cache(tiny, kv_cache, backend):
 
 # -- the generate() path is as safe as run() -------------------------------------------------
 
-ONLY_TOKEN = '''
-from metagen_hooks import hookimpl
-
-
-class OnlyToken:
-    """A grammar in miniature: every token but one is banned."""
-
-    def __init__(self, token_id: int):
-        self.token_id = token_id
-
-    def __call__(self, input_ids, scores):
-        keep = scores[:, self.token_id].clone()
-        scores[:] = float("-inf")
-        scores[:, self.token_id] = keep
-        return scores
-
-
-@hookimpl
-def register_logits_processors(register):
-    register("only_token", OnlyToken, constraint=True)
-    register("only_token_unmarked", OnlyToken)
-'''
+# A fixture plugin, a real file: copied into a test's plugins directory.
+ONLY_TOKEN = (Path(__file__).resolve().parents[1] / "plugins" / "only_token.py").read_text()
 
 
 def _greedy_first_token(model, tok, prompt):
