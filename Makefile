@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+# contrib/* (metagen-embeddings, metagen-openai, metagen-sacrebleu, ...) install into $(VENV) and their
+# tests run with `make test` (the end-to-end ones, marked slow, with `make test-slow`).
 # metagen-vllm is a vLLM plugin: it lives in the vLLM environment below, not in $(VENV).
 CONTRIB := $(filter-out contrib/metagen-vllm/pyproject.toml,$(wildcard contrib/*/pyproject.toml))
 VLLM_VENV ?= .venv-vllm

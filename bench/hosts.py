@@ -52,7 +52,7 @@ def prompts(model: str, count: int) -> tuple[list[str], object]:
 def start_server(model: str, eager: bool, max_model_len: int, log: Path) -> tuple[subprocess.Popen, str]:
     import socket
 
-    from metagen_plugins.hosts.vllm import serve_args
+    from metagen_plugins.deploy.vllm import serve_args
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

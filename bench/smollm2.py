@@ -28,7 +28,7 @@ from collections import Counter
 
 import metagen_plugins
 from metagen_plugins import evaluate
-from metagen_plugins.builtin import answers
+from metagen_hooks import answers
 from metagen_plugins.demo.questions import questions
 
 

@@ -37,7 +37,7 @@ def vote_shapes(problems, results) -> dict:
     wrong winners are (a systematic error is one wrong answer most samples agree on)."""
     from collections import Counter
 
-    from metagen_plugins.builtin.answers import extract
+    from metagen_hooks.answers import extract
 
     present = wins = 0
     wrong_share, right_share = [], []

@@ -60,7 +60,7 @@ def workloads() -> list[tuple[str, int, dict, dict]]:
 
 def start_server(log: Path) -> tuple[subprocess.Popen, dict]:
     """A vLLM server for the demo model from `serve-args`, in its own process group."""
-    from metagen_plugins.hosts.vllm import serve_args
+    from metagen_plugins.deploy.vllm import serve_args
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,28 +10,16 @@ The Python API::
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from metagen_hooks import KINDS, Result
 
 from .config import Config, build, validate
 from .errors import ConfigError, HostError, MetagenError, PluginError
-from .plugins import PluginManager
-from .registry import Registry
+from .registry import Registry, get_registry
 from .runner import Runner, failed, run
 
 __version__ = "0.1.0"
-
-_registry: Registry | None = None
-
-
-def get_registry(plugins_dir: str | os.PathLike | None = None, reload: bool = False) -> Registry:
-    """The registry of every installed plugin's components (loaded once, then cached)."""
-    global _registry
-    if _registry is None or reload or plugins_dir is not None:
-        _registry = Registry(PluginManager().load(plugins_dir))
-    return _registry
 
 
 def components(kind: str) -> dict[str, dict[str, Any]]:
@@ -44,15 +32,23 @@ def components(kind: str) -> dict[str, dict[str, Any]]:
 
 def generate_kwargs(config: Any, model=None, tokenizer=None) -> dict[str, Any]:
     """Keyword arguments for ``model.generate()``: logits_processor, stopping_criteria and the
-    sampling flags. The configuration's host must be transformers (the default)."""
+    sampling flags. The configuration's host must be transformers (the default).
+
+    Hard constraints (grammar, bad_words) apply before the other processors whatever the listed
+    order, and each processor is followed by a check that stops generation with an error naming
+    it when it leaves NaN, +inf or no allowed token."""
     registry = get_registry()
     cfg = validate(config, registry)
     if cfg.host_name != "transformers":
         raise ConfigError(f"generate_kwargs is for the transformers host; this configuration's "
                           f"[host] name is {cfg.host_name!r}")
+    from .hosts.transformers import _checked
     from .hosts.transformers import generate_kwargs as build_kwargs
 
-    return build_kwargs(cfg, registry, model=model, tokenizer=tokenizer)
+    kwargs = build_kwargs(cfg, registry, model=model, tokenizer=tokenizer)
+    if kwargs.get("logits_processor"):  # stop with the culprit's name, not inside torch.multinomial
+        kwargs["logits_processor"] = _checked(kwargs["logits_processor"], cfg, registry)
+    return kwargs
 
 
 __all__ = [

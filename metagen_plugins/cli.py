@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Any
@@ -35,23 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--answer-pattern", help="the regular expression whose first group is the answer")
     again.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
-    tgi = commands.add_parser("tgi", help="TGI deployments: launcher arguments, checks")
-    tgi_commands = tgi.add_subparsers(dest="tgi_command", required=True)
-    launcher = tgi_commands.add_parser("launcher-args", help="print text-generation-launcher arguments "
-                                       "and the docker command for a configuration")
-    launcher.add_argument("--config", required=True, help="a TOML configuration with [host] name = \"tgi\"")
-    tgi_check = tgi_commands.add_parser("check", help="read /info and /health; report what the "
-                                        "deployment supports of a configuration")
-    tgi_check.add_argument("url", metavar="URL")
-    tgi_check.add_argument("--config", help="a TOML configuration to check against the deployment")
-
-    vllm = commands.add_parser("vllm", help="vLLM deployments")
-    vllm_commands = vllm.add_subparsers(dest="vllm_command", required=True)
-    serve = vllm_commands.add_parser("serve-args", help="print the vLLM server command for a configuration")
-    serve.add_argument("--config", required=True, help="a TOML configuration with [host] name = \"vllm\"")
-    serve.add_argument("--json", action="store_true", help="print the command as a JSON list of arguments")
-    serve.add_argument("--data-parallel", type=int, metavar="N", help="N engine replicas behind the one "
-                       "endpoint (vLLM's --data-parallel-size; overrides [host] data_parallel_size)")
+    registry = _preload(argv)
+    deploy = {}  # host name -> its deployment tooling module, reached through the host registry
+    for host in registry.hosts.values():
+        if host.deploy:
+            try:
+                module = importlib.import_module(host.deploy)
+                module.add_arguments(commands.add_parser(host.name, help=(module.__doc__ or " ").splitlines()[0]))
+            except Exception as exc:  # a plugin's broken tooling must not take the command line down
+                print(f"warning: the {host.label()} declares deploy={host.deploy!r}, which failed to load: "
+                      f"{type(exc).__name__}: {exc}; metagen {host.name} ... is unavailable", file=sys.stderr)
+                continue
+            deploy[host.name] = module
 
     draw = commands.add_parser("plot", help="draw accuracy vs compute from a results file or a trace")
     draw.add_argument("source", metavar="TRACE_OR_RESULTS",
@@ -71,12 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return _plugins_list(args)
         if args.command == "reselect":
             return _reselect(args)
-        if args.command == "vllm":
-            from .hosts.vllm import main_serve_args
-
-            return main_serve_args(args.config, as_json=args.json, data_parallel=args.data_parallel)
-        if args.command == "tgi":
-            return _tgi(args)
+        if args.command in deploy:
+            return deploy[args.command].main(args, registry)
         if args.command == "plot":
             return _plot(args)
         if args.command == "new-plugin":
@@ -102,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plugins_list(args) -> int:
-    from . import get_registry
-
-    registry = get_registry(args.plugins_dir, reload=True)
+    registry = _registry(args)
     records = list(registry.manager.records.values())
     if args.json:
         print(json.dumps([_record(r) for r in records], indent=2))
@@ -145,31 +135,31 @@ def _plot(args) -> int:
     return 0
 
 
-def _tgi(args) -> int:
-    from . import get_registry
-    from .config import validate
-    from .hosts import tgi
+def _preload(argv: list[str] | None):
+    """The plugin registry, loaded once before the command line is parsed: the hosts it holds
+    add their own subcommands. ``--plugins-dir`` is read ahead for it."""
+    from .registry import get_registry
 
-    registry = get_registry(args.plugins_dir, reload=args.plugins_dir is not None)
-    cfg = validate(args.config, registry) if args.config else None
-    if cfg is not None and cfg.host_name != "tgi":
-        from .errors import ConfigError
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugins-dir")
+    known, _ = early.parse_known_args(argv)
+    return get_registry(known.plugins_dir, reload=known.plugins_dir is not None)
 
-        raise ConfigError(f"{args.config}: [host] name is {cfg.host_name!r}; metagen tgi needs name = \"tgi\"")
-    if args.tgi_command == "launcher-args":
-        print(tgi.launcher_command(cfg))
-        print(f"\n# or, in TGI's container:\n{tgi.docker_command(cfg)}")
-        return 0
-    return tgi.run_check(args.url, cfg)
+
+def _registry(args):
+    """The registry :func:`_preload` loaded (with ``--plugins-dir``'s plugins)."""
+    from .registry import get_registry
+
+    return get_registry(args.plugins_dir)
 
 
 def _reselect(args) -> int:
-    from . import get_registry, trace
-    from .config import build
+    from . import trace
+    from .components import build
 
     scorer = None
     if args.scorer:
-        info = get_registry(args.plugins_dir, reload=args.plugins_dir is not None).get("scorers", args.scorer)
+        info = _registry(args).get("scorers", args.scorer)
         if info.schema.context:
             from .errors import ConfigError
 

@@ -57,7 +57,7 @@ def execute(args) -> int:
         _show(args, data)
         return 0
     prompts, expected = _prompts(args)
-    registry = get_registry(args.plugins_dir, reload=args.plugins_dir is not None)
+    registry = get_registry(args.plugins_dir)
     cfg = config_module.validate(data, registry)
     pattern = evaluate.answer_pattern(data)
     strategy = cfg.strategy or {"name": "generate"}

@@ -1,7 +1,7 @@
 """Configuration: load it (TOML file or dict of the same shape) and validate it against the
 registry before any model loads.
 
-    [host]          name = "transformers" | "vllm" | "tgi"; model, draft_model, kv_cache, url, ...
+    [host]          name = an installed host ("transformers", "vllm", "tgi", ...); its settings
     [run]           concurrency (prompts in flight at once)
     [generation]    max_new_tokens, do_sample, seed
     [budget]        max_tokens, max_flops, max_samples
@@ -14,80 +14,19 @@ registry before any model loads.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
-from metagen_hooks import CONTEXT_PARAMETERS, HOSTS
 
-from .errors import ConfigError, MetagenError, PluginError
+from .components import build, check_params, component_of, params  # noqa: F401 (re-exported)
+from .errors import ConfigError, did_you_mean
 from .params import conforms, type_name
-from .registry import ComponentInfo, Registry
+from .registry import Registry
 
-# Settings each host accepts in [host], with their types.
-HOST_SETTINGS: dict[str, dict[str, Any]] = {
-    "transformers": {
-        "model": str,
-        "gguf_file": str,
-        "tokenizer": str,
-        "draft_model": str,
-        "prompt_lookup_num_tokens": int,
-        "kv_cache": str | dict,
-        "dtype": str,
-        "device": str,
-        "prefix_cache_bytes": int,
-        "chat_template": bool | Literal["auto"],
-        "shared_prefix_attention": bool,
-        "batching": bool,
-        "max_batch_tokens": int,
-    },
-    "vllm": {
-        "url": str,
-        "urls": list[str],  # several replicas of one model (instead of url)
-        "cooldown": float,  # seconds a failed replica is skipped
-        "model": str,
-        "draft_model": str,
-        "kv_cache": str,
-        "timeout": float,
-        "concurrency": int,
-        "retries": int,
-        "api_key": str,
-        # server settings, for `metagen vllm serve-args` (and the speculation check)
-        "speculative_ngram": int,
-        "num_speculative_tokens": int,
-        "prefix_caching": bool,
-        "gpu_memory_utilization": float,
-        "max_model_len": int,
-        "dtype": str,
-        "enforce_eager": bool,
-        "block_size": int,
-        "data_parallel_size": int,
-    },
-    "tgi": {
-        "url": str,
-        "urls": list[str],  # several replicas of one model (instead of url)
-        "cooldown": float,  # seconds a failed replica is skipped
-        "timeout": float,
-        "concurrency": int,
-        "retries": int,
-        "api_key": str,
-        "model_id": str,
-        "draft_model": str,  # accepted only to be rejected with the reason (hosts/tgi.py)
-        "kv_cache": str,
-        "speculate": int,
-        "quantize": str,
-        "best_of": int,
-        "max_best_of": int,
-        "max_stop_sequences": int,
-        "max_top_n_tokens": int,
-        "top_n_tokens": int,
-        "prompt_logprobs": bool,
-    },
-}
 GENERATION_SETTINGS: dict[str, Any] = {"max_new_tokens": int, "do_sample": bool, "seed": int,
                                        "token_healing": bool}
 BUDGET_SETTINGS: dict[str, Any] = {"max_tokens": int, "max_flops": float, "max_samples": int}
@@ -165,7 +104,7 @@ def validate(source: Any, registry: Registry) -> Config:
 
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{where}unknown section(s) {unknown}; {_nearest(unknown[0], SECTIONS)}"
+        raise ConfigError(f"{where}unknown section(s) {unknown}; {did_you_mean(unknown[0], SECTIONS)}"
                           f"the sections are {', '.join(SECTIONS)}")
     for section, shape in SECTIONS.items():
         if section not in data or data[section] is None:
@@ -180,7 +119,7 @@ def validate(source: Any, registry: Registry) -> Config:
             )
 
     config = Config(source=origin)
-    config.host = _host(data.get("host") or {}, where)
+    config.host = _host(data.get("host") or {}, registry, where)
     config.generation = _settings(data.get("generation") or {}, GENERATION_SETTINGS, "[generation]", where)
     config.budget = _settings(data.get("budget") or {}, BUDGET_SETTINGS, "[budget]", where)
     config.run = _settings(data.get("run") or {}, RUN_SETTINGS, "[run]", where)
@@ -200,26 +139,39 @@ def validate(source: Any, registry: Registry) -> Config:
             _component(section, f"{section}[{i}]", entry, registry, host, where)
             for i, entry in enumerate(entries)
         ])
+    config.processors = constraints_first(config.processors, registry)
     for section in ("strategy", "scorer"):
         if data.get(section):
             setattr(config, section, _component(section, f"[{section}]", data[section], registry, host, where))
     return config
 
 
-def _host(table: dict[str, Any], where: str) -> dict[str, Any]:
+def constraints_first(processors: list[dict[str, Any]], registry: Registry) -> list[dict[str, Any]]:
+    """The order processors apply in: hard constraints (registered ``constraint=True``: grammar,
+    bad_words, ...) first, in their listed order, then the others in theirs. transformers and vLLM
+    apply constraints before truncation too; otherwise min_p before a grammar can keep only tokens
+    the grammar bans, and sampling fails."""
+    hard = [e for e in processors if registry.get("logits_processors", e["name"]).constraint]
+    return hard + [e for e in processors if e not in hard]
+
+
+def _host(table: dict[str, Any], registry: Registry, where: str) -> dict[str, Any]:
+    """[host]: an installed host's name and the settings its registration accepts."""
     name = table.get("name", "transformers")
-    if name not in HOSTS:
-        raise ConfigError(f"{where}[host] name {name!r} is not a host; {_nearest(name, HOSTS)}"
-                          f"the hosts are {', '.join(HOSTS)}")
-    settings = _settings({k: v for k, v in table.items() if k != "name"}, HOST_SETTINGS[name],
-                         f"[host] (name = {name!r})", where)
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}[host] name must be a str, got {type(name).__name__} {name!r}")
+    try:
+        host = registry.host(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    settings = _settings(params(table), host.settings, f"[host] (name = {name!r})", where)
     return {"name": name, **settings}
 
 
 def _settings(table: dict[str, Any], schema: dict[str, Any], label: str, where: str) -> dict[str, Any]:
     for key, value in table.items():
         if key not in schema:
-            raise ConfigError(f"{where}{label} has no setting {key!r}; {_nearest(key, schema)}"
+            raise ConfigError(f"{where}{label} has no setting {key!r}; {did_you_mean(key, schema)}"
                               f"it accepts {', '.join(sorted(schema))}")
         if not conforms(value, schema[key]):
             raise ConfigError(f"{where}{label} {key} must be {type_name(schema[key])}, "
@@ -241,8 +193,8 @@ def _component(section, label, entry, registry: Registry, host, where) -> dict[s
         info = registry.get(kind, name)
     except ConfigError as exc:
         raise ConfigError(f"{where}{label}: {exc}") from None
-    params = {k: v for k, v in entry.items() if k != "name"}
-    check_params(info, params, f"{where}{label}: ")
+    values = params(entry)
+    check_params(info, values, f"{where}{label}: ")
     if host not in info.hosts:
         raise ConfigError(
             f"{where}{label}: {info.label()} cannot run on the {host} host; it runs on "
@@ -250,90 +202,5 @@ def _component(section, label, entry, registry: Registry, host, where) -> dict[s
         )
     if (kind == "strategies" or kind in ("logits_processors", "stopping_criteria") and host == "transformers") \
             and not info.schema.context:
-        build(info, params, prefix=f"{where}{label}: ")  # cheap: catches bad values before loading
-    return {"name": name, **params}
-
-
-def check_params(info: ComponentInfo, params: dict[str, Any], prefix: str = "") -> None:
-    schema = info.schema
-    accepted = "; it accepts " + (", ".join(p.describe() for p in schema.params.values()) or "no parameters")
-    for key, value in params.items():
-        if key in CONTEXT_PARAMETERS:
-            raise ConfigError(f"{prefix}{info.label()}: parameter {key!r} is supplied by the host; "
-                              f"remove it from the configuration")
-        if key not in schema.params:
-            if schema.accepts_any:
-                continue
-            raise ConfigError(f"{prefix}{info.label()} has no parameter {key!r}. "
-                              f"{_nearest(key, schema.params)}{accepted.lstrip('; ')}")
-        param = schema.params[key]
-        if not conforms(value, param.annotation):
-            raise ConfigError(f"{prefix}{info.label()}: parameter {key!r} must be "
-                              f"{type_name(param.annotation)}, got {type(value).__name__} {value!r}")
-        if isinstance(value, float) and math.isnan(value):
-            raise ConfigError(f"{prefix}{info.label()}: parameter {key!r} is NaN; give a number")
-        if key == "max_new_tokens" and isinstance(value, int) and value < 1:  # the Generator's own rule
-            raise ConfigError(f"{prefix}{info.label()}: parameter 'max_new_tokens' must be >= 1, got {value}")
-    missing = [p.name for p in schema.params.values() if p.required and p.name not in params]
-    if missing:
-        raise ConfigError(f"{prefix}{info.label()} is missing required parameter(s) "
-                          f"{', '.join(map(repr, missing))}{accepted}")
-
-
-def build(info: ComponentInfo, params: dict[str, Any], context: dict[str, Any] | None = None,
-          prefix: str = "") -> Any:
-    """Call a component's factory; any failure names the component, its plugin and the cause."""
-    context = context or {}
-    kwargs = dict(params)
-    for key in info.schema.context:
-        if context.get(key) is None:
-            raise ConfigError(f"{prefix}{info.label()} needs the host's {key!r}, which this call "
-                              f"did not provide (pass {key}= to generate_kwargs)")
-        kwargs[key] = context[key]
-    try:
-        built = info.factory(**kwargs)
-    except MetagenError:
-        raise
-    except (ValueError, TypeError) as exc:
-        error = ConfigError(f"{prefix}{info.label()} rejected its parameters {params!r}: {exc}")
-        error.component = info
-        raise error from None
-    except Exception as exc:
-        error = PluginError(f"{prefix}{info.label()} failed to build: {type(exc).__name__}: {exc}")
-        error.component = info
-        raise error from exc
-    _tag(built, info)
-    return built
-
-
-_CODE_OWNERS: dict[Any, ComponentInfo] = {}  # code of components that are plain functions
-
-
-def _tag(built: Any, info: ComponentInfo) -> None:
-    """Remember which component an object is, so an exception raised in its code can be
-    attributed to it (``component_of``)."""
-    try:
-        setattr(built, "_metagen_component", info)
-    except Exception:  # slots, builtins: fall back to the code object, when there is one
-        pass
-    code = getattr(built, "__code__", None)
-    if code is not None:
-        _CODE_OWNERS[code] = info
-
-
-def component_of(frame) -> ComponentInfo | None:
-    """The component whose code ``frame`` runs (its ``self`` or its function), if any."""
-    owner = frame.f_locals.get("self")
-    if owner is not None:
-        try:
-            info = getattr(owner, "_metagen_component", None)
-        except Exception:
-            info = None
-        if isinstance(info, ComponentInfo):
-            return info
-    return _CODE_OWNERS.get(frame.f_code)
-
-
-def _nearest(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}? " if close else ""
+        build(info, values, prefix=f"{where}{label}: ")  # cheap: catches bad values before loading
+    return {"name": name, **values}

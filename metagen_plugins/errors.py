@@ -16,3 +16,18 @@ class PluginError(MetagenError):
 
 class HostError(MetagenError):
     """A host cannot do what the configuration asks (missing model, engine, or support)."""
+
+
+def nearest(word: object, options) -> str | None:
+    """The option closest to ``word`` (a likely typo of it), or None: the "did you mean" of every
+    message that rejects a name."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def did_you_mean(word: object, options) -> str:
+    """``"did you mean 'x'? "`` for the nearest option, or nothing when none is close."""
+    close = nearest(word, options)
+    return f"did you mean {close!r}? " if close else ""

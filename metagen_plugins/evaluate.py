@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from metagen_hooks import Result
 
-from .builtin import answers as answer_module
+from metagen_hooks import answers as answer_module
 
 FORMAT = "metagen-results/1"
 DEFAULT_MODEL = "smollm2-135m-instruct"

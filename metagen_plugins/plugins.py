@@ -1,12 +1,14 @@
 """The plugin manager: loads plugins one by one, so a broken plugin is reported, not fatal.
 
-Sources, in order: metagen's built-in plugin, the ``metagen`` entry-point group, and ``*.py``
+Sources, in order: metagen's built-in plugins (its components, and its hosts; imported by module
+name like any plugin: the core never imports them), the ``metagen`` entry-point group, and ``*.py``
 files of a plugins directory (``--plugins-dir``). ``METAGEN_DISABLE_PLUGINS=a,b`` blocks plugins
 by name; ``METAGEN_STRICT_PLUGINS=1`` turns any load failure into an error.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -23,6 +25,9 @@ from metagen_hooks import hookspecs
 from .errors import PluginError
 
 BUILTIN = "metagen_plugins.builtin"
+HOSTS = "metagen_plugins.hosts"
+BUILTINS = (BUILTIN, HOSTS)
+"""metagen-plugins' own plugins, loaded first and never disabled: its components, and its hosts."""
 
 
 @dataclass
@@ -57,9 +62,9 @@ class PluginManager:
         self.records: dict[str, PluginRecord] = {}
 
     def load(self, plugins_dir: str | os.PathLike | None = None) -> "PluginManager":
-        from . import builtin
-
-        self._add(BUILTIN, lambda: builtin, "metagen-plugins", _version("metagen-plugins"), "built-in")
+        for name in BUILTINS:
+            self._add(name, lambda name=name: importlib.import_module(name), "metagen-plugins",
+                      _version("metagen-plugins"), "built-in")
         for ep in sorted(
             importlib.metadata.entry_points(group=metagen_hooks.ENTRY_POINT_GROUP),
             key=lambda e: e.name,
@@ -90,7 +95,7 @@ class PluginManager:
             return
         record = PluginRecord(name, distribution, version, "loaded", source=source)
         self.records[name] = record
-        if name in disabled_names() and name != BUILTIN:
+        if name in disabled_names() and name not in BUILTINS:
             record.status = "disabled"
             return
         try:
@@ -134,7 +139,7 @@ class PluginManager:
 
 
 def _hook_names() -> list[str]:
-    return [f"register_{kind}" for kind in metagen_hooks.KINDS]
+    return list(metagen_hooks.HOOKS)
 
 
 def _load_file(path: Path):

@@ -1,18 +1,23 @@
-"""Resolves component names: calls each plugin's register hooks and records who registered what."""
+"""The registry: calls each plugin's register hooks, records who registered what, resolves names;
+and owns the registry's lifecycle (:func:`get_registry`: loaded once, then shared)."""
 
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from metagen_hooks import HOSTS, KINDS
+from metagen_hooks import KINDS
 
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, PluginError, nearest
 from .params import Schema, schema_of
 from .plugins import PluginManager, _describe
 
-_METADATA = set(HOSTS) | {"sampling", "doc"}
+_registry: "Registry | None" = None
+_plugins_dir: str | None = None  # the --plugins-dir the shared registry was loaded with
+
+_METADATA = {"sampling", "constraint", "doc"}  # besides the installed hosts' realiser keys
 SINGULAR = {"logits_processors": "logits processor", "stopping_criteria": "stopping criterion",
             "scorers": "scorer", "strategies": "strategy"}
 
@@ -29,12 +34,16 @@ class ComponentInfo:
     version: str | None
     realisers: dict[str, Callable[..., dict] | None]  # host -> engine parameters (None: in-process)
     sampling: bool = False
+    constraint: bool = False  # a hard constraint (bans tokens): applied before every other processor
     doc: str = ""
     schema: Schema = field(default=None)  # type: ignore[assignment]
+    registry: "Registry | None" = field(default=None, repr=False, compare=False)  # the one it is in
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        return tuple(h for h in HOSTS if h in self.realisers)
+        """The installed hosts this component runs on (those whose realiser key it has)."""
+        hosts = self.registry.hosts.values() if self.registry is not None else ()
+        return tuple(h.name for h in hosts if h.realiser in self.realisers)
 
     def label(self) -> str:
         origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
@@ -51,6 +60,33 @@ class ComponentInfo:
         }
 
 
+@dataclass
+class HostInfo:
+    """A registered host (``register_hosts``): its settings schema, factory and realiser key."""
+
+    name: str
+    factory: Callable[..., Any]
+    settings: dict[str, Any]
+    realiser: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+    in_process: bool = False
+    deploy: str | None = None
+    doc: str = ""
+
+    def label(self) -> str:
+        origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
+        return f"host {self.name!r} (plugin {self.plugin!r}, {origin})"
+
+    def as_dict(self) -> dict[str, Any]:
+        from .params import type_name
+
+        return {"plugin": self.plugin, "distribution": self.distribution, "version": self.version,
+                "realiser": self.realiser, "in_process": self.in_process, "docstring": self.doc,
+                "settings": {k: type_name(v) for k, v in sorted(self.settings.items())}}
+
+
 class DuplicateComponent(PluginError):
     pass
 
@@ -60,18 +96,63 @@ class Registry:
 
     def __init__(self, manager: PluginManager) -> None:
         self.manager = manager
+        self.hosts: dict[str, HostInfo] = {}
         self.components: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
         self.conflicts: dict[tuple[str, str], list[ComponentInfo]] = {}
+        for plugin, hook in manager.implementations("register_hosts"):  # first: components name them
+            self._collect_hosts(plugin, hook)
         for kind in KINDS:
             for plugin, hook in manager.implementations(f"register_{kind}"):
                 self._collect(kind, plugin, hook)
 
+    def _collect_hosts(self, plugin: str, hook: Callable[..., Any]) -> None:
+        record = self.manager.records[plugin]
+        added: list[HostInfo] = []
+
+        def register(name: str, factory: Callable[..., Any], *, settings: dict[str, Any],
+                     realiser: str | None = None, in_process: bool = False, deploy: str | None = None,
+                     doc: str = "") -> None:
+            added.append(_host_info(name, factory, settings, realiser, in_process, deploy, doc, record))
+
+        try:
+            hook(register=register)
+        except Exception as exc:
+            self.manager.fail(plugin, f"register_hosts raised {_describe(exc)}")
+            return
+        for info in added:
+            if info.name in self.hosts:
+                self.manager.fail(plugin, f"host {info.name!r} is registered by plugin "
+                                          f"{self.hosts[info.name].plugin!r} and plugin {plugin!r}; a host "
+                                          f"name must be unique: uninstall one, or block it with "
+                                          f"METAGEN_DISABLE_PLUGINS={plugin}")
+                continue
+            self.hosts[info.name] = info
+            record.components.setdefault("hosts", []).append(info.name)
+
+    def host(self, name: str) -> HostInfo:
+        """The host registered as ``name``; a ConfigError listing the installed ones otherwise."""
+        try:
+            return self.hosts[name]
+        except KeyError:
+            close = nearest(name, self.hosts)
+            raise ConfigError(f"[host] name {name!r} is not a host; "
+                              + (f"did you mean {close!r}? " if close else "")
+                              + f"the installed hosts are {', '.join(self.hosts) or '(none)'}") from None
+
+    def realiser_keys(self) -> dict[str, bool]:
+        """Each installed host's realiser key -> whether that host calls factories in-process."""
+        keys: dict[str, bool] = {}
+        for info in self.hosts.values():
+            keys[info.realiser] = keys.get(info.realiser, False) or info.in_process
+        return keys
+
     def _collect(self, kind: str, plugin: str, hook: Callable[..., Any]) -> None:
         record = self.manager.records[plugin]
         added: list[ComponentInfo] = []
+        keys = self.realiser_keys()
 
         def register(name: str, factory: Callable[..., Any], **metadata: Any) -> None:
-            added.append(_info(kind, name, factory, metadata, record))
+            added.append(_info(kind, name, factory, metadata, record, keys))
 
         try:
             hook(register=register)
@@ -79,6 +160,7 @@ class Registry:
             self.manager.fail(plugin, f"register_{kind} raised {_describe(exc)}")
             return
         for info in added:
+            info.registry = self
             self._add(info)
             record.components.setdefault(kind, []).append(info.name)
 
@@ -104,28 +186,57 @@ class Registry:
             raise ConfigError(unknown_name_message(kind, name, self.components[kind])) from None
 
 
-def _info(kind, name, factory, metadata, record) -> ComponentInfo:
+def _host_info(name, factory, settings, realiser, in_process, deploy, doc, record) -> HostInfo:
+    where = f"plugin {record.name!r}"
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PluginError(f"{where} registered a host with name {name!r}; use an identifier such as 'vllm'")
+    if not callable(factory):
+        raise PluginError(f"{where} registered host {name!r} with a factory that is not callable: {factory!r}")
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise PluginError(f"{where} registered host {name!r} with settings={settings!r}; give a dict of "
+                          f"setting name -> type, e.g. {{'url': str, 'timeout': float}}")
+    if "name" in settings:
+        raise PluginError(f"{where} registered host {name!r} with a setting called 'name', which [host] uses "
+                          f"to select the host; rename it")
+    realiser = realiser or name
+    if not isinstance(realiser, str) or not realiser.isidentifier() or realiser in _METADATA:
+        raise PluginError(f"{where} registered host {name!r} with realiser={realiser!r}; use an identifier "
+                          f"other than {', '.join(sorted(_METADATA))}")
+    return HostInfo(name=name, factory=factory, settings=dict(settings), realiser=realiser, plugin=record.name,
+                    distribution=record.distribution, version=record.version, in_process=bool(in_process),
+                    deploy=deploy, doc=doc or inspect.getdoc(factory) or "")
+
+
+def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> ComponentInfo:
+    """``keys``: the installed hosts' realiser keys -> whether that host builds factories in-process."""
     where = f"plugin {record.name!r}"
     if not isinstance(name, str) or not name:
         raise PluginError(f"{where} registered a {kind} component with name {name!r}; use a non-empty str")
     if not callable(factory):
         raise PluginError(f"{where} registered {name!r} with a factory that is not callable: {factory!r}")
-    unknown = set(metadata) - _METADATA
+    unknown = set(metadata) - _METADATA - set(keys)
     if unknown:
         raise PluginError(
             f"{where} registered {name!r} with unknown metadata {sorted(unknown)}; "
-            f"known: {sorted(_METADATA)}"
+            f"known: {sorted(_METADATA | set(keys))} (a host's key is known once its plugin is installed)"
         )
     realisers: dict[str, Any] = {}
-    if kind in ("scorers", "strategies"):  # they run client-side, beside any host's Generator
-        realisers = {host: None for host in HOSTS if metadata.get(host, True) is not False}
-    elif metadata.get("transformers", True) is not False:
-        realisers["transformers"] = None
-    for host in ("vllm", "tgi"):
-        if host in metadata and metadata[host] is not False:
-            if not callable(metadata[host]):
-                raise PluginError(f"{where} registered {name!r} with {host}= that is not callable")
-            realisers[host] = metadata[host]
+    for key, in_process in keys.items():
+        value = metadata.get(key)
+        if kind in ("scorers", "strategies"):  # they run client-side, beside any host's Generator
+            if value is not False:
+                realisers[key] = None
+        elif value is False:
+            continue
+        elif value is None:
+            if in_process:
+                realisers[key] = None  # the host builds the factory itself
+        elif value is True and in_process:
+            realisers[key] = None
+        elif not callable(value):
+            raise PluginError(f"{where} registered {name!r} with {key}= that is not callable")
+        else:
+            realisers[key] = value
     doc = metadata.get("doc") or inspect.getdoc(factory) or ""
     return ComponentInfo(
         kind=kind,
@@ -136,6 +247,7 @@ def _info(kind, name, factory, metadata, record) -> ComponentInfo:
         version=record.version,
         realisers=realisers,
         sampling=bool(metadata.get("sampling", False)),
+        constraint=bool(metadata.get("constraint", False)),
         doc=doc,
         schema=schema_of(factory),
     )
@@ -154,12 +266,22 @@ def _conflict_message(infos: list[ComponentInfo]) -> str:
 
 
 def unknown_name_message(kind: str, name: str, known: dict[str, Any]) -> str:
-    import difflib
-
     label = SINGULAR[kind]
     message = f"unknown {label} {name!r}."
-    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.5)
+    close = nearest(name, known)
     if close:
-        message += f" Did you mean {close[0]!r}?"
+        message += f" Did you mean {close!r}?"
     valid = ", ".join(sorted(known)) or "(none installed)"
     return f"{message} Valid {kind.replace('_', ' ')}: {valid}"
+
+
+def get_registry(plugins_dir: str | os.PathLike | None = None, reload: bool = False) -> Registry:
+    """The registry of every installed plugin's components and hosts, loaded once and then shared;
+    ``plugins_dir`` also loads the ``*.py`` plugins of that directory (loaded again when it is
+    another directory than last time, or with ``reload``)."""
+    global _registry, _plugins_dir
+    wanted = None if plugins_dir is None else os.fspath(plugins_dir)
+    if _registry is None or reload or (wanted is not None and wanted != _plugins_dir):
+        _registry = Registry(PluginManager().load(plugins_dir))
+        _plugins_dir = wanted
+    return _registry

@@ -19,8 +19,10 @@ from typing import Any, Callable, Sequence
 
 from metagen_hooks import Budget, Result
 
-from .config import Config, build, validate
+from .components import build, component_of, params
+from .config import Config, validate
 from .errors import ConfigError
+from .registry import get_registry
 
 # Prompts in flight at once when neither [run] concurrency nor concurrency= says: enough to fill
 # a batch on the in-process host, and to keep a serving engine's queue full on a remote one.
@@ -38,8 +40,6 @@ class Runner:
     def __init__(self, config: Any, *, model=None, tokenizer=None, concurrency: int | None = None,
                  registry=None) -> None:
         if registry is None:
-            from . import get_registry
-
             registry = get_registry()
         self.registry = registry
         self.config = config if isinstance(config, Config) else validate(config, registry)
@@ -172,8 +172,6 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
     for index, prompt in enumerate(prompts):
         check_prompt(index, prompt)
     if registry is None:
-        from . import get_registry
-
         registry = get_registry()
     cfg = config if isinstance(config, Config) else validate(config, registry)
     workers = min(_concurrency(concurrency, cfg), len(prompts))
@@ -190,11 +188,6 @@ def _concurrency(requested: int | None, cfg: Config) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"concurrency must be an int >= 1 (1 runs prompts one at a time), got {value!r}")
     return value
-
-
-def params(entry: dict[str, Any]) -> dict[str, Any]:
-    """A configuration entry's parameters: everything but its ``name``."""
-    return {k: v for k, v in entry.items() if k != "name"}
 
 
 def check_prompt(index: int, prompt: Any) -> None:
@@ -220,8 +213,6 @@ def describe_failure(exc: BaseException, cfg: Config) -> dict[str, Any]:
     (and plugin, distribution) raised it, or the host; what and where."""
     import traceback
     from pathlib import Path
-
-    from .config import component_of
 
     frames = list(traceback.walk_tb(exc.__traceback__))
     where = ""

@@ -74,8 +74,9 @@ def read(path: str | Path) -> list[TracedRun]:
 
 def reselect(run: TracedRun, strategy: str, scorer=None, answer_pattern: str | None = None) -> tuple[int | None, dict]:
     """Choose again among a traced run's candidates with another selection rule."""
-    from .builtin import answers, selection
-    from .builtin.scorers import ExactMatch
+    import functools
+
+    from metagen_hooks import answers, selection
 
     pattern = answer_pattern or answers.DEFAULT_PATTERN
     scores: Sequence[float] = run.scores
@@ -93,7 +94,8 @@ def reselect(run: TracedRun, strategy: str, scorer=None, answer_pattern: str | N
         index, votes = selection.majority(run.candidates, pattern, weights=scores)
         return index, {"votes": votes}
     if strategy == "mbr":
-        utility = scorer if scorer is not None and hasattr(scorer, "utility") else ExactMatch(pattern)
-        index, expected = selection.mbr(run.candidates, utility.utility)
+        utility = scorer.utility if scorer is not None and hasattr(scorer, "utility") else \
+            functools.partial(answers.agree, pattern=pattern)
+        index, expected = selection.mbr(run.candidates, utility)
         return index, {"expected_utility": expected}
     raise ConfigError(f"reselect supports {', '.join(SELECTIONS)}; got {strategy!r}")

@@ -1,9 +1,15 @@
 import importlib
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import metagen_plugins
+import metagen_plugins.registry
+
+# Stand-ins for outside services (the TGI server), imported by the tests of several folders.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
 
 
 @pytest.fixture(autouse=True)
@@ -11,7 +17,7 @@ def clean_plugin_env(monkeypatch):
     monkeypatch.delenv("METAGEN_DISABLE_PLUGINS", raising=False)
     monkeypatch.delenv("METAGEN_STRICT_PLUGINS", raising=False)
     yield
-    metagen_plugins._registry = None
+    metagen_plugins.registry._registry = None  # the shared registry: the next test loads its own
 
 
 @pytest.fixture

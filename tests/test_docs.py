@@ -30,6 +30,35 @@ def test_tutorial_plugin_is_short_and_works(install_plugin, registry, tiny):
     assert not any(ch.isdigit() for ch in tok.decode(out[0, 3:]))
 
 
+STRATEGY_DOC = (Path(__file__).resolve().parent.parent / "docs" / "strategy-tutorial.md").read_text()
+
+
+def test_strategy_tutorial_installs_and_runs_on_the_demo_model(install_plugin, registry):
+    """The strategy tutorial's code and pyproject, installed as a distribution, run as written."""
+    from metagen_hooks import EVENTS, check_event
+
+    code, run_example = re.findall(r"```python\n(.*?)```", STRATEGY_DOC, flags=re.S)
+    meta = tomllib.loads(re.findall(r"```toml\n(.*?)```", STRATEGY_DOC, flags=re.S)[0])
+    [(entry_name, module)] = meta["project"]["entry-points"]["metagen"].items()
+    install_plugin(module, code, dist=meta["project"]["name"], version=meta["project"]["version"],
+                   entry_name=entry_name)
+    registry()
+    info = metagen_plugins.components("strategies")["until_agree"]
+    assert info["distribution"] == "metagen-until-agree"
+    assert info["parameters"] == ["agree: int = 3", "batch: int = 2", "n: int = 12"]
+    namespace: dict = {}
+    exec(run_example.replace("print(", "printed = ("), namespace)
+    result = namespace["result"]
+    assert result.strategy == "until_agree" and 2 <= len(result.candidates) <= 6
+    assert result.budget.samples == len(result.candidates)
+    votes = result.trace[-1]["votes"]
+    assert max(votes.values()) >= 2 or len(result.candidates) == 6  # stopped on agreement, or at n
+    assert result.best is not None and "####" in result.best.text
+    for event in result.trace:
+        check_event(event)
+    assert {e["event"] for e in result.trace} <= set(EVENTS)
+
+
 def test_generate_kwargs_example_runs(tiny_dir):
     import subprocess
     import sys

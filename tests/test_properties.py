@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import metagen_plugins
 from metagen_plugins import ConfigError, MetagenError, validate
-from metagen_plugins.config import BUDGET_SETTINGS, GENERATION_SETTINGS, HOST_SETTINGS, SECTIONS
+from metagen_plugins.config import BUDGET_SETTINGS, GENERATION_SETTINGS, SECTIONS
 from metagen_plugins.params import conforms
 
 EXAMPLES: Counter = Counter()
@@ -75,10 +75,10 @@ def invalid_configs(draw):
         name = draw(names.filter(lambda s: s not in SECTIONS))
         return {name: {}}, repr(name)
     if case == "host_key":
-        key = draw(names.filter(lambda s: s not in HOST_SETTINGS["transformers"] and s != "name"))
+        key = draw(names.filter(lambda s: s not in registry().host("transformers").settings and s != "name"))
         return {"host": {key: 1}}, repr(key)
     if case == "host_name":
-        name = draw(names.filter(lambda s: s not in HOST_SETTINGS))
+        name = draw(names.filter(lambda s: s not in registry().hosts))
         return {"host": {"name": name}}, repr(name)
     if case == "setting_type":
         section, schema = draw(st.sampled_from([("generation", GENERATION_SETTINGS), ("budget", BUDGET_SETTINGS)]))

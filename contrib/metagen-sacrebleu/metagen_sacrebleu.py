@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from metagen_hooks import Candidate, hookimpl
+from metagen_hooks import Candidate, hookimpl, mbr
 
 
 class _SacrebleuUtility:
@@ -16,13 +16,7 @@ class _SacrebleuUtility:
         return float(self.metric.sentence_score(hypothesis, [reference]).score)
 
     def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
-        texts = [c.text for c in candidates]
-        if len(texts) < 2:
-            return [0.0 for _ in texts]
-        return [
-            sum(self.utility(h, r) for j, r in enumerate(texts) if j != i) / (len(texts) - 1)
-            for i, h in enumerate(texts)
-        ]
+        return mbr(candidates, self.utility)[1]
 
 
 class ChrF(_SacrebleuUtility):

@@ -1,14 +1,20 @@
 """The contract between metagen and its plugins.
 
 Plugin authors import from here only: ``hookimpl`` to mark hook implementations, the data types
-strategies and scorers exchange, and the protocols components satisfy. Nothing here imports
+strategies and scorers exchange, the protocols components satisfy, and the kit for strategy
+authors: :class:`Run` (sampling, scoring, budget and trace in one helper), the trace-event
+schema :data:`EVENTS`, and the selection rules ``majority``, ``argmax`` and ``mbr``
+(:mod:`metagen_hooks.selection`; answers extracted by :mod:`metagen_hooks.answers`). A component
+that runs inside a serving engine declares it with :mod:`metagen_hooks.engines`. Nothing here imports
 torch, transformers or an HTTP client.
 """
 
 import pluggy
 
-from .protocols import Generator, PairwiseUtility, Scorer, StepScorer, Strategy
+from .protocols import Begins, Generator, Host, PairwiseUtility, Scorer, StepScorer, Strategy
 from .types import Budget, BudgetExceeded, Candidate, Result
+from .run import EVENTS, Run, check_event
+from .selection import argmax, majority, mbr
 
 PROJECT_NAME = "metagen"
 """The pluggy project name; also the entry-point group plugins register under."""
@@ -19,29 +25,44 @@ KINDS = ("logits_processors", "stopping_criteria", "scorers", "strategies")
 """The four kinds of component, in the order their hooks are called."""
 
 HOSTS = ("transformers", "vllm", "tgi")
-"""Where a component can run. A factory registered with no host metadata runs in-process."""
+"""The hosts metagen-plugins itself registers (through ``register_hosts``). The installed hosts
+are those every plugin registers: ``metagen plugins list`` shows them."""
 
-CONTEXT_PARAMETERS = ("model", "tokenizer", "generator")
-"""Factory parameters the host fills in; a configuration may not set them."""
+HOOKS = tuple(f"register_{kind}" for kind in KINDS) + ("register_hosts",)
+"""Every hook a plugin may implement."""
+
+CONTEXT_PARAMETERS = ("model", "tokenizer", "generator", "registry")
+"""Factory parameters metagen fills in; a configuration may not set them. ``model``,
+``tokenizer`` and ``generator`` come from the host; ``registry`` (the installed components, to
+build a nested one, as the built-in ``compose`` strategy does) from metagen's core."""
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 __all__ = [
+    "Begins",
     "Budget",
+    "EVENTS",
     "BudgetExceeded",
     "CONTEXT_PARAMETERS",
     "Candidate",
     "ENTRY_POINT_GROUP",
     "Generator",
+    "HOOKS",
+    "Host",
     "HOSTS",
     "KINDS",
     "PROJECT_NAME",
     "PairwiseUtility",
     "Result",
+    "Run",
     "Scorer",
     "StepScorer",
     "Strategy",
+    "argmax",
+    "check_event",
     "hookimpl",
     "hookspec",
+    "majority",
+    "mbr",
 ]

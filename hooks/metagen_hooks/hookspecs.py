@@ -1,4 +1,5 @@
-"""The hook specification: four register-callback hooks, one per kind of component.
+"""The hook specification: four register-callback hooks, one per kind of component, and a fifth,
+:func:`register_hosts`, for the hosts components run on.
 
 Each hook receives ``register(name, factory, **metadata)``. Calling it makes a component
 *available* under ``name``; nothing is applied until a configuration names it. The factory is
@@ -10,12 +11,18 @@ Metadata, all optional:
 
 ``transformers=False``
     the factory cannot run in-process (it exists only as an engine request parameter).
-``vllm=`` / ``tgi=``
+``vllm=`` / ``tgi=`` (any installed host's realiser key)
     a callable taking the same parameters and returning the engine's request parameters
     (e.g. ``lambda top_p: {"top_p": top_p}``): how the component is realised on that host.
+    ``host=False`` keeps a scorer or strategy off a host.
 ``sampling=True``
     a logits processor that only makes sense when sampling (a warper): a configuration that
     uses one turns sampling on.
+``constraint=True``
+    a logits processor that is a hard constraint (a grammar, banned tokens): metagen applies the
+    constraints first, in their listed order, then the other processors, as transformers applies
+    its processors before its warpers, so a truncation warper (top-k, min-p) can never leave
+    only tokens a constraint then bans.
 ``doc``
     a description, when the factory's docstring is not the one to show.
 """
@@ -91,4 +98,48 @@ def register_strategies(register: Register) -> None:
         @hookimpl
         def register_strategies(register):
             register("first_of_n", FirstOfN)
+    """
+
+
+class RegisterHost(Protocol):
+    """The ``register`` callback :func:`register_hosts` receives."""
+
+    def __call__(self, name: str, factory: Callable[..., Any], *, settings: dict[str, Any],
+                 realiser: str | None = None, in_process: bool = False, deploy: str | None = None,
+                 doc: str = "") -> None: ...
+
+
+@hookspec
+def register_hosts(register: RegisterHost) -> None:
+    """Register hosts: where a configuration's components run and its strategy samples.
+
+    ``register(name, factory, settings=..., ...)``:
+
+    ``name``
+        what ``[host] name`` selects.
+    ``factory(config, registry, model=None, tokenizer=None)``
+        returns the host object (:class:`metagen_hooks.Host`) for a validated configuration;
+        called once per run, so import the engine's client inside it.
+    ``settings``
+        the ``[host]`` settings it accepts, name -> type (``str``, ``int``, ``float | None``,
+        ``list[str]``, ``Literal[...]``): checked like component parameters before anything loads.
+    ``realiser``
+        the component metadata key this host reads (default: ``name``): a component registered
+        with ``<realiser>=callable`` runs here as the request parameters that callable returns.
+        Hosts may share a key (an OpenAI-compatible host reads vLLM's realisations).
+    ``in_process=True``
+        the host calls component factories itself (as the transformers host does): a processor
+        or stopping criterion runs there unless registered with ``<realiser>=False``.
+    ``deploy``
+        the module path of the host's deployment tooling, if any: it defines
+        ``add_arguments(parser)`` and ``main(args, registry) -> int``, and the command line offers it
+        as ``metagen <name> ...``.
+
+    Scorers and strategies run client-side, so they run on every host.
+
+    Example::
+
+        @hookimpl
+        def register_hosts(register):
+            register("echo", EchoHost, settings={"url": str, "timeout": float})
     """

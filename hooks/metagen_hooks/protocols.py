@@ -44,6 +44,16 @@ class Generator(Protocol):
 
 
 @runtime_checkable
+class Begins(Protocol):
+    """Optional for a logits processor or stopping criterion that tracks what was generated:
+    metagen's Generators call ``begin(prompt_length)`` before decoding, so the component knows
+    which tokens of each row are the prompt and which an earlier continuation (a step-level
+    search extending a partial solution). A plain ``model.generate()`` call does not call it."""
+
+    def begin(self, prompt_length: int) -> None: ...
+
+
+@runtime_checkable
 class Scorer(Protocol):
     """Scores whole candidates (verifier, outcome reward model, log-probability, ...).
 
@@ -78,3 +88,22 @@ class Strategy(Protocol):
     def run(
         self, prompt: str, generator: Generator, scorer: Scorer | None, budget: Budget
     ) -> Result: ...
+
+
+@runtime_checkable
+class Host(Protocol):
+    """What a host's factory returns (see ``register_hosts``): one engine deployment or loaded
+    model for a run, making a Generator per prompt."""
+
+    def generator(self, budget: Budget, config=None) -> Generator:
+        """A Generator that charges ``budget``; ``config`` is a per-prompt configuration with the
+        same ``[host]`` (None: the host's own)."""
+        ...
+
+    def context(self) -> dict:
+        """What components may ask the host for: ``model``, ``tokenizer`` (empty for a server)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the host opened (clients, event loops); called when the run ends."""
+        ...

@@ -1,21 +1,3 @@
-"""Final-answer extraction and comparison, shared by voting strategies and evaluation."""
+"""Moved to :mod:`metagen_hooks.answers` (the kit for strategy authors); kept so imports work."""
 
-from __future__ import annotations
-
-import re
-
-DEFAULT_PATTERN = r"####\s*(-?[\d,]*\.?\d+)"
-"""GSM8K's answer format (``#### 42``); the first group is the answer."""
-
-
-def extract(text: str, pattern: str = DEFAULT_PATTERN) -> str | None:
-    """The last answer ``pattern`` finds in ``text``, normalised (no thousands separators, no
-    trailing ``.0``), or None."""
-    matches = list(re.finditer(pattern, text))
-    if not matches:
-        return None
-    match = matches[-1]
-    answer = (match.group(1) if match.groups() else match.group(0)).strip().replace(",", "")
-    if re.fullmatch(r"-?\d+\.0+", answer):
-        answer = answer.split(".")[0]
-    return answer
+from metagen_hooks.answers import DEFAULT_PATTERN, extract  # noqa: F401

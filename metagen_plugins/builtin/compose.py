@@ -6,24 +6,22 @@ from typing import Any, Sequence
 
 from metagen_hooks import Budget, BudgetExceeded, Candidate, Generator, Result
 
-from .run_state import Run
 
 
-def _build(entry: dict[str, Any], role: str):
+def _build(entry: dict[str, Any], role: str, registry):
     """A strategy object from a nested ``{"name": ..., params}`` table, validated like any other."""
-    from .. import get_registry
-    from ..config import build, check_params
+    from ..components import build, check_params, params
     from ..errors import ConfigError
 
     if not isinstance(entry, dict) or "name" not in entry:
         raise ValueError(f"{role} must be a table with a 'name', got {entry!r}")
     try:
-        info = get_registry().get("strategies", entry["name"])
+        info = registry.get("strategies", entry["name"])
     except ConfigError as exc:
         raise ConfigError(f"{role}: {exc}") from None
-    params = {k: v for k, v in entry.items() if k != "name"}
-    check_params(info, params, prefix=f"{role}: ")
-    return entry["name"], build(info, params, prefix=f"{role}: ")
+    values = params(entry)
+    check_params(info, values, prefix=f"{role}: ")
+    return entry["name"], build(info, values, prefix=f"{role}: ")
 
 
 class StrategyGenerator:
@@ -60,9 +58,9 @@ class Compose:
     best-of-4 runs (``inner = {name = "best_of_n", n = 4}``, ``outer = {name =
     "self_consistency", n = 5}``). Both share the scorer and the budget."""
 
-    def __init__(self, inner: dict, outer: dict) -> None:
-        self.inner_name, self.inner = _build(inner, "compose inner")
-        self.outer_name, self.outer = _build(outer, "compose outer")
+    def __init__(self, inner: dict, outer: dict, registry) -> None:
+        self.inner_name, self.inner = _build(inner, "compose inner", registry)
+        self.outer_name, self.outer = _build(outer, "compose outer", registry)
 
     def run(self, prompt, generator, scorer, budget) -> Result:
         trace: list = []
@@ -78,7 +76,7 @@ class Chain:
     previous stage's best text) becomes that stage's prompt, run with its own ``strategy``.
     The last stage's result is the chain's, with every stage in its trace."""
 
-    def __init__(self, stages: list[dict]) -> None:
+    def __init__(self, stages: list[dict], registry) -> None:
         if not stages:
             raise ValueError("stages must list at least one {template, strategy} table")
         self.stages = []
@@ -89,7 +87,8 @@ class Chain:
                 stage["template"].format(prompt="", previous="")
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"stages[{i}] template may use only {{prompt}} and {{previous}}: {exc}") from None
-            name, strategy = _build(stage.get("strategy", {"name": "generate"}), f"stages[{i}] strategy")
+            name, strategy = _build(stage.get("strategy", {"name": "generate"}), f"stages[{i}] strategy",
+                                    registry)
             self.stages.append((stage["template"], name, strategy))
 
     def run(self, prompt, generator, scorer, budget) -> Result:

@@ -152,4 +152,4 @@ def _vllm(regex: str | None = None, json_schema: dict | str | None = None, lark:
 
 
 def register_all(register) -> None:
-    register("grammar", Grammar, tgi=_tgi, vllm=_vllm)
+    register("grammar", Grammar, constraint=True, tgi=_tgi, vllm=_vllm)

@@ -49,6 +49,6 @@ class Mirostat:
 
 
 def register_all(register) -> None:
-    from ..hosts.vllm import server_side
+    from metagen_hooks.engines import server_side
 
     register("mirostat", Mirostat, sampling=True, vllm=server_side("mirostat"))

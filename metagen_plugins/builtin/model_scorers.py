@@ -7,8 +7,9 @@ from typing import Literal, Sequence
 
 from metagen_hooks import Candidate
 
+from metagen_hooks.run import aggregate_steps
+
 from .gather import Gathered
-from .run_state import aggregate_steps
 
 
 def _classifier(path: str):
@@ -103,7 +104,7 @@ class LLMJudge:
         if judge is not None:
             from transformers import AutoTokenizer
 
-            from ..hosts.transformers import load_model_cached
+            from ..models import load_model_cached
             from ..models import resolve
 
             model = load_model_cached(judge, what="the judge")

@@ -45,7 +45,7 @@ class SideModel:
 
 
 def _side(path: str, tokenizer, role: str) -> SideModel:
-    from ..hosts.transformers import load_model_cached
+    from ..models import load_model_cached
 
     model = load_model_cached(path, what=f"the {role}")
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
@@ -118,7 +118,7 @@ def proxy_tuning(expert: str, antiexpert: str, alpha: float = 1.0, tokenizer=Non
 
 
 def register_all(register) -> None:
-    from ..hosts.vllm import server_side  # the side models must be at the same paths on the server
+    from metagen_hooks.engines import server_side  # the side models must be at the same paths on the server
 
     register("contrastive", ContrastiveDecoding, vllm=server_side("contrastive"))
     register("logit_arithmetic", LogitArithmetic, vllm=server_side("logit_arithmetic"))

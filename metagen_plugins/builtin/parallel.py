@@ -11,8 +11,8 @@ from typing import Literal
 
 from metagen_hooks import Budget, Generator, Result, Scorer
 
-from . import answers, selection
-from .run_state import Run
+from metagen_hooks import answers, selection
+from metagen_hooks.run import Run
 
 
 class _Sampled:

@@ -146,7 +146,7 @@ def _tgi_watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key
 
 
 def register_all(register) -> None:
-    from ..hosts.vllm import server_side  # runs these inside a vLLM server (contrib/metagen-vllm)
+    from metagen_hooks.engines import server_side  # runs these inside a vLLM server (contrib/metagen-vllm)
 
     register("temperature", temperature, sampling=True,
              vllm=_same("temperature"), tgi=_same("temperature"))
@@ -158,9 +158,9 @@ def register_all(register) -> None:
     register("eta", eta, sampling=True, vllm=server_side("eta"))
     register("repetition_penalty", repetition_penalty,
              vllm=_same("penalty", "repetition_penalty"), tgi=_same("penalty", "repetition_penalty"))
-    register("no_repeat_ngram", no_repeat_ngram, vllm=server_side("no_repeat_ngram"))
+    register("no_repeat_ngram", no_repeat_ngram, constraint=True, vllm=server_side("no_repeat_ngram"))
     register("logit_bias", logit_bias,
              vllm=lambda bias: {"logit_bias": {str(k): float(v) for k, v in bias.items()}})  # vLLM clamps to ±100
     register("sequence_bias", sequence_bias, vllm=server_side("sequence_bias"))
-    register("bad_words", bad_words, vllm=server_side("bad_words"))
+    register("bad_words", bad_words, constraint=True, vllm=server_side("bad_words"))
     register("watermark", watermark, tgi=_tgi_watermark)

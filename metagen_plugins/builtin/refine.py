@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from metagen_hooks import BudgetExceeded, Candidate, Result
 
-from . import selection
-from .run_state import Run
+from metagen_hooks import selection
+from metagen_hooks.run import Run
 
 
 class SelfRepair:

@@ -8,7 +8,7 @@ from typing import Literal, Sequence
 
 from metagen_hooks import Candidate
 
-from . import answers
+from metagen_hooks import answers
 
 
 class StepChecker:
@@ -56,7 +56,7 @@ class _Pairwise:
         raise NotImplementedError
 
     def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
-        from .selection import mbr
+        from metagen_hooks.selection import mbr
 
         return mbr(candidates, self.utility)[1]
 
@@ -68,12 +68,8 @@ class ExactMatch(_Pairwise):
     def __init__(self, answer_pattern: str | None = answers.DEFAULT_PATTERN) -> None:
         self.pattern = answer_pattern
 
-    def key(self, text: str):
-        return answers.extract(text, self.pattern) if self.pattern else text.strip()
-
     def utility(self, hypothesis: str, reference: str) -> float:
-        a, b = self.key(hypothesis), self.key(reference)
-        return float(a is not None and a == b)
+        return answers.agree(hypothesis, reference, self.pattern)
 
 
 class EditSimilarity(_Pairwise):

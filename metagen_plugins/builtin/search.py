@@ -13,8 +13,8 @@ from typing import Literal
 
 from metagen_hooks import Candidate, Result
 
-from . import selection
-from .run_state import Run
+from metagen_hooks import selection
+from metagen_hooks.run import Run
 
 Aggregate = Literal["last", "min", "prod"]
 

@@ -8,55 +8,10 @@ from __future__ import annotations
 
 import re
 
-
-def stop_strings(stop: list[str], tokenizer=None):
-    """Stop a row when its continuation reaches any of ``stop``: transformers' StopStringCriteria
-    (which matches across token boundaries), or, for a tokenizer it cannot index (one that cannot
-    spell its probe text, such as a digits-only vocabulary), metagen's text-matching criterion."""
-    from transformers.generation.stopping_criteria import StopStringCriteria
-
-    if not stop or not all(isinstance(s, str) and s for s in stop):
-        raise ValueError("stop must be a non-empty list of non-empty strings")
-    try:
-        return StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop))
-    except ValueError:
-        return TextStop(list(stop), tokenizer)
+from ..text_stop import TextCriterion, TextStop, stop_strings  # noqa: F401 (registered below)
 
 
-class _TextCriterion:
-    """Base for criteria that look at each row's decoded continuation."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_length: int | None = None
-
-    def continuations(self, input_ids) -> list[str]:
-        if self.prompt_length is None:
-            self.prompt_length = input_ids.shape[1] - 1
-        return self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
-
-    def done(self, text: str) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.tensor([self.done(t) for t in self.continuations(input_ids)],
-                            dtype=torch.bool, device=input_ids.device)
-
-
-class TextStop(_TextCriterion):
-    """Stop a row once its decoded continuation contains any of ``stops``."""
-
-    def __init__(self, stops: list[str], tokenizer) -> None:
-        super().__init__(tokenizer)
-        self.stops = list(stops)
-
-    def done(self, text: str) -> bool:
-        return any(s in text for s in self.stops)
-
-
-class RegexStop(_TextCriterion):
+class RegexStop(TextCriterion):
     """Stop a row once its continuation matches ``pattern`` (Python ``re.search``)."""
 
     def __init__(self, pattern: str, tokenizer=None) -> None:
@@ -70,7 +25,7 @@ class RegexStop(_TextCriterion):
         return self.pattern.search(text) is not None
 
 
-class StepDelimiter(_TextCriterion):
+class StepDelimiter(TextCriterion):
     """Stop a row at the end of a reasoning step: when its continuation ends with ``delimiter``.
     The unit of step-level search (Lightman et al., 2023; Snell et al., 2024)."""
 
@@ -137,7 +92,7 @@ class TokenBudget:
 
 def register_all(register) -> None:
     register("stop_strings", stop_strings, vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
-    from ..hosts.vllm import server_side
+    from metagen_hooks.engines import server_side
 
     register("regex", RegexStop, vllm=server_side("regex", "stopping"))
     register("step_delimiter", StepDelimiter,

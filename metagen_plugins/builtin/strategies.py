@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from metagen_hooks import Budget, Generator, Result, Scorer
 
-from .run_state import Run
+from metagen_hooks.run import Run
 
 
 class Generate:

@@ -1,24 +1,109 @@
-"""Host adapters. Each engine is imported only inside its own host module."""
+"""metagen-plugins' hosts, registered as a plugin through ``register_hosts`` like any outside host.
+
+Each engine is imported only inside its own host module, and only when a run creates that host:
+registering costs nothing. The settings below are what ``[host]`` accepts for each, checked
+before anything loads.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from metagen_hooks import hookimpl
 
 from ..errors import HostError
 
+TRANSFORMERS_SETTINGS: dict[str, Any] = {
+    "model": str,
+    "gguf_file": str,
+    "tokenizer": str,
+    "draft_model": str,
+    "prompt_lookup_num_tokens": int,
+    "kv_cache": str | dict,
+    "dtype": str,
+    "device": str,
+    "prefix_cache_bytes": int,
+    "chat_template": bool | Literal["auto"],
+    "shared_prefix_attention": bool,
+    "batching": bool,  # the batched decode loop (hosts/batching.py); false: one generate() per request
+    "max_batch_tokens": int,  # KV tokens the loop holds at once
+}
+# What every host talking to a server over HTTP takes (hosts/remote.py).
+REMOTE_SETTINGS: dict[str, Any] = {"url": str, "timeout": float, "concurrency": int, "retries": int,
+                                   "api_key": str,
+                                   "urls": list[str],  # several replicas of one model (instead of url)
+                                   "cooldown": float}  # seconds a failed replica is skipped
+VLLM_SETTINGS: dict[str, Any] = {
+    **REMOTE_SETTINGS,
+    "model": str,
+    "draft_model": str,
+    "kv_cache": str,
+    # server settings, for `metagen vllm serve-args` (and the speculation check)
+    "speculative_ngram": int,
+    "num_speculative_tokens": int,
+    "prefix_caching": bool,
+    "gpu_memory_utilization": float,
+    "max_model_len": int,
+    "dtype": str,
+    "enforce_eager": bool,
+    "block_size": int,
+    "data_parallel_size": int,
+}
+TGI_SETTINGS: dict[str, Any] = {
+    **REMOTE_SETTINGS,
+    "model_id": str,
+    "draft_model": str,  # accepted only to be rejected with the reason (hosts/tgi.py)
+    "kv_cache": str,
+    "speculate": int,
+    "quantize": str,
+    "best_of": int,
+    "max_best_of": int,
+    "max_stop_sequences": int,
+    "max_top_n_tokens": int,
+    "top_n_tokens": int,
+    "prompt_logprobs": bool,
+}
 
-_HOSTS = {"transformers": ("transformers", "TransformersHost"), "vllm": ("vllm", "VLLMHost"),
-          "tgi": ("tgi", "TGIHost")}
+
+def _transformers(config, registry, model=None, tokenizer=None):
+    """In-process: transformers ``generate()`` on a local model (pip install 'metagen-plugins[transformers]')."""
+    try:
+        from .transformers import TransformersHost
+    except ImportError as exc:
+        raise _missing("transformers", exc) from None
+    return TransformersHost(config, registry, model=model, tokenizer=tokenizer)
+
+
+def _vllm(config, registry, model=None, tokenizer=None):
+    """A vLLM server's OpenAI-compatible API, with metagen components inside it through metagen-vllm."""
+    try:
+        from .vllm import VLLMHost
+    except ImportError as exc:
+        raise _missing("vllm", exc) from None
+    return VLLMHost(config, registry, model=model, tokenizer=tokenizer)
+
+
+def _tgi(config, registry, model=None, tokenizer=None):
+    """A text-generation-inference deployment, through huggingface_hub's client."""
+    try:
+        from .tgi import TGIHost
+    except ImportError as exc:
+        raise _missing("tgi", exc) from None
+    return TGIHost(config, registry, model=model, tokenizer=tokenizer)
+
+
+def _missing(name: str, exc: ImportError) -> HostError:
+    return HostError(f"the {name} host cannot start: {exc}; install what it needs with "
+                     f"pip install 'metagen-plugins[{name}]'")
+
+
+@hookimpl
+def register_hosts(register):
+    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS, in_process=True)
+    register("vllm", _vllm, settings=VLLM_SETTINGS, deploy="metagen_plugins.deploy.vllm")
+    register("tgi", _tgi, settings=TGI_SETTINGS, deploy="metagen_plugins.deploy.tgi")
 
 
 def create(config, registry, **objects: Any):
-    """The host object for ``config.host_name`` (which builds Generators for strategies)."""
-    import importlib
-
-    module, cls = _HOSTS[config.host_name]
-    try:
-        host_class = getattr(importlib.import_module(f".{module}", __name__), cls)
-    except (ImportError, AttributeError) as exc:
-        raise HostError(f"the {config.host_name} host cannot start: {exc}; install what it needs "
-                        f"with pip install 'metagen-plugins[{config.host_name}]'") from None
-    return host_class(config, registry, **objects)
+    """The host object for ``config.host_name``, made by the factory its plugin registered."""
+    return registry.host(config.host_name).factory(config, registry, **objects)

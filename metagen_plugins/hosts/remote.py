@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from metagen_hooks import Budget, Candidate
 
+from ..components import realised
 from ..errors import HostError
 from .replicas import Replica, Replicas, check_limits, replica_urls
 
@@ -279,6 +280,7 @@ class RemoteHost:
     # batches at once, so its batch stays full (subclasses set their engine's figure).
     requests_per_replica = 128
     cooldown = 5.0  # seconds a failed replica is skipped, when [host] cooldown is not set
+    realiser: str | None = None  # the component metadata key read for request parameters (default: name)
 
     def __init__(self, config, registry, model=None, tokenizer=None) -> None:
         if model is not None or tokenizer is not None:
@@ -300,11 +302,7 @@ class RemoteHost:
         """The configured processors and stopping criteria as this engine's request parameters
         (each component's realiser for this host; validation has checked that one exists)."""
         merged: dict[str, Any] = {}
-        entries = [("logits_processors", e) for e in self.config.processors]
-        entries += [("stopping_criteria", e) for e in self.config.stopping]
-        for kind, entry in entries:
-            info = self.registry.get(kind, entry["name"])
-            values = info.realisers[self.name](**{k: v for k, v in entry.items() if k != "name"})
+        for info, values in realised(self.config, self.registry, self.realiser or self.name):
             self._merge(merged, values, info, "")
         return merged
 

@@ -12,19 +12,17 @@ More stop strings than the deployment accepts (``--max-stop-sequences``, 4 by de
 enforced here: the first ones go to the server, the rest are watched over ``/generate_stream``
 and the stream is closed as soon as one appears in the text.
 
-Besides the host, this module builds the ``text-generation-launcher`` arguments for a
-configuration (:func:`launcher_args`) and checks a running deployment (:func:`check_deployment`).
+Launcher arguments and the check of a running deployment are deployment tooling:
+:mod:`metagen_plugins.deploy.tgi`.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from ..errors import ConfigError, HostError
+from ..components import sampling
+from ..errors import HostError
 from .remote import Failure, RemoteGenerator, RemoteHost, Sample, retry_after, status_kind
 
 # TGI's launcher defaults and accepted values (text-generation-inference, launcher/src/main.rs).
@@ -34,7 +32,6 @@ DEFAULT_MAX_TOP_N_TOKENS = 5
 KV_CACHE_DTYPES = ("fp8_e4m3fn", "fp8_e5m2")
 QUANTIZE = ("awq", "compressed-tensors", "eetq", "exl2", "gptq", "marlin", "bitsandbytes",
             "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8")
-IMAGE = "ghcr.io/huggingface/text-generation-inference:latest"
 NO_DRAFT_MODEL = (
     "TGI has no separate draft model: its speculative decoding is `--speculate N` with Medusa or "
     "MLP-speculator heads shipped in the served model (point model_id at such a model) or n-gram "
@@ -61,7 +58,7 @@ class Limits:
                    host.get("max_top_n_tokens", DEFAULT_MAX_TOP_N_TOKENS))
 
 
-def check_settings(config, launching: bool = False) -> None:
+def check_settings(config, registry, launching: bool = False) -> None:
     """Reject [host] settings TGI cannot honour, each with the reason and the fix. When
     ``launching``, the limits are what the launcher is about to be given, not yet a constraint."""
     host = config.host
@@ -84,24 +81,13 @@ def check_settings(config, launching: bool = False) -> None:
         if best_of > limits.max_best_of and not launching:
             raise HostError(f"[host] best_of = {best_of} exceeds the deployment's --max-best-of "
                             f"({limits.max_best_of}); raise [host] max_best_of and relaunch TGI with it")
-        if not _sampling(config):
+        if not sampling(config, registry):
             raise HostError("[host] best_of > 1 makes TGI pick the sample with the highest mean token "
                             "log-probability among best_of samples, which needs sampling: set "
                             "[generation] do_sample = true or configure a sampling processor")
     if host.get("top_n_tokens", 0) > limits.max_top_n_tokens and not launching:
         raise HostError(f"[host] top_n_tokens = {host['top_n_tokens']} exceeds the deployment's "
                         f"--max-top-n-tokens ({limits.max_top_n_tokens}); raise [host] max_top_n_tokens")
-
-
-def _sampling(config) -> bool:
-    """Whether requests sample: [generation] do_sample, else whether a sampling processor is set
-    (the transformers host's rule)."""
-    if "do_sample" in config.generation:
-        return bool(config.generation["do_sample"])
-    from .. import get_registry
-
-    registry = get_registry()
-    return any(registry.get("logits_processors", e["name"]).sampling for e in config.processors)
 
 
 # -- the Generator -----------------------------------------------------------------------------
@@ -287,10 +273,10 @@ class TGIHost(RemoteHost):
         self.token = config.host.get("api_key")
         self._clients: dict[str, Any] = {}  # replica URL -> its client
         super().__init__(config, registry, model, tokenizer)
-        self.sampling = _sampling(config)
+        self.sampling = sampling(config, registry)
 
     def check(self) -> None:
-        check_settings(self.config)
+        check_settings(self.config, self.registry)
 
     async def client(self, url: str | None = None):
         """The client of the replica at ``url`` (default: the first) for non-streamed requests,
@@ -309,147 +295,4 @@ class TGIHost(RemoteHost):
             await client.close()
 
 
-# -- launcher configuration --------------------------------------------------------------------
-
-
-def launcher_args(config) -> list[str]:
-    """The ``text-generation-launcher`` arguments a deployment needs to serve ``config``."""
-    check_settings(config, launching=True)
-    host = config.host
-    if "model_id" not in host:
-        raise ConfigError("set [host] model_id (the Hub id or local path TGI serves) to build the "
-                          "launcher arguments")
-    args = ["--model-id", host["model_id"]]
-    if host.get("speculate"):
-        args += ["--speculate", str(host["speculate"])]
-    if "kv_cache" in host:
-        args += ["--kv-cache-dtype", host["kv_cache"]]
-    if "quantize" in host:
-        args += ["--quantize", host["quantize"]]
-    best_of = max(host.get("max_best_of", 0), host.get("best_of", 1))
-    if best_of > DEFAULT_MAX_BEST_OF or "max_best_of" in host:
-        args += ["--max-best-of", str(best_of)]
-    stops = sum(len(e.get("stop", [])) for e in config.stopping if e["name"] == "stop_strings")
-    stops = max(stops, host.get("max_stop_sequences", 0))
-    if stops > DEFAULT_MAX_STOP_SEQUENCES or "max_stop_sequences" in host:
-        args += ["--max-stop-sequences", str(stops)]
-    top_n = max(host.get("max_top_n_tokens", 0), host.get("top_n_tokens", 0))
-    if top_n > DEFAULT_MAX_TOP_N_TOKENS or "max_top_n_tokens" in host:
-        args += ["--max-top-n-tokens", str(top_n)]
-    for entry in config.processors:
-        if entry["name"] == "watermark":  # per request TGI only switches it on; these are global
-            args += ["--watermark-gamma", f"{entry.get('greenlist_ratio', 0.25):g}",
-                     "--watermark-delta", f"{entry.get('bias', 2.0):g}"]
-    return args
-
-
-def launcher_command(config) -> str:
-    """``text-generation-launcher`` with :func:`launcher_args`, quoted for a POSIX shell."""
-    return shlex.join(["text-generation-launcher", *launcher_args(config)])
-
-
-def docker_command(config, image: str = IMAGE) -> str:
-    """The equivalent ``docker run`` of TGI's container, publishing the port of ``[host] url``."""
-    args = launcher_args(config)
-    port = urlsplit(config.host["url"]).port if "url" in config.host else None
-    return (f"docker run --gpus all --shm-size 1g -p {port or 8080}:80 -v \"$PWD/data:/data\" "
-            f"{shlex.quote(image)} {shlex.join(args)}")
-
-
-# -- checking a deployment ---------------------------------------------------------------------
-
-
-@dataclass
-class CheckLine:
-    status: str  # ok, FAIL or note
-    subject: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.status:<4}  {self.subject}: {self.detail}"
-
-
-def check_deployment(url: str, config=None, timeout: float = 10.0) -> tuple[dict[str, Any], list[CheckLine]]:
-    """Read ``/info`` and ``/health`` of the deployment at ``url``; say which limits and which
-    configured components it supports. Returns the /info document and the report lines."""
-    from huggingface_hub import InferenceClient
-
-    client = InferenceClient(model=url.rstrip("/"), provider="hf-inference", timeout=timeout,
-                             token=config.host.get("api_key") if config is not None else None)
-    try:
-        info = client.get_endpoint_info()
-        healthy = client.health_check()
-    except Exception as exc:
-        failure = classify(exc)
-        raise HostError(f"cannot read {url.rstrip('/')}/info: {failure}") from None
-    lines = [CheckLine("ok" if healthy else "FAIL", "health", "GET /health answered 200" if healthy
-                       else "GET /health did not answer 200: the model is not ready")]
-    lines.append(CheckLine("note", "model", f"{info.get('model_id')} (TGI {info.get('version')}, "
-                                            f"router {info.get('router')})"))
-    for key in ("max_input_tokens", "max_total_tokens", "max_concurrent_requests", "max_client_batch_size",
-                "max_best_of", "max_stop_sequences"):
-        if key in info:
-            lines.append(CheckLine("note", key, str(info[key])))
-    if config is None:
-        return info, lines
-    lines += _config_lines(info, config)
-    return info, lines
-
-
-def _config_lines(info: dict[str, Any], config) -> list[CheckLine]:
-    host, out = config.host, []
-    if "model_id" in host and info.get("model_id") not in (None, host["model_id"]):
-        out.append(CheckLine("FAIL", "model_id", f"configured {host['model_id']!r}, the server serves "
-                                                 f"{info.get('model_id')!r}"))
-    best_of = host.get("best_of", 1)
-    if best_of > 1:
-        ok = best_of <= info.get("max_best_of", DEFAULT_MAX_BEST_OF)
-        out.append(CheckLine("ok" if ok else "FAIL", "best_of", f"{best_of} (server max_best_of "
-                             f"{info.get('max_best_of')}){'' if ok else ': relaunch with --max-best-of'}"))
-    for key in ("max_best_of", "max_stop_sequences"):
-        if key in host and key in info and host[key] != info[key]:
-            out.append(CheckLine("FAIL", key, f"configured {host[key]}, the server says {info[key]}: "
-                                              f"set [host] {key} = {info[key]}"))
-    cap = info.get("max_stop_sequences", DEFAULT_MAX_STOP_SEQUENCES)
-    for key, default in (("max_best_of", DEFAULT_MAX_BEST_OF), ("max_stop_sequences", DEFAULT_MAX_STOP_SEQUENCES)):
-        if key not in host and info.get(key, default) > default:
-            out.append(CheckLine("note", key, f"the server allows {info[key]}; set [host] {key} = {info[key]} "
-                                              f"to use them (metagen assumes TGI's default {default})"))
-    for entry in config.processors + config.stopping:
-        name = entry["name"]
-        if name == "stop_strings" and len(entry.get("stop", [])) > cap:
-            out.append(CheckLine("ok", name, f"{len(entry['stop'])} stop strings, server takes {cap}: "
-                                             f"the rest are enforced client-side over /generate_stream"))
-        elif name == "watermark":
-            out.append(CheckLine("note", name, "supported (watermark=true); /info does not show the "
-                                               "server's --watermark-gamma/--watermark-delta"))
-        else:
-            out.append(CheckLine("ok", name, "supported as request parameters"))
-    if "top_n_tokens" in host:
-        out.append(CheckLine("note", "top_n_tokens", f"{host['top_n_tokens']}: /info does not report "
-                             f"--max-top-n-tokens (default {DEFAULT_MAX_TOP_N_TOKENS})"))
-    for key in ("speculate", "kv_cache", "quantize"):
-        if key in host:
-            out.append(CheckLine("note", key, f"{host[key]}: a launcher setting /info does not report"))
-    if host.get("concurrency", TGIHost.requests_per_replica) > info.get("max_concurrent_requests", 1 << 30):
-        out.append(CheckLine("FAIL", "concurrency", f"[host] concurrency {host['concurrency']} exceeds "
-                             f"max_concurrent_requests {info['max_concurrent_requests']}: requests would "
-                             f"be refused with 429"))
-    budget = info.get("max_total_tokens", 0) - info.get("max_input_tokens", 0)
-    wanted = config.generation.get("max_new_tokens")
-    if wanted and budget > 0 and wanted > budget:
-        out.append(CheckLine("FAIL", "max_new_tokens", f"{wanted} > max_total_tokens - max_input_tokens "
-                                                      f"({budget}): TGI rejects such requests"))
-    return out
-
-
-def run_check(url: str, config=None) -> int:
-    """`metagen tgi check`: print the report; 1 if anything failed."""
-    _, lines = check_deployment(url, config)
-    for line in lines:
-        print(line)
-    return 1 if any(line.status == "FAIL" for line in lines) else 0
-
-
-__all__ = ["TGIHost", "TGIGenerator", "classify", "launcher_args", "launcher_command", "docker_command",
-           "check_deployment"]
+__all__ = ["TGIHost", "TGIGenerator", "check_settings", "classify"]

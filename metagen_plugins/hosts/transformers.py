@@ -4,25 +4,19 @@ Generator that shares one prefill among the N samples of a prompt."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from typing import Any, Sequence
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    DynamicCache,
-    LogitsProcessorList,
-    StoppingCriteriaList,
-)
+from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 
 from metagen_hooks import Budget, Candidate
 
-from ..builtin.stopping import stop_strings
-from ..config import Config, build
+from ..components import built, sampling
+from ..config import Config
 from ..errors import ConfigError, HostError
-from ..models import resolve
+from ..models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
+from ..text_stop import stop_strings
 from .batching import Engine, Request, _Prefix, row_generators
 from .prefix_cache import PrefixCache, extend_cache, sliceable
 from .shared_prefix import SharedPrefixLayer, decoding, shared_cache, supported
@@ -36,64 +30,16 @@ _PREFILL_TOKENS = 8192
 _NEUTRAL_WARPERS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "min_p": None}
 
 
-def load_model(path: str, *, gguf_file: str | None = None, dtype: str | None = None,
-               what: str = "[host] model"):
-    """``from_pretrained`` from a local directory (or a built-in model name), with clear errors."""
-    path = resolve(path, what=what)
-    kwargs: dict[str, Any] = {}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    if dtype:
-        if not hasattr(torch, dtype):
-            raise HostError(f"[host] dtype = {dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16')")
-        kwargs["dtype"] = getattr(torch, dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise HostError(f"could not load the {what} from {path!r}: {exc}") from None
-    model.eval()
-    return model
-
-
-def load_model_cached(path: str, *, what: str = "model"):
-    """One loaded copy per local path, shared by every component and run that names it."""
-    return _load_once(resolve(path, what=what))
-
-
-@functools.lru_cache(maxsize=8)
-def _load_once(path: str):
-    return load_model(path)
-
-
-def load_tokenizer(path: str, gguf_file: str | None = None):
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        return AutoTokenizer.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise HostError(f"could not load a tokenizer from {path!r}: {exc}") from None
-
-
 def generate_kwargs(config: Config, registry: Registry, model=None, tokenizer=None) -> dict[str, Any]:
     """The keyword arguments ``model.generate()`` takes for this configuration."""
-    context = {"model": model, "tokenizer": tokenizer}
+    objects = built(config, registry, {"model": model, "tokenizer": tokenizer})
+    processors, criteria = objects["processors"], objects["stopping"]
     kwargs: dict[str, Any] = {}
-    processors = []
-    sampling = False
-    for i, entry in enumerate(config.processors):
-        info = registry.get("logits_processors", entry["name"])
-        params = {k: v for k, v in entry.items() if k != "name"}
-        processors.append(build(info, params, context, prefix=f"processors[{i}]: "))
-        sampling = sampling or info.sampling
-    criteria = []
-    for i, entry in enumerate(config.stopping):
-        info = registry.get("stopping_criteria", entry["name"])
-        params = {k: v for k, v in entry.items() if k != "name"}
-        criteria.append(build(info, params, context, prefix=f"stopping[{i}]: "))
     if processors:
         kwargs["logits_processor"] = LogitsProcessorList(processors)
     if criteria:
         kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
-    do_sample = config.generation.get("do_sample", sampling)
+    do_sample = sampling(config, registry)
     kwargs["do_sample"] = do_sample
     if do_sample:
         kwargs.update(_NEUTRAL_WARPERS)

@@ -8,23 +8,23 @@ server's environment) builds and runs per request (:func:`server_side`). A promp
 are one request with ``n`` (one prefill on the server); log-probabilities and token ids come back
 with each choice. Fan-out, timeouts, retries and partial failures are :mod:`.remote`'s.
 
-:func:`serve_args` writes the server command for a configuration (``metagen vllm serve-args``):
-draft-model or n-gram speculation, fp8 KV cache, prefix caching. Combinations vLLM cannot serve
-(custom logits processors, min-p or logit bias under speculative decoding) fail before sending.
+Combinations vLLM cannot serve (custom logits processors, min-p or logit bias under speculative
+decoding) fail before sending. The server command for a configuration is deployment tooling:
+:mod:`metagen_plugins.deploy.vllm`.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from typing import Any
-from urllib.parse import urlsplit
 
+from metagen_hooks.engines import XARG, server_side  # re-exported: plugins once imported them from here
+
+from ..components import realised, sampling
 from ..errors import ConfigError, HostError
 from .remote import Failure, RemoteGenerator, RemoteHost, Sample, retry_after, status_kind
 
-XARG = "metagen"  # the vllm_xargs key the metagen-vllm plugin reads (a JSON string: see server_side)
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 # What vLLM ignores once speculative decoding is on (vllm/v1/sample/logits_processor: custom
 # processors are not even loaded; min_p and logit_bias "won't work with speculative decoding").
@@ -33,21 +33,6 @@ NOT_WITH_SPECULATION = {"min_p": "min_p", "logit_bias": "logit_bias", "vllm_xarg
 # defaults (its generation_config.json) never add warpers the configuration did not ask for.
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
            "frequency_penalty": 0.0, "presence_penalty": 0.0}
-
-
-def server_side(name: str, section: str = "processors"):
-    """A ``vllm=`` realiser for a component that runs inside the server through the metagen-vllm
-    plugin: the component's name and parameters travel in ``vllm_xargs``. ``section`` is
-    ``"processors"`` or ``"stopping"``. A plugin's own component can use it too, provided the
-    plugin is installed on the server as well."""
-    if section not in ("processors", "stopping"):
-        raise ValueError(f"section must be 'processors' or 'stopping', got {section!r}")
-
-    def realise(**params):
-        return {"vllm_xargs": {XARG: [{"section": section, "name": name, **params}]}}
-
-    realise.server_side = True
-    return realise
 
 
 def speculation(settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -81,46 +66,6 @@ def _model_path(name: str, what: str) -> str:
     return name
 
 
-def serve_args(config) -> list[str]:
-    """The command that starts a vLLM server for ``config`` (a validated vLLM configuration).
-
-    The metagen processors plugin needs no flag: vLLM loads every ``vllm.logits_processors``
-    entry point at startup, so installing ``metagen-vllm`` beside vLLM enables it (and naming
-    it again with ``--logits-processors`` would load it twice, or, with speculation, refuse to
-    start)."""
-    settings = config.host
-    if "model" not in settings:
-        raise ConfigError("[host] model is required to start a server: the model to serve (a local "
-                          "directory, a built-in name such as demo-arith, or a name vLLM resolves)")
-    url = urlsplit(settings.get("url", "http://127.0.0.1:8000"))
-    args = [sys.executable if _in_vllm_env() else "python", "-m", "vllm.entrypoints.openai.api_server",
-            "--model", _model_path(settings["model"], "[host] model"),
-            "--served-model-name", settings["model"],
-            "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 8000),
-            # only the configured components shape sampling, not the model's generation_config.json
-            "--generation-config", "vllm"]
-    for key, flag in (("dtype", "--dtype"), ("max_model_len", "--max-model-len"),
-                      ("gpu_memory_utilization", "--gpu-memory-utilization"), ("block_size", "--block-size")):
-        if key in settings:
-            args += [flag, str(settings[key])]
-    if "kv_cache" in settings:
-        if settings["kv_cache"] not in KV_CACHE_DTYPES:
-            raise ConfigError(f"[host] kv_cache = {settings['kv_cache']!r} is not a vLLM --kv-cache-dtype; "
-                              f"use one of {', '.join(KV_CACHE_DTYPES)}")
-        args += ["--kv-cache-dtype", settings["kv_cache"]]
-    args.append("--enable-prefix-caching" if settings.get("prefix_caching", True) else "--no-enable-prefix-caching")
-    args.append("--enable-prompt-tokens-details")  # usage reports cached prompt tokens: the budget's "reused"
-    spec = speculation(settings)
-    if spec is not None:
-        args += ["--speculative-config", json.dumps(spec)]
-    if settings.get("enforce_eager"):
-        args.append("--enforce-eager")
-    args += data_parallel_args(settings)
-    if "api_key" in settings:
-        args += ["--api-key", settings["api_key"]]
-    return args
-
-
 def data_parallel_args(settings: dict[str, Any]) -> list[str]:
     """``[host] data_parallel_size = N``: vLLM's own data parallelism behind the one endpoint
     (``--data-parallel-size N``): N engine replicas, each with its own KV cache and its own
@@ -130,26 +75,6 @@ def data_parallel_args(settings: dict[str, Any]) -> list[str]:
         raise ConfigError(f"[host] data_parallel_size (engine replicas behind one vLLM endpoint) must be an "
                           f"int >= 1, got {size!r}")
     return ["--data-parallel-size", str(size)] if size > 1 else []
-
-
-def _in_vllm_env() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
-def serve_script(config) -> str:
-    """:func:`serve_args` as a shell command, after a comment saying how the plugin is enabled."""
-    args = serve_args(config)
-    lines = ["# the server's environment needs vLLM and metagen-vllm (pip install metagen-vllm): vLLM loads its",
-             "# logits processor from the vllm.logits_processors entry point; no flag is needed",
-             shlex.join(args[:3]) + " \\"]
-    i = 3
-    while i < len(args):
-        step = 2 if i + 1 < len(args) and not args[i + 1].startswith("--") else 1
-        lines.append("    " + shlex.join(args[i:i + step]) + (" \\" if i + step < len(args) else ""))
-        i += step
-    return "\n".join(lines)
 
 
 class VLLMGenerator(RemoteGenerator):
@@ -248,8 +173,7 @@ class VLLMHost(RemoteHost):
         data_parallel_args(config.host)  # a bad data_parallel_size fails here, named
         self.requests_per_replica = type(self).requests_per_replica * config.host.get("data_parallel_size", 1)
         super().__init__(config, registry, model=model, tokenizer=tokenizer)
-        self.sampling = config.generation.get("do_sample", any(
-            registry.get("logits_processors", e["name"]).sampling for e in config.processors))
+        self.sampling = sampling(config, registry)
         self._clients: dict[str, Any] = {}  # replica URL -> its HTTP client
 
     # -- before anything is sent ---------------------------------------------------------------
@@ -259,13 +183,10 @@ class VLLMHost(RemoteHost):
         if spec is None:
             return
         blocked = []
-        for section, kind in (("processors", "logits_processors"), ("stopping", "stopping_criteria")):
-            for entry in getattr(self.config, section):
-                info = self.registry.get(kind, entry["name"])
-                values = info.realisers["vllm"](**{k: v for k, v in entry.items() if k != "name"})
-                hit = [NOT_WITH_SPECULATION[k] for k in values if k in NOT_WITH_SPECULATION]
-                if hit:
-                    blocked.append(f"{info.label()} (realised as {', '.join(hit)})")
+        for info, values in realised(self.config, self.registry, "vllm"):
+            hit = [NOT_WITH_SPECULATION[k] for k in values if k in NOT_WITH_SPECULATION]
+            if hit:
+                blocked.append(f"{info.label()} (realised as {', '.join(hit)})")
         if blocked:
             kind = "a draft model" if spec["method"] == "draft_model" else "n-gram lookup"
             raise HostError(
@@ -323,18 +244,4 @@ class VLLMHost(RemoteHost):
             await client.aclose()
 
 
-def main_serve_args(config_path: str, as_json: bool = False, data_parallel: int | None = None) -> int:
-    """``metagen vllm serve-args --config FILE [--data-parallel N]``: print the server command
-    (``--data-parallel`` overrides ``[host] data_parallel_size``)."""
-    from .. import get_registry, validate
-
-    cfg = validate(config_path, get_registry())
-    if data_parallel is not None:
-        cfg.host = {**cfg.host, "data_parallel_size": data_parallel}
-    if cfg.host_name != "vllm":
-        raise ConfigError(f"{config_path}: [host] name is {cfg.host_name!r}; serve-args is for name = \"vllm\"")
-    print(json.dumps(serve_args(cfg)) if as_json else serve_script(cfg))
-    return 0
-
-
-__all__ = ["VLLMHost", "VLLMGenerator", "serve_args", "data_parallel_args", "serve_script", "server_side", "speculation", "XARG"]
+__all__ = ["VLLMHost", "VLLMGenerator", "data_parallel_args", "server_side", "speculation", "XARG"]

@@ -26,13 +26,12 @@ from functools import cached_property
 from typing import Any
 
 import torch
+from metagen_hooks.engines import SECTIONS, XARG  # the contract both ends of vllm_xargs share
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 __all__ = ["XARG", "MetagenLogitsProcessor", "parse", "configuration"]
 __version__ = "0.1.0"
 
-XARG = "metagen"
-SECTIONS = ("processors", "stopping")
 logger = logging.getLogger("metagen_vllm")
 
 
@@ -163,17 +162,13 @@ class MetagenLogitsProcessor(AdapterLogitsProcessor):
         if not entries:
             return None
         try:
-            from metagen_plugins.config import build
+            from metagen_plugins.components import built as build_all
 
             config, registry = _validated(entries)
-            built = {}
-            for section, kind in (("processors", "logits_processors"), ("stopping", "stopping_criteria")):
-                built[section] = []
-                for i, entry in enumerate(getattr(config, section)):
-                    info = registry.get(kind, entry["name"])
-                    context = {"tokenizer": self.tokenizer} if info.schema.context else {}
-                    built[section].append(build(info, {k: v for k, v in entry.items() if k != "name"},
-                                                context, prefix=f"{section}[{i}]: "))
+            needs_tokenizer = any(registry.get(kind, e["name"]).schema.context for section, kind in
+                                  (("processors", "logits_processors"), ("stopping", "stopping_criteria"))
+                                  for e in getattr(config, section))
+            built = build_all(config, registry, {"tokenizer": self.tokenizer} if needs_tokenizer else {})
         except Exception as exc:
             logger.error("metagen: could not build the request's components %s: %s", entries, exc)
             return _Failed(self.eos_id)

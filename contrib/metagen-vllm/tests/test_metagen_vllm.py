@@ -1,5 +1,5 @@
 """The plugin inside vLLM's logits-processor interface, driven the way vLLM's engine drives it
-(BatchUpdate in, logits rows through apply()), without starting a server; tests/test_vllm_host.py
+(BatchUpdate in, logits rows through apply()), without starting a server; tests/hosts/test_vllm_host.py
 runs it in a real one. Runs in the environment that has vLLM (make test builds .venv-vllm)."""
 
 import json

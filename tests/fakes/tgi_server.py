@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-DATA = Path(__file__).parent / "data" / "tgi"
+DATA = Path(__file__).resolve().parents[1] / "data" / "tgi"
 EOS = (2, "</s>")
 INFO = {"model_id": "metagen/demo-arith", "model_sha": None, "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": 128, "max_best_of": 2, "max_stop_sequences": 4, "max_input_tokens": 1024,

@@ -2,8 +2,8 @@
 across every prompt, several replicas balanced by least in-flight requests, failover when a
 replica dies mid-run (nothing lost, nothing charged twice), and the cool-down of a failed replica.
 
-The servers are loopback stand-ins (tests/completions_server.py for vLLM's /v1/completions,
-tests/tgi_server.py for TGI), so a replica can be killed on cue; test_vllm_host.py has the
+The servers are loopback stand-ins (tests/fakes/completions_server.py for vLLM's /v1/completions,
+tests/fakes/tgi_server.py for TGI), so a replica can be killed on cue; test_vllm_host.py has the
 slow test with two real vLLM servers.
 """
 
@@ -144,13 +144,14 @@ def test_all_replicas_dead_fails_every_prompt_alone_with_the_reason():
 def test_a_failed_replica_cools_down_then_gets_requests_again():
     with CompletionsServer(delay=0.02) as flaky, CompletionsServer(delay=0.02) as steady:
         flaky.fail_next = [503]
-        runner = metagen_plugins.Runner(vllm([flaky.url, steady.url], {"cooldown": 0.5}), concurrency=1)
+        # A cool-down long enough that a loaded machine cannot outlast it between the two maps.
+        runner = metagen_plugins.Runner(vllm([flaky.url, steady.url], {"cooldown": 4.0}), concurrency=1)
         try:
             runner.map(PROMPTS[:1])  # the 503 sends it to the other replica at once
             seen = len(flaky.requests)
             runner.map(PROMPTS[1:5])  # within the cool-down: all to the steady replica
             assert len(flaky.requests) == seen == 1
-            time.sleep(0.6)
+            time.sleep(4.2)
             runner.map(PROMPTS[5:8])  # cooled down: back in the rotation
             assert len(flaky.requests) > seen and flaky.answered >= 1
         finally:
@@ -199,7 +200,7 @@ def test_urls_must_be_a_list_of_strings():
 
 
 def test_serve_args_emit_vllms_data_parallel_form(tmp_path):
-    from metagen_plugins.hosts.vllm import serve_args
+    from metagen_plugins.deploy.vllm import serve_args
 
     registry = metagen_plugins.get_registry()
     config = metagen_plugins.validate({"host": {"name": "vllm", "model": "my-model", "data_parallel_size": 4}}, registry)

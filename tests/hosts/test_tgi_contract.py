@@ -16,7 +16,7 @@ from metagen_plugins.config import validate
 from metagen_plugins.hosts.tgi import TGIHost
 from tgi_server import DATA, TGIServer, snapshot, spec_validator
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tgi"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "tgi"
 PROMPT = "Q: 12+7=? A:"
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
 

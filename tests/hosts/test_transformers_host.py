@@ -1,10 +1,13 @@
 """The transformers host: generate() kwargs and the Generator, on a tiny local model."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers.generation import logits_process as lp
 
 import metagen_plugins
+from metagen_plugins.hosts.transformers import _FiniteCheck
 
 # (config entry, transformers' own processor built the same way)
 EQUIVALENT = [
@@ -26,7 +29,7 @@ EQUIVALENT = [
 @pytest.mark.parametrize("entry,reference", EQUIVALENT, ids=[e["name"] for e, _ in EQUIVALENT])
 def test_processor_equals_transformers_own_class(entry, reference):
     kwargs = metagen_plugins.generate_kwargs({"processors": [entry]})
-    [processor] = kwargs["logits_processor"]
+    [processor] = [p for p in kwargs["logits_processor"] if not isinstance(p, _FiniteCheck)]
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, 40, (3, 12), generator=generator)
     input_ids[:, -1] = 4  # so bad_words [4, 5] is live
@@ -179,3 +182,77 @@ def test_quantized_kv_cache(tiny, kv_cache, backend):
     result = metagen_plugins.run({"host": {"kv_cache": kv_cache}, "generation": {"max_new_tokens": 8}},
                                  "hello " * 40, model=model, tokenizer=tok)
     assert len(result.best.token_ids) <= 8 and result.budget.prompt_tokens_reused == 0
+
+
+# -- the generate() path is as safe as run() -------------------------------------------------
+
+# A fixture plugin, a real file: copied into a test's plugins directory.
+ONLY_TOKEN = (Path(__file__).resolve().parents[1] / "plugins" / "only_token.py").read_text()
+
+
+def _greedy_first_token(model, tok, prompt):
+    inputs = tok(prompt, return_tensors="pt")
+    return int(model(**inputs).logits[0, -1].argmax())
+
+
+def test_a_constraint_applies_before_truncation_whatever_the_listed_order(tiny, tmp_path, registry):
+    """top_k = 1 keeps only the model's favourite token; a constraint listed after it that bans
+    that token would leave nothing to sample. Constraints apply first, as in transformers."""
+    model, tok = tiny
+    (tmp_path / "only.py").write_text(ONLY_TOKEN)
+    registry(plugins_dir=tmp_path)
+    favourite = _greedy_first_token(model, tok, "hello")
+    allowed = (favourite + 1) % len(tok)
+    config = {"processors": [{"name": "top_k", "top_k": 1}, {"name": "only_token", "token_id": allowed}]}
+    assert [e["name"] for e in metagen_plugins.validate(config, metagen_plugins.get_registry()).processors] == \
+        ["only_token", "top_k"]
+    kwargs = metagen_plugins.generate_kwargs(config)
+    out = model.generate(**tok("hello", return_tensors="pt"), **kwargs, max_new_tokens=3, pad_token_id=0)
+    assert out[0, -3:].tolist() == [allowed] * 3
+
+    # the built-in bad_words is such a constraint: banning the favourite after top_k = 1 works
+    banned = {"processors": [{"name": "top_k", "top_k": 1}, {"name": "bad_words", "bad_words_ids": [[favourite]]}]}
+    kwargs = metagen_plugins.generate_kwargs(banned)
+    out = model.generate(**tok("hello", return_tensors="pt"), **kwargs, max_new_tokens=1, pad_token_id=0)
+    assert out[0, -1].item() != favourite
+
+
+def test_generate_kwargs_names_the_processor_that_left_no_token(tiny, tmp_path, registry):
+    """A ban not declared as a constraint stays where it is listed; when it empties the row,
+    model.generate stops with an error naming it (not inside torch.multinomial)."""
+    model, tok = tiny
+    (tmp_path / "only.py").write_text(ONLY_TOKEN)
+    registry(plugins_dir=tmp_path)
+    favourite = _greedy_first_token(model, tok, "hello")
+    config = {"processors": [{"name": "top_k", "top_k": 1},
+                             {"name": "only_token_unmarked", "token_id": (favourite + 1) % len(tok)}]}
+    kwargs = metagen_plugins.generate_kwargs(config)
+    with pytest.raises(metagen_plugins.HostError,
+                       match=r"processors\[1\]: logits processor 'only_token_unmarked' .* produced only -inf"):
+        model.generate(**tok("hello", return_tensors="pt"), **kwargs, max_new_tokens=2, pad_token_id=0)
+
+
+@pytest.mark.slow
+def test_the_readme_pattern_with_min_p_before_a_json_grammar_on_smollm2():
+    """The user report: temperature -> min_p -> grammar on SmolLM2 died in torch.multinomial
+    (min_p kept no token the grammar allows). The grammar now applies first: valid JSON."""
+    import json
+
+    from metagen_plugins.models import load_model, load_tokenizer, resolve
+
+    path = resolve("smollm2-135m-instruct")
+    model, tok = load_model(path), load_tokenizer(path)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                               "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    config = {"processors": [{"name": "temperature", "temperature": 0.7}, {"name": "min_p", "min_p": 0.05},
+                             {"name": "grammar", "json_schema": schema}]}
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Invent a person. Reply in JSON with name and age."}],
+                                     add_generation_prompt=True, tokenize=False)
+    inputs = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    for seed in range(3):  # a grammar processor follows one generation: fresh kwargs for each
+        kwargs = metagen_plugins.generate_kwargs(config, model=model, tokenizer=tok)
+        torch.manual_seed(seed)
+        out = model.generate(**inputs, **kwargs, max_new_tokens=40)
+        value = json.loads(tok.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))
+        assert set(value) == {"name", "age"} and isinstance(value["age"], int)

@@ -7,7 +7,7 @@ import pytest
 
 import metagen_plugins
 from metagen_hooks import Candidate
-from metagen_plugins.builtin import selection
+from metagen_hooks import selection
 
 # A random model forced into the demo task's format, so step-level searches have steps to score.
 FORMAT = r" (\d{1,2}[+-]\d{1,2}=\d{1,3}\. ){1,3}#### \d{1,3}"

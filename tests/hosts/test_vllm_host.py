@@ -29,7 +29,7 @@ from metagen_hooks import Budget
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hosts.remote import RemoteError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 SERVER_START_TIMEOUT = 300.0
 PROMPT = "Q: 37+48-19=? A:"
@@ -54,7 +54,7 @@ class Server:
         self.url = self.host["url"]
         self.log = log
         config = metagen_plugins.validate({"host": self.host}, metagen_plugins.get_registry())
-        from metagen_plugins.hosts.vllm import serve_args
+        from metagen_plugins.deploy.vllm import serve_args
 
         self.args = [str(VLLM_PYTHON), *serve_args(config)[1:]]
         with open(log, "w") as out:
@@ -359,6 +359,29 @@ def test_serve_args_prints_a_runnable_command(tmp_path):
         from metagen_plugins.hosts.vllm import speculation
 
         speculation({"draft_model": "a", "speculative_ngram": 2})
+
+
+def test_serve_args_loads_the_plugins_dir(tmp_path, capsys):
+    """A configuration naming a component of a --plugins-dir plugin: serve-args validates it
+    against that plugin (it used to ignore --plugins-dir and call the name unknown)."""
+    from metagen_plugins.cli import main
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "served_ban.py").write_text(
+        "from metagen_hooks import hookimpl\nfrom metagen_hooks.engines import server_side\n\n"
+        "class Ban:\n    def __init__(self, token_id: int):\n        self.token_id = token_id\n"
+        "    def __call__(self, input_ids, scores):\n        scores[:, self.token_id] = float('-inf')\n"
+        "        return scores\n\n"
+        "@hookimpl\ndef register_logits_processors(register):\n"
+        "    register('served_ban', Ban, vllm=server_side('served_ban'))\n")
+    config = tmp_path / "vllm.toml"
+    config.write_text('[host]\nname = "vllm"\nmodel = "m"\n\n[[processors]]\nname = "served_ban"\ntoken_id = 3\n')
+    assert main(["vllm", "serve-args", "--config", str(config)]) == 2
+    assert "unknown logits processor 'served_ban'" in capsys.readouterr().err
+    assert main(["--plugins-dir", str(plugins), "vllm", "serve-args", "--config", str(config), "--json"]) == 0
+    args = json.loads(capsys.readouterr().out)
+    assert args[args.index("--model") + 1] == "m"
 
 
 # -- without a server: the request body and the classification of answers --------------------

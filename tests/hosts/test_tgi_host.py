@@ -1,5 +1,5 @@
 """The TGI host end to end over real sockets: huggingface_hub's client against the loopback TGI
-stand-in (tests/tgi_server.py), which answers with TGI's recorded responses or its synthetic
+stand-in (tests/fakes/tgi_server.py), which answers with TGI's recorded responses or its synthetic
 arithmetic solver, and with the faults a test injects."""
 
 import math

@@ -1,5 +1,5 @@
 """Every built-in strategy runs unchanged on the TGI host: the loopback server plays a model that
-solves the demo arithmetic task with mistakes (tests/tgi_server.py), answering within TGI's
+solves the demo arithmetic task with mistakes (tests/fakes/tgi_server.py), answering within TGI's
 contract."""
 
 from collections import Counter

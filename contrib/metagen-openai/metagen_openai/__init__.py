@@ -1,0 +1,37 @@
+"""metagen's ``openai`` host: strategies over any OpenAI-compatible ``POST /v1/completions``.
+
+A whole host in one distribution, through the ``register_hosts`` hook: its ``[host]`` settings,
+its factory, and its realiser key. It reads the components' ``vllm=`` realisations (vLLM's
+completions API is OpenAI's plus extensions) and sends only the parameters the OpenAI API
+defines, plus those ``[host] extensions`` names as accepted by the server.
+"""
+
+from __future__ import annotations
+
+from metagen_hooks import hookimpl
+
+__version__ = "0.1.0"
+
+SETTINGS = {
+    "url": str,  # the server's root (http://127.0.0.1:8000) or its /v1 base URL
+    "model": str,  # the served model name, sent as "model" (most servers require it)
+    "api_key": str,
+    "timeout": float,
+    "concurrency": int,
+    "retries": int,
+    "logprobs": bool,  # ask for per-token log-probabilities (default true); false for servers without them
+    "samples_per_request": int,  # n per request (default 1: every server honours it; raise it where n works)
+    "extensions": list[str],  # non-OpenAI request parameters the server accepts, e.g. ["top_k", "min_p"]
+}
+
+
+def create(config, registry, model=None, tokenizer=None):
+    """Any OpenAI-compatible completions server (SGLang, llama.cpp's server, LM Studio, vLLM)."""
+    from .host import OpenAIHost
+
+    return OpenAIHost(config, registry, model=model, tokenizer=tokenizer)
+
+
+@hookimpl
+def register_hosts(register):
+    register("openai", create, settings=SETTINGS, realiser="vllm")

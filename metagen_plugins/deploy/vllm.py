@@ -1,0 +1,104 @@
+"""vLLM deployments: ``metagen vllm serve-args`` prints the server command for a configuration.
+
+:func:`serve_args` writes the server command: the model (a built-in name resolved to its local
+directory), draft-model or n-gram speculation, fp8 KV cache, prefix caching. The runtime host
+that talks to the server is :mod:`metagen_plugins.hosts.vllm`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from urllib.parse import urlsplit
+
+from ..config import validate
+from ..errors import ConfigError
+from ..hosts.vllm import KV_CACHE_DTYPES, _model_path, data_parallel_args, speculation
+
+
+def serve_args(config) -> list[str]:
+    """The command that starts a vLLM server for ``config`` (a validated vLLM configuration).
+
+    The metagen processors plugin needs no flag: vLLM loads every ``vllm.logits_processors``
+    entry point at startup, so installing ``metagen-vllm`` beside vLLM enables it (and naming
+    it again with ``--logits-processors`` would load it twice, or, with speculation, refuse to
+    start)."""
+    settings = config.host
+    if "model" not in settings:
+        raise ConfigError("[host] model is required to start a server: the model to serve (a local "
+                          "directory, a built-in name such as demo-arith, or a name vLLM resolves)")
+    url = urlsplit(settings.get("url", "http://127.0.0.1:8000"))
+    args = [sys.executable if _in_vllm_env() else "python", "-m", "vllm.entrypoints.openai.api_server",
+            "--model", _model_path(settings["model"], "[host] model"),
+            "--served-model-name", settings["model"],
+            "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 8000),
+            # only the configured components shape sampling, not the model's generation_config.json
+            "--generation-config", "vllm"]
+    for key, flag in (("dtype", "--dtype"), ("max_model_len", "--max-model-len"),
+                      ("gpu_memory_utilization", "--gpu-memory-utilization"), ("block_size", "--block-size")):
+        if key in settings:
+            args += [flag, str(settings[key])]
+    if "kv_cache" in settings:
+        if settings["kv_cache"] not in KV_CACHE_DTYPES:
+            raise ConfigError(f"[host] kv_cache = {settings['kv_cache']!r} is not a vLLM --kv-cache-dtype; "
+                              f"use one of {', '.join(KV_CACHE_DTYPES)}")
+        args += ["--kv-cache-dtype", settings["kv_cache"]]
+    args.append("--enable-prefix-caching" if settings.get("prefix_caching", True) else "--no-enable-prefix-caching")
+    args.append("--enable-prompt-tokens-details")  # usage reports cached prompt tokens: the budget's "reused"
+    spec = speculation(settings)
+    if spec is not None:
+        args += ["--speculative-config", json.dumps(spec)]
+    if settings.get("enforce_eager"):
+        args.append("--enforce-eager")
+    args += data_parallel_args(settings)
+    if "api_key" in settings:
+        args += ["--api-key", settings["api_key"]]
+    return args
+
+
+def _in_vllm_env() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def serve_script(config) -> str:
+    """:func:`serve_args` as a shell command, after a comment saying how the plugin is enabled."""
+    args = serve_args(config)
+    lines = ["# the server's environment needs vLLM and metagen-vllm (pip install metagen-vllm): vLLM loads its",
+             "# logits processor from the vllm.logits_processors entry point; no flag is needed",
+             shlex.join(args[:3]) + " \\"]
+    i = 3
+    while i < len(args):
+        step = 2 if i + 1 < len(args) and not args[i + 1].startswith("--") else 1
+        lines.append("    " + shlex.join(args[i:i + step]) + (" \\" if i + step < len(args) else ""))
+        i += step
+    return "\n".join(lines)
+
+
+def serve_args_command(config_path: str, registry, as_json: bool = False, data_parallel: int | None = None) -> int:
+    """``metagen vllm serve-args --config FILE [--data-parallel N]``: print the server command
+    (``--data-parallel`` overrides ``[host] data_parallel_size``). ``registry`` is the one the
+    command line loaded (with ``--plugins-dir``), so a plugin's components validate."""
+    cfg = validate(config_path, registry)
+    if data_parallel is not None:
+        cfg.host = {**cfg.host, "data_parallel_size": data_parallel}
+    if cfg.host_name != "vllm":
+        raise ConfigError(f"{config_path}: [host] name is {cfg.host_name!r}; serve-args is for name = \"vllm\"")
+    print(json.dumps(serve_args(cfg)) if as_json else serve_script(cfg))
+    return 0
+
+
+def add_arguments(parser) -> None:
+    """``metagen vllm ...``: this host's subcommands."""
+    commands = parser.add_subparsers(dest="vllm_command", required=True)
+    serve = commands.add_parser("serve-args", help="print the vLLM server command for a configuration")
+    serve.add_argument("--config", required=True, help="a TOML configuration with [host] name = \"vllm\"")
+    serve.add_argument("--json", action="store_true", help="print the command as a JSON list of arguments")
+    serve.add_argument("--data-parallel", type=int, metavar="N", help="N engine replicas behind the one "
+                       "endpoint (vLLM's --data-parallel-size; overrides [host] data_parallel_size)")
+
+
+def main(args, registry) -> int:
+    return serve_args_command(args.config, registry, as_json=args.json, data_parallel=args.data_parallel)

@@ -1,0 +1,95 @@
+"""Hosts are plugins: ``register_hosts`` adds a host with its settings schema, factory and
+realiser key, and metagen runs on it with no edit of its own code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import metagen_plugins
+from metagen_plugins.errors import ConfigError
+
+# A fixture plugin, a real file: copied into a test's plugins directory.
+ECHO = (Path(__file__).resolve().parent / "plugins" / "echo_host.py").read_text()
+
+
+def test_a_plugin_host_runs_a_strategy_with_its_own_settings_and_realisations(tmp_path, registry):
+    (tmp_path / "echo_host.py").write_text(ECHO)
+    reg = registry(plugins_dir=tmp_path)
+    host = reg.host("echo")
+    assert (host.plugin, host.realiser, host.in_process) == ("echo_host", "echo", False)
+    assert reg.get("logits_processors", "shout").hosts == ("transformers", "echo")
+    assert "echo" in reg.get("scorers", "exact_match").hosts  # client-side kinds run on every host
+    assert "echo" not in reg.get("logits_processors", "top_k").hosts
+
+    config = {"host": {"name": "echo", "reply": "hi"}, "processors": [{"name": "shout"}],
+              "strategy": {"name": "self_consistency", "n": 3}}
+    result = metagen_plugins.run(config, "2+2?", registry=reg)
+    assert len(result.candidates) == 3 and result.best.text == "hi shout=True"
+    assert result.budget.samples == 3
+
+    with pytest.raises(ConfigError, match=r"\[host\] \(name = 'echo'\) has no setting 'replay'; did you mean 'reply'"):
+        metagen_plugins.validate({"host": {"name": "echo", "replay": "x"}}, reg)
+    with pytest.raises(ConfigError, match=r"\[host\] \(name = 'echo'\) times must be int, got str"):
+        metagen_plugins.validate({"host": {"name": "echo", "times": "3"}}, reg)
+    with pytest.raises(ConfigError, match="'top_k'.* cannot run on the echo host; it runs on transformers, vllm"):
+        metagen_plugins.validate({"host": {"name": "echo"}, "processors": [{"name": "top_k", "top_k": 3}]}, reg)
+
+
+def test_without_the_plugin_the_host_is_unknown_and_its_realiser_key_is_not_metadata(registry):
+    reg = registry()
+    with pytest.raises(ConfigError, match=r"\[host\] name 'echo' is not a host; the installed hosts are "
+                                          r"transformers, vllm, tgi\b"):
+        metagen_plugins.validate({"host": {"name": "echo"}}, reg)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('register("vllm", lambda *a, **k: None, settings={})', "host 'vllm' is registered by plugin "
+                                                            "'metagen_plugins.hosts' and plugin 'bad_host'"),
+    ('register("x", lambda *a, **k: None, settings=["url"])', "with settings=['url']; give a dict"),
+    ('register("x", lambda *a, **k: None, settings={"name": str})', "a setting called 'name'"),
+    ('register("x", lambda *a, **k: None, settings={}, realiser="doc")', "realiser='doc'"),
+    ('register("x y", lambda *a, **k: None, settings={})', "use an identifier"),
+])
+def test_a_bad_host_registration_fails_its_plugin_not_metagen(tmp_path, registry, body, message):
+    (tmp_path / "bad_host.py").write_text(
+        f"from metagen_hooks import hookimpl\n\n@hookimpl\ndef register_hosts(register):\n    {body}\n")
+    reg = registry(plugins_dir=tmp_path)
+    record = reg.manager.records["bad_host"]
+    assert record.status == "FAILED" and message in record.error
+    assert list(reg.hosts)[:3] == ["transformers", "vllm", "tgi"]
+
+
+def test_the_built_in_hosts_register_through_the_hook(registry):
+    reg = registry()
+    assert reg.manager.records["metagen_plugins.hosts"].components["hosts"] == ["transformers", "vllm", "tgi"]
+    assert reg.host("transformers").in_process and not reg.host("vllm").in_process
+    assert reg.host("vllm").deploy == "metagen_plugins.deploy.vllm"
+    assert reg.get("logits_processors", "min_p").hosts[:2] == ("transformers", "vllm")
+    assert "tgi" not in reg.get("logits_processors", "min_p").hosts
+
+
+def test_a_host_plugins_deploy_tooling_becomes_a_subcommand(tmp_path, capsys):
+    """``deploy=`` names a module with add_arguments/main: the command line offers it as
+    ``metagen <host> ...``; a module that fails to load is reported and leaves the rest working."""
+    from metagen_plugins.cli import main
+
+    (tmp_path / "echo_host.py").write_text(ECHO.replace(
+        'register("echo", EchoHost, settings={"reply": str, "times": int})',
+        'register("echo", EchoHost, settings={"reply": str, "times": int}, deploy="echo_tools")\n'
+        '    register("broken", EchoHost, settings={}, deploy="no_such_module_here")'))
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "echo_tools.py").write_text(
+        '"""Echo deployments."""\n\ndef add_arguments(parser):\n    parser.add_argument("--shout", action="store_true")\n\n'
+        'def main(args, registry):\n    print("ECHO" if args.shout else "echo", registry.host("echo").plugin)\n    return 0\n')
+    import sys
+
+    sys.path.insert(0, str(tmp_path / "tools"))
+    try:
+        assert main(["--plugins-dir", str(tmp_path), "echo", "--shout"]) == 0
+    finally:
+        sys.path.remove(str(tmp_path / "tools"))
+    out = capsys.readouterr()
+    assert out.out.strip() == "ECHO echo_host"
+    assert "deploy='no_such_module_here', which failed to load" in out.err
