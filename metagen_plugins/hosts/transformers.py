@@ -297,29 +297,38 @@ class TransformersGenerator:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         self._calls += 1
-        prepared = [self._prepare(prompt, continuation, n, max_new_tokens, stop)
-                    for prompt, continuation, _ in jobs]
-        pending = []
-        for index, (tokens, rows, kwargs) in enumerate(prepared):
-            if self.host.batched(kwargs):
-                request = Request(tokens=tokens, n=rows, max_new_tokens=kwargs["max_new_tokens"],
-                                  processors=list(kwargs.get("logits_processor", [])),
-                                  criteria=list(kwargs.get("stopping_criteria", [])),
-                                  generators=row_generators((self._seed, jobs[index][0], self._calls, index), rows)
-                                  if kwargs["do_sample"] else None)
-                pending.append(self.host.engine.submit(request))
-            else:
-                pending.append(None)
-        out = []
-        for index, ((prompt, continuation, parent), (tokens, rows, kwargs), future) in enumerate(
-                zip(jobs, prepared, pending)):
-            if future is not None:
-                results, computed, reused, passes = future.result()
-            else:
-                results, computed, reused, passes = self._unbatched(tokens, rows, kwargs)
-            out.append(self._candidates(prompt, continuation, parent, results, computed, reused, passes,
-                                        kwargs["max_new_tokens"]))
-        return out
+        prepared, pending, collected = [], [], []
+        try:
+            for prompt, continuation, _ in jobs:
+                prepared.append(self._prepare(prompt, continuation, n, max_new_tokens, stop))
+                self._reserve(prepared[-1], 1)  # the next job's allowance sees this one's share
+            for index, (tokens, rows, kwargs) in enumerate(prepared):
+                if self.host.batched(kwargs):
+                    request = Request(tokens=tokens, n=rows, max_new_tokens=kwargs["max_new_tokens"],
+                                      processors=list(kwargs.get("logits_processor", [])),
+                                      criteria=list(kwargs.get("stopping_criteria", [])),
+                                      generators=row_generators((self._seed, jobs[index][0], self._calls, index), rows)
+                                      if kwargs["do_sample"] else None)
+                    pending.append(self.host.engine.submit(request))
+                else:
+                    pending.append(None)
+            for (tokens, rows, kwargs), future in zip(prepared, pending):
+                collected.append(future.result() if future is not None else self._unbatched(tokens, rows, kwargs))
+        finally:
+            for job in prepared:
+                self._reserve(job, -1)
+        return [self._candidates(prompt, continuation, parent, *outcome, kwargs["max_new_tokens"])
+                for (prompt, continuation, parent), (_, _, kwargs), outcome in zip(jobs, prepared, collected)]
+
+    def _reserve(self, job, sign: int) -> None:
+        """Hold (``sign`` 1) or release (-1) a prepared job's worst-case spending in the budget,
+        so the jobs of one call, prepared before any of them runs, never together exceed it; the
+        real spending is charged when the job is done."""
+        tokens, rows, kwargs = job
+        new = rows * kwargs["max_new_tokens"]
+        self.budget.tokens_generated += sign * new
+        self.budget.samples += sign * rows
+        self.budget.flops += sign * 2.0 * self.host.params * (len(tokens) + new)
 
     def _prepare(self, prompt: str, continuation: list[int], n: int, max_new_tokens, stop):
         """The tokens to continue, the rows the budget allows, and generate()'s arguments (this

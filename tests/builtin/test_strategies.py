@@ -26,7 +26,7 @@ STRATEGIES = {
     "dvts": {"n": 4, "expansions": 2, "max_steps": 4, "step_tokens": 12},
     "rebase": {"n": 4, "max_steps": 4, "step_tokens": 12},
     "particle_filtering": {"n": 3, "max_steps": 4, "step_tokens": 12},
-    "mcts": {"iterations": 4, "expansions": 2, "max_steps": 4, "step_tokens": 12},
+    "mcts": {"iterations": 8, "expansions": 2, "max_steps": 4, "step_tokens": 12},
     "self_repair": {"rounds": 2},
     "self_refine": {"rounds": 1},
     "compose": {"inner": {"name": "best_of_n", "n": 2}, "outer": {"name": "self_consistency", "n": 3}},
