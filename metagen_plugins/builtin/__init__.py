@@ -2,7 +2,7 @@
 
 from metagen_hooks import hookimpl
 
-from . import (compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors, refine,
+from . import (calculator, compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors, refine,
                sandbox, scorers, search, stopping, strategies)
 
 
@@ -25,6 +25,7 @@ def register_scorers(register):
     scorers.register_all(register)
     model_scorers.register_all(register)
     sandbox.register_all(register)
+    calculator.register_all(register)
 
 
 @hookimpl
