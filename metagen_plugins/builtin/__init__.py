@@ -2,8 +2,8 @@
 
 from metagen_hooks import hookimpl
 
-from . import (calculator, compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors, refine,
-               sandbox, scorers, search, stopping, strategies)
+from . import (calculator, compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors,
+               program_aided, refine, sandbox, scorers, search, stopping, strategies)
 
 
 @hookimpl
@@ -35,3 +35,4 @@ def register_strategies(register):
     search.register_all(register)
     refine.register_all(register)
     compose.register_all(register)
+    program_aided.register_all(register)
