@@ -2,7 +2,7 @@
 
 from metagen_hooks import hookimpl
 
-from . import (calculator, compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors,
+from . import (calculator, calculator_vote, compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors,
                program_aided, refine, sandbox, scorers, search, stopping, strategies)
 
 
@@ -36,3 +36,4 @@ def register_strategies(register):
     refine.register_all(register)
     compose.register_all(register)
     program_aided.register_all(register)
+    calculator_vote.register_all(register)

@@ -104,13 +104,15 @@ class Claim:
     holds: bool
     value: Fraction  # the right-hand side's value: the result the text claims
     end: int  # where the claim ends in the text
+    computed: Fraction | None = None  # the left-hand side's value (None: undefined, e.g. x / 0)
+    result_span: tuple[int, int] | None = None  # where the claimed result is written, when it is one number
 
 
-def _segments(text: str) -> list[list[tuple[str, str, int]]]:
-    """Runs of arithmetic between stops: lists of (kind, text, end offset) tokens, where kind is
+def _segments(text: str) -> list[list[tuple[str, str, int, int]]]:
+    """Runs of arithmetic between stops: lists of (kind, text, start, end) tokens, where kind is
     ``num``, ``op`` or ``eq``. Words between a number and the next operator or ``=`` (units:
     ``5 apples + 3 apples``) are skipped; any other word ends the current expression."""
-    runs: list[list[tuple[str, str, int]]] = [[]]
+    runs: list[list[tuple[str, str, int, int]]] = [[]]
     pending_words = 0
     for match in _TOKEN.finditer(text):
         kind = match.lastgroup
@@ -127,7 +129,7 @@ def _segments(text: str) -> list[list[tuple[str, str, int]]]:
                 runs.append([])
             elif run and pending_words:
                 runs.append([])
-            runs[-1].append(("num", value, match.end()))
+            runs[-1].append(("num", value, match.start(), match.end()))
             pending_words = 0
         elif kind in ("op", "times"):
             symbol = _OPERATOR[match.group(kind)]
@@ -137,15 +139,15 @@ def _segments(text: str) -> list[list[tuple[str, str, int]]]:
                 if pending_words > _UNIT_WORDS:
                     runs.append([])
                 continue
-            runs[-1].append(("op", symbol, match.end()))
+            runs[-1].append(("op", symbol, match.start(), match.end()))
             pending_words = 0
         elif kind == "eq":
-            runs[-1].append(("eq", "=", match.end()))
+            runs[-1].append(("eq", "=", match.start(), match.end()))
             pending_words = 0
         elif kind == "word":
             run = runs[-1]
             if match.group().lower() == "of" and run and run[-1][0] == "num" and run[-1][1].endswith("/100)"):
-                run.append(("op", "*", match.end()))  # "25% of 80" is 25/100 * 80
+                run.append(("op", "*", match.start(), match.end()))  # "25% of 80" is 25/100 * 80
                 pending_words = 0
                 continue
             if run and run[-1][0] == "num" and pending_words < _UNIT_WORDS:
@@ -158,19 +160,24 @@ def _segments(text: str) -> list[list[tuple[str, str, int]]]:
             if runs[-1]:
                 runs.append([])
             pending_words = 0
-    return [r for r in runs if any(k == "eq" for k, _, _ in r)]
+    return [r for r in runs if any(t[0] == "eq" for t in r)]
 
 
-def _split_sides(run: list[tuple[str, str, int]]) -> list[tuple[str, int]]:
-    sides, current, end = [], [], 0
-    for kind, token, stop in run:
+def _split_sides(run: list[tuple[str, str, int, int]]) -> list[tuple[str, int, tuple[int, int] | None]]:
+    """The sides of a chain: (expression, end offset, span of its leading number with its sign)."""
+    sides, current, end, lead, start = [], [], 0, None, None
+    for kind, token, begin, stop in run:
         if kind == "eq":
-            sides.append((" ".join(current), end))
-            current = []
+            sides.append((" ".join(current), end, lead))
+            current, lead, start = [], None, None
         else:
+            if start is None:
+                start = begin
+            if kind == "num" and lead is None:
+                lead = (start, stop)
             current.append(token)
             end = stop
-    sides.append((" ".join(current), end))
+    sides.append((" ".join(current), end, lead))
     return sides
 
 
@@ -212,7 +219,7 @@ def claims(text: str) -> list[Claim]:
     out: list[Claim] = []
     for run in _segments(text):
         sides = _split_sides(run)
-        for index, ((left, _), (right, end)) in enumerate(zip(sides, sides[1:])):
+        for index, ((left, _, _), (right, end, lead_span)) in enumerate(zip(sides, sides[1:])):
             if not right or not left or (index == 0 and not re.search(r"\d\s*[-+*/]", left)):
                 continue  # "x = 5", "Total: 20 = ...": a bare number is no calculation
             computed = _value(left)
@@ -220,6 +227,7 @@ def claims(text: str) -> list[Claim]:
             written_value = _value(right)
             if computed is None or written_value is None or written_value is _UNDEFINED:
                 continue
+            single = bool(re.fullmatch(r"-?\s*[\d.]+", right.strip()))
             if computed is _UNDEFINED:
                 out.append(Claim(left.strip(), right.strip(), False, written_value, end))
                 continue
@@ -228,10 +236,60 @@ def claims(text: str) -> list[Claim]:
             if not holds and lead and lead.group(1).strip() != right.strip():
                 # a running total: "a + b = c + d" claims a + b = c, then continues from c
                 first = _value(lead.group(1))
-                if first is not None:
+                if first is not None and first is not _UNDEFINED:
                     holds, claimed, right = _equal(computed, lead.group(1).strip(), first), first, lead.group(1)
-            out.append(Claim(left.strip(), right.strip(), holds, claimed, end))
+                    single = bool(re.fullmatch(r"-?\s*[\d.]+", right.strip()))
+            out.append(Claim(left.strip(), right.strip(), holds, claimed, end, computed,
+                             lead_span if single else None))
     return out
+
+
+def _format(value: Fraction, written: str) -> str:
+    """``value`` written as the text wrote its result: to the written decimal places, else as an
+    integer when it is one, else to at most 4 decimal places."""
+    places = len(written.split(".")[1]) if "." in written else 0
+    if places:
+        return f"{float(value):.{places}f}"
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):.4f}".rstrip("0").rstrip(".")
+
+
+def repair(text: str, rounds: int = 8) -> tuple[str, list[dict]]:
+    """The calculator as a tool (as GSM8K's calculator annotations are used, Cobbe et al., 2021):
+    every false claim's written result is replaced by the computed one, and a final answer
+    (``\\boxed{}``, ``####``, "answer is") that repeats a replaced result is replaced too.
+    Repeats until every claim holds (a corrected running total can make the next step false),
+    at most ``rounds`` times. Returns the new text and the corrections made (``{"claim",
+    "written", "computed"}``)."""
+    corrections: list[dict] = []
+    for _ in range(rounds):
+        text, made = _repair_once(text)
+        if not made:
+            break
+        corrections += made
+    return text, corrections
+
+
+def _repair_once(text: str) -> tuple[str, list[dict]]:
+    edits, corrections, replaced = [], [], {}
+    for claim in claims(text):
+        if claim.holds or claim.computed is None or claim.result_span is None:
+            continue
+        start, end = claim.result_span
+        written = text[start:end]
+        new = _format(claim.computed, written.replace(" ", ""))
+        edits.append((start, end, new))
+        replaced[_number(written.replace(" ", ""))] = new
+        corrections.append({"claim": f"{claim.left} = {claim.right}", "written": written, "computed": new})
+    for pattern in _FINAL:
+        for match in pattern.finditer(text):
+            value = _number(match.group(1))
+            if value in replaced and not any(s <= match.start(1) < e for s, e, _ in edits):
+                edits.append((match.start(1), match.end(1), replaced[value]))
+    for start, end, new in sorted(edits, reverse=True):
+        text = text[:start] + new + text[end:]
+    return text, corrections
 
 
 def final_answer(text: str) -> Fraction | None:
