@@ -6,7 +6,10 @@ import pytest
 
 import metagen_plugins
 from metagen_hooks import Candidate
-from metagen_plugins.builtin.calculator import Calculator, UnsafeExpression, claims, evaluate, final_answer
+from metagen_hooks import Budget
+from metagen_plugins.builtin.calculator import (Calculator, UnsafeExpression, claims, evaluate, final_answer,
+                                                repair)
+from metagen_plugins.builtin.calculator_vote import CalculatorVote
 
 
 def found(text):
@@ -92,3 +95,36 @@ def test_registered_and_selects_the_checked_candidate():
     calc = metagen_plugins.build(registry.get("scorers", "calculator"), {})
     candidates = [Candidate("Q", "7 + 5 = 13, so 13"), Candidate("Q", "7 + 5 = 12, so 12")]
     assert calc.score("What is 7 + 5?", candidates) == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("text, repaired", [
+    ("16 - 3 = 11", "16 - 3 = 13"),
+    ("Lily has 13 - 5 = 6 pencils left.\n#### 6", "Lily has 13 - 5 = 8 pencils left.\n#### 8"),
+    ("The answer is \\boxed{11}. 16-3=11", "The answer is \\boxed{13}. 16-3=13"),
+    ("5 - 8 = 3", "5 - 8 = -3"),
+    ("10 / 4 = 2", "10 / 4 = 2.5"),
+    ("10 / 3 = 3.4", "10 / 3 = 3.3"),  # to the written places
+    ("15 + 1 = 17 + 75 = 92", "15 + 1 = 16 + 75 = 91"),  # a running total, corrected step by step
+    ("12 + 7 = 19, so 19", "12 + 7 = 19, so 19"),  # nothing false
+    ("7 / 0 = 1", "7 / 0 = 1"),  # nothing to put there
+    ("12 + 7 = 20 + x", "12 + 7 = 19 + x"),
+])
+def test_repair_writes_the_computed_results(text, repaired):
+    assert repair(text)[0] == repaired
+
+
+def test_calculator_vote_votes_over_repaired_samples():
+    class Samples:
+        budget = None
+
+        def sample(self, prompts, n=1, *, max_new_tokens=None, stop=None):
+            texts = ["16 - 3 = 11", "16 - 3 = 12", "It is 11.", "16 - 3 = 13"]
+            return [[Candidate(p, t) for t in texts[:n]] for p in prompts]
+
+    pattern = r"\A(?:[^=]*?=|.*?answer(?: is)?:?|\s*)\s*(-?\d+)"
+    result = CalculatorVote(n=4, answer_pattern=pattern).run("What is 16 - 3?", Samples(), None, Budget())
+    assert result.best.text == "16 - 3 = 13" and result.best.meta["original"] == "16 - 3 = 11"
+    assert [e["votes"] for e in result.trace if e["event"] == "select"] == [{"13": 3.0}]
+    assert result.candidates[0].meta["calculator"] == [{"claim": "16 - 3 = 11", "written": "11", "computed": "13"}]
+    with pytest.raises(ValueError, match="calculator_vote: n"):
+        CalculatorVote(n=0)
