@@ -1,20 +1,27 @@
-"""Greedy vs self-consistency@N on SmolLM2-135M-Instruct (a real pretrained model, not trained
-here), on simple arithmetic and word questions generated from a seed.
+"""Meta-generation on SmolLM2-135M-Instruct (a real pretrained model, not trained here), on simple
+arithmetic and word questions generated from a seed: which strategy pays off at <= 8 samples.
 
-Both rows run metagen_plugins.run() with `metagen run`'s default configuration
-(metagen_plugins/defaults/smollm2-135m-instruct.toml: chat template, stop at a blank line,
-answer = the first equation's result); greedy is the same configuration without sampling or
-strategy. The oracle row is the share of questions where any of the N samples is right
-(pass@N), the ceiling of any selection rule over those samples.
+Per question it runs, through metagen_plugins.run() with `metagen run`'s model configuration
+(chat template, stop at a blank line, answer = the first equation's result):
 
-    python bench/smollm2.py [--quick] [--questions 200] [--n 8] [--temperature 0.7]
-                            [--results docs/smollm2.json] [--plot docs/smollm2.png]
+- greedy decoding;
+- N samples at temperature T (the `parallel` strategy), recorded once; the selection rules are
+  then applied to these same samples by the strategies' own classes (replaying the recorded
+  samples as their Generator): self-consistency, best-of-N and weighted majority with the
+  `calculator` verifier, `calculator_vote` (the calculator repairs each sample's arithmetic,
+  then the answers vote), and calculator_vote on the first k samples; greedy with the
+  calculator is calculator_vote over the greedy text;
+- with --pal, `program_aided` (PAL): N programs run in the sandbox, their printed answers vote.
 
-On a shared CPU, split the questions over processes and report them together:
+Every row reports accuracy, the exact McNemar p against greedy on the same questions, and the
+generated tokens and FLOPs per question (the cost of the sampling run the row selects from; the
+calculator and the sandbox cost no model FLOPs). Records are appended per question, so a long run
+can be reported at any point and resumed:
 
-    python bench/smollm2.py --questions 200 --shard 0/2 --records a.json &
-    python bench/smollm2.py --questions 200 --shard 1/2 --records b.json &
-    python bench/smollm2.py --from-records a.json b.json --results ... --plot ...
+    python bench/smollm2.py [--quick] [--questions 200] [--n 8] [--temperature 0.7] [--pal]
+                            [--records r.jsonl] [--results docs/smollm2.json] [--plot docs/smollm2.png]
+    python bench/smollm2.py --questions 200 --shard 0/2 --records a.jsonl &   # split over processes
+    python bench/smollm2.py --from-records a.jsonl b.jsonl --results ... --plot ...
 """
 
 from __future__ import annotations
@@ -22,122 +29,191 @@ from __future__ import annotations
 from _common import arguments, finish, table
 
 import json
+import math
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import metagen_plugins
+from metagen_hooks import Budget, Candidate
 from metagen_plugins import evaluate
 from metagen_hooks import answers
 from metagen_plugins.demo.questions import questions
 
+PAL_TEMPLATE = ("Write a short Python program that computes the answer to the question below and prints "
+                "only the answer.\n\nQuestion: {prompt}")
+
 
 def main() -> None:
     def extra(parser):
-        parser.add_argument("--questions", type=int, default=None, help="how many (default 200, quick 12)")
+        parser.add_argument("--questions", type=int, default=None, help="how many (default 200, quick 6)")
         parser.add_argument("--seed", type=int, default=1000, help="question seed")
-        parser.add_argument("--n", type=int, default=8, help="self-consistency samples")
+        parser.add_argument("--n", type=int, default=8, help="samples per question")
         parser.add_argument("--temperature", type=float, default=0.7)
+        parser.add_argument("--pal", action="store_true", help="also run program_aided (N programs per question)")
         parser.add_argument("--shard", default="0/1", help="I/K: run every K-th question from the I-th")
-        parser.add_argument("--records", help="write the per-question records here (JSON)")
+        parser.add_argument("--records", help="append per-question records here (JSON lines); resumes")
         parser.add_argument("--from-records", nargs="+", metavar="FILE", help="report saved records; run nothing")
         parser.add_argument("--results", help="write the results file (for `metagen plot`) here")
         parser.add_argument("--plot", help="draw accuracy vs FLOPs to this PNG/SVG")
 
     args = arguments(__doc__, extra)
-    if args.from_records:
-        saved = [json.loads(open(path, encoding="utf-8").read()) for path in args.from_records]
-        about = saved[0]["about"]
-        records = sorted((r for s in saved for r in s["records"]), key=lambda r: r["index"])
-    else:
-        about, records = measure(args)
-        if args.records:
-            with open(args.records, "w", encoding="utf-8") as out:
-                json.dump({"about": about, "records": records}, out)
-    report(about, records, args)
+    paths = args.from_records or ([args.records] if args.records else [])
+    if not args.from_records:
+        measure(args)
+    records = sorted((json.loads(line) for p in paths for line in open(p, encoding="utf-8") if line.strip()),
+                     key=lambda r: r["index"]) if paths else measure.records
+    report(records, args)
 
 
-def measure(args) -> tuple[dict, list[dict]]:
-    count = args.questions or (12 if args.quick else 200)
+def measure(args) -> None:
+    count = args.questions or (6 if args.quick else 200)
     shard, shards = (int(x) for x in args.shard.split("/"))
-    items = [(i, q) for i, q in enumerate(questions(count, seed=args.seed)) if i % shards == shard]
-    prompts = [q.prompt for _, q in items]
+    done = set()
+    if args.records and Path(args.records).exists():
+        done = {json.loads(line)["index"] for line in open(args.records, encoding="utf-8") if line.strip()}
+    items = [(i, q) for i, q in enumerate(questions(count, seed=args.seed)) if i % shards == shard and i not in done]
 
-    config = evaluate.default_config()
-    config["processors"] = [{"name": "temperature", "temperature": args.temperature}]
-    config["strategy"]["n"] = args.n
-    pattern = evaluate.answer_pattern(config)
+    base = evaluate.default_config()
+    base.pop("strategy", None)
+    base["processors"] = [{"name": "temperature", "temperature": args.temperature}]
+    pattern = DEFAULT_PATTERN
+    greedy = evaluate.greedy(base)
+    sampled = {**base, "strategy": {"name": "parallel", "n": args.n}}
+    pal = {**base, "strategy": {"name": "program_aided", "n": args.n, "template": PAL_TEMPLATE},
+           "stopping": [{"name": "stop_strings", "stop": ["\n```"]}],
+           "generation": {**base["generation"], "max_new_tokens": 80}}
 
     from metagen_plugins.hosts.transformers import load_model, load_tokenizer
     from metagen_plugins.models import resolve
 
     path = resolve(evaluate.DEFAULT_MODEL)
     model, tokenizer = load_model(path), load_tokenizer(path)
-    records = [{"index": i, "kind": q.kind, "answer": q.answer} for i, q in items]
-    for label, cfg in (("greedy", evaluate.greedy(config)), ("sc", config)):
-        start = time.perf_counter()
-        done = iter(range(1, len(items) + 1))
-
-        def progress(_, label=label):
-            i = next(done)
-            if i % 10 == 0:
-                print(f"  [{args.shard}] {label}: {i}/{len(items)} ({time.perf_counter() - start:.0f} s)",
-                      file=sys.stderr, flush=True)
-
-        results = metagen_plugins.run(cfg, prompts, model=model, tokenizer=tokenizer, on_result=progress)
-        for record, result in zip(records, results):
+    measure.records = []
+    start = time.perf_counter()
+    for done_count, (i, q) in enumerate(items, 1):
+        record = {"index": i, "kind": q.kind, "answer": q.answer, "seed": args.seed, "n": args.n,
+                  "temperature": args.temperature}
+        runs = [("greedy", greedy), ("samples", sampled)] + ([("pal", pal)] if args.pal else [])
+        for label, cfg in runs:
+            [result] = metagen_plugins.run(cfg, [q.prompt], model=model, tokenizer=tokenizer)
             spent = result.budget.spent()
-            record[label] = {"answer": evaluate.extract(result, pattern), "tokens": spent["tokens_generated"],
-                             "flops": spent["flops"], "wall_time": spent["wall_time"],
-                             "samples": [answers.extract(c.text, pattern) for c in result.candidates]}
-    about = {"task": f"SmolLM2-135M-Instruct, {count} arithmetic/word questions (seed {args.seed})",
-             "questions": count, "seed": args.seed, "n": args.n, "temperature": args.temperature}
-    return about, records
+            record[label] = {"texts": [c.text for c in result.candidates], "tokens": spent["tokens_generated"],
+                             "flops": spent["flops"], "wall_time": spent["wall_time"]}
+            if label == "pal":
+                record[label]["answer"] = answers.extract(result.best.text, r"(.+)") if result.best else None
+                record[label]["printed"] = [c.meta.get("program_aided", {}).get("answer") for c in result.candidates]
+        measure.records.append(record)
+        if args.records:
+            with open(args.records, "a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+        print(f"  [{args.shard}] {done_count}/{len(items)} questions ({time.perf_counter() - start:.0f} s)",
+              file=sys.stderr, flush=True)
 
 
-def report(about: dict, records: list[dict], args) -> None:
-    n, count = about["n"], len(records)
+DEFAULT_PATTERN = r"\A(?:[^=]*?=|.*?answer(?: is)?:?|\s*)\s*(-?\d+)"
+"""The answer pattern of `metagen run`'s SmolLM2 configuration (the first equation's result)."""
 
-    def mean(label, key):
-        return sum(r[label][key] for r in records) / count
 
-    def row(name, label, correct):
-        return {"strategy": name, "prompts": count, "accuracy": correct / count, "correct": correct,
-                "tokens": mean(label, "tokens"), "flops": mean(label, "flops"), "wall_time": mean(label, "wall_time")}
+class Replay:
+    """A Generator that returns recorded samples: a selection strategy run on them is the same
+    code as online, on exactly the samples the other rows saw."""
 
-    greedy = sum(r["greedy"]["answer"] == r["answer"] for r in records)
-    voted = sum(r["sc"]["answer"] == r["answer"] for r in records)
-    oracle = sum(r["answer"] in r["sc"]["samples"] for r in records)
-    single = sum(s == r["answer"] for r in records for s in r["sc"]["samples"])
-    drawn = sum(len(r["sc"]["samples"]) for r in records)
-    rows = [row("greedy", "greedy", greedy), row(f"self_consistency@{n}", "sc", voted),
-            {**row(f"pass@{n} (oracle)", "sc", oracle), "correct": None}]
-    sample_row = {"strategy": f"one sample at T={about['temperature']} (mean)", "accuracy": single / max(drawn, 1),
-                  "tokens": mean("sc", "tokens") / n}
+    def __init__(self, texts: list[str]) -> None:
+        self.texts, self.budget = texts, Budget()
 
-    print(f"{about['task']}; N={n}, T={about['temperature']}; {count} questions")
-    shown = [{**r, "GFLOPs": r["flops"] / 1e9, "s/question": r["wall_time"]} for r in rows]
-    shown.insert(1, sample_row)
-    table(shown, ["strategy", "accuracy", "correct", "tokens", "GFLOPs", "s/question"])
-    no_answer = sum(r["greedy"]["answer"] is None for r in records) / count
-    no_votes = sum(all(s is None for s in r["sc"]["samples"]) for r in records) / count
-    print(f"no extractable answer: greedy {no_answer:.1%}; all {n} samples {no_votes:.1%}")
-    print(f"self-consistency vs greedy per question: "
-          f"{sum(r['sc']['answer'] == r['answer'] != r['greedy']['answer'] for r in records)} fixed, "
-          f"{sum(r['greedy']['answer'] == r['answer'] != r['sc']['answer'] for r in records)} broken")
+    def sample(self, prompts, n=1, *, max_new_tokens=None, stop=None):
+        return [[Candidate(p, t, finish_reason="stop") for t in self.texts[:n]] for p in prompts]
 
-    per_kind: dict[str, Counter] = {}
-    for r in records:
-        c = per_kind.setdefault(r["kind"], Counter())
-        c["questions"] += 1
-        c["greedy"] += r["greedy"]["answer"] == r["answer"]
-        c["sc"] += r["sc"]["answer"] == r["answer"]
-        c["oracle"] += r["answer"] in r["sc"]["samples"]
-    kinds = [{"kind": k, "questions": c["questions"], "greedy": c["greedy"], f"sc@{n}": c["sc"],
-              f"pass@{n}": c["oracle"]} for k, c in sorted(per_kind.items())]
+    def extend(self, prefixes, n=1, *, max_new_tokens=None, stop=None):
+        raise NotImplementedError("recorded samples cannot be extended")
+
+
+def selections(n: int):
+    """(row name, source, strategy name, parameters, scorer, samples used) for each rule."""
+    calc = {"name": "calculator"}
+    rules = [("greedy + calculator", "greedy", "calculator_vote", {"n": 1}, None, 1),
+             (f"self_consistency@{n}", "samples", "self_consistency", {"n": n}, None, n),
+             (f"best_of_{n}[calculator]", "samples", "best_of_n", {"n": n}, calc, n),
+             (f"weighted_majority@{n}[calculator]", "samples", "weighted_majority", {"n": n}, calc, n)]
+    for k in sorted({max(1, n // 4), max(1, n // 2), n}):
+        rules.append((f"calculator_vote@{k}", "samples", "calculator_vote", {"n": k}, None, k))
+    return rules
+
+
+def answer_of(records_row_text: str | None) -> str | None:
+    return answers.extract(records_row_text, DEFAULT_PATTERN) if records_row_text is not None else None
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> float:
+    """Exact (binomial) McNemar p, two-sided: b against a on the same questions."""
+    wins = sum(y and not x for x, y in zip(a, b))
+    losses = sum(x and not y for x, y in zip(a, b))
+    m = wins + losses
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, k) for k in range(min(wins, losses) + 1)) / 2 ** m
+    return min(1.0, 2 * tail)
+
+
+def report(records: list[dict], args) -> None:
+    if not records:
+        print("no records")
+        return
+    registry = metagen_plugins.get_registry()
+    n, temperature = records[0]["n"], records[0]["temperature"]
+    count = len(records)
+    correct: dict[str, list[bool]] = {}
+    cost: dict[str, tuple[str, float]] = {}
+    correct["greedy"] = [answer_of(r["greedy"]["texts"][0]) == r["answer"] for r in records]
+    cost["greedy"] = ("greedy", 1.0)
+    for name, source, strategy, params, scorer, used in selections(n):
+        info = registry.get("strategies", strategy)
+        built = metagen_plugins.build(info, {**params, **({"answer_pattern": DEFAULT_PATTERN}
+                                                          if strategy != "best_of_n" else {})})
+        scorer_obj = metagen_plugins.build(registry.get("scorers", scorer["name"]), {}) if scorer else None
+        outcome = []
+        for r in records:
+            result = built.run("", Replay(r[source]["texts"]), scorer_obj, Budget())
+            outcome.append(bool(result.best) and answer_of(result.best.text) == r["answer"])
+        correct[name] = outcome
+        cost[name] = (source, used / max(1, len(records[0][source]["texts"])))
+    oracle = f"pass@{n} (oracle)"
+    correct[oracle] = [r["answer"] in [answer_of(t) for t in r["samples"]["texts"]] for r in records]
+    cost[oracle] = ("samples", 1.0)
+    if all("pal" in r for r in records):
+        correct[f"program_aided@{n}"] = [r["pal"]["answer"] == r["answer"] for r in records]
+        cost[f"program_aided@{n}"] = ("pal", 1.0)
+        correct[f"pal pass@{n} (oracle)"] = [r["answer"] in r["pal"]["printed"] for r in records]
+        cost[f"pal pass@{n} (oracle)"] = ("pal", 1.0)
+
+    rows = []
+    for name, outcome in correct.items():
+        source, share = cost[name]
+        tokens = sum(r[source]["tokens"] for r in records) / count * share
+        flops = sum(r[source]["flops"] for r in records) / count * share
+        wall = sum(r[source]["wall_time"] for r in records) / count * share
+        oracle_row = "oracle" in name
+        rows.append({"strategy": name, "prompts": count, "accuracy": sum(outcome) / count,
+                     "correct": None if oracle_row else sum(outcome),
+                     "p_vs_greedy": None if name == "greedy" or oracle_row else mcnemar(correct["greedy"], outcome),
+                     "tokens": tokens, "flops": flops, "wall_time": wall})
+    print(f"SmolLM2-135M-Instruct, {count} arithmetic/word questions (seed {records[0]['seed']}); "
+          f"N={n}, T={temperature}")
+    shown = [{**r, "GFLOPs": r["flops"] / 1e9} for r in rows]
+    table(shown, ["strategy", "accuracy", "correct", "p_vs_greedy", "tokens", "GFLOPs"])
+
+    kinds = []
+    for kind in sorted({r["kind"] for r in records}):
+        at = [i for i, r in enumerate(records) if r["kind"] == kind]
+        kinds.append({"kind": kind, "questions": len(at),
+                      **{name: sum(correct[name][i] for i in at) for name in correct if "oracle" not in name}})
     print("\nby question kind (correct / questions)")
-    table(kinds, ["kind", "questions", "greedy", f"sc@{n}", f"pass@{n}"])
+    table(kinds, ["kind", "questions", *[k for k in correct if "oracle" not in k]])
 
+    about = {"task": f"SmolLM2-135M-Instruct, {count} arithmetic/word questions (seed {records[0]['seed']})",
+             "questions": count, "seed": records[0]["seed"], "n": n, "temperature": temperature}
     results = evaluate.results_file(rows, **about)
     if args.results:
         with open(args.results, "w", encoding="utf-8") as out:

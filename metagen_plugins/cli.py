@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     listing = plugins_commands.add_parser("list", help="list plugins, their status and components")
     listing.add_argument("--json", action="store_true", help="print JSON")
 
-    run = commands.add_parser("run", help="run a strategy on prompts (default: self-consistency on "
+    run = commands.add_parser("run", help="run a strategy on prompts (default: calculator_vote on "
                               "SmolLM2-135M-Instruct); --compare runs greedy beside it")
     from . import cli_run
 

@@ -2,8 +2,9 @@
 prompt; ``--compare`` runs greedy decoding beside it on the same prompts.
 
 With no ``--config`` it runs the packaged configuration of the model
-(``metagen_plugins/defaults/``): self-consistency over SmolLM2-135M-Instruct's chat template,
-or over the demo reasoning model with ``--model demo-arith``.
+(``metagen_plugins/defaults/``): self-consistency with a calculator (``calculator_vote``) over
+SmolLM2-135M-Instruct's chat template, or self-consistency over the demo reasoning model with
+``--model demo-arith``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .errors import ConfigError
 
 def add_arguments(run) -> None:
     run.add_argument("--config", help="a TOML configuration file (default: the packaged configuration of "
-                     "the model: self-consistency on SmolLM2-135M-Instruct; --show-config prints it)")
+                     "the model: calculator_vote on SmolLM2-135M-Instruct; --show-config prints it)")
     run.add_argument("--model", help="smollm2-135m-instruct (the default), demo-arith, or a local model "
                      "directory (overrides [host] model)")
     run.add_argument("--strategy", help="the strategy to run (overrides [strategy] name)")
@@ -147,7 +148,7 @@ def _configuration(args) -> dict[str, Any]:
             data = config_module.load(args.config)
         except ConfigError as exc:
             raise ConfigError(f"{exc}. Check the path (and that the file is UTF-8 TOML), or leave out "
-                              f"--config to run the packaged default (self-consistency on "
+                              f"--config to run the packaged default (calculator_vote on "
                               f"SmolLM2-135M-Instruct; `metagen run --show-config` prints it).") from None
         if args.model:
             data.setdefault("host", {})["model"] = args.model

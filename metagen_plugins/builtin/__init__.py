@@ -2,8 +2,8 @@
 
 from metagen_hooks import hookimpl
 
-from . import (compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors, refine,
-               sandbox, scorers, search, stopping, strategies)
+from . import (calculator, calculator_vote, compose, grammar, mirostat, model_scorers, multimodel, parallel, penalties, processors,
+               program_aided, refine, sandbox, scorers, search, stopping, strategies)
 
 
 @hookimpl
@@ -25,6 +25,7 @@ def register_scorers(register):
     scorers.register_all(register)
     model_scorers.register_all(register)
     sandbox.register_all(register)
+    calculator.register_all(register)
 
 
 @hookimpl
@@ -34,3 +35,5 @@ def register_strategies(register):
     search.register_all(register)
     refine.register_all(register)
     compose.register_all(register)
+    program_aided.register_all(register)
+    calculator_vote.register_all(register)

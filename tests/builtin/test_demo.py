@@ -92,3 +92,20 @@ def test_step_search_on_the_demo_model_stops_at_each_step(demo):
     first = [e["candidate"]["text"] for e in steps if e["depth"] == 0]
     assert first and all(t.endswith(". ") and t.count(". ") == 1 for t in first)
     assert "####" in result.best.text
+
+
+def test_selection_by_the_shipped_prm_beats_a_random_sample(demo):
+    """Best-of-8 with the shipped demo PRM must pick right answers more often than a sample
+    drawn at random (the mean accuracy of the samples): a verifier that selects against
+    correctness (as an earlier demo PRM did) fails here."""
+    model, tok = demo
+    items = held_out()[40:100]
+    config = {"processors": [{"name": "temperature", "temperature": 0.8}],
+              "generation": {"max_new_tokens": 48, "seed": 1},
+              "strategy": {"name": "best_of_n", "n": 8},
+              "scorer": {"name": "process_reward_model", "path": "demo-arith-prm"}}
+    results = metagen_plugins.run(config, [p.prompt for p in items], model=model, tokenizer=tok)
+    chosen = sum(is_correct(p.prompt, r.best.text) for p, r in zip(items, results)) / len(items)
+    random_sample = sum(is_correct(p.prompt, c.text) for p, r in zip(items, results)
+                        for c in r.candidates) / sum(len(r.candidates) for r in results)
+    assert chosen > random_sample + 0.05

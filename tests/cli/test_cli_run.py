@@ -24,17 +24,17 @@ def metagen(*args, check=True, cwd=None):
 def test_show_config_is_the_packaged_smollm2_default():
     out = metagen("run", "--show-config").stdout
     assert 'model = "smollm2-135m-instruct"' in out
-    assert 'name = "self_consistency"' in out and "answer_pattern" in out
+    assert 'name = "calculator_vote"' in out and "answer_pattern" in out
     assert 'model = "demo-arith"' in metagen("run", "--model", "demo-arith", "--show-config").stdout
 
 
 def test_default_configuration_without_config(tiny_dir):
-    """No --config: the packaged self-consistency configuration, on the model given."""
+    """No --config: the packaged calculator_vote configuration, on the model given."""
     proc = metagen("run", "--model", str(tiny_dir), "-p", "n=3", "--answers", "19", "What is 12 + 7?")
     out = proc.stdout
     assert out.startswith("prompt: What is 12 + 7?\n")
     assert "answer: " in out and "expected 19" in out
-    assert "budget: self_consistency; " in out and "3 samples" in out and "GFLOPs" in out
+    assert "budget: calculator_vote; " in out and "3 samples" in out and "GFLOPs" in out
 
 
 def test_json_carries_answer_votes_and_correctness(tiny_dir):
@@ -44,7 +44,7 @@ def test_json_carries_answer_votes_and_correctness(tiny_dir):
     assert [r["prompt"] for r in lines] == ["What is 12 + 7?", "What is 9 - 4?"]
     assert [r["expected"] for r in lines] == ["19", "5"]
     for r in lines:
-        assert r["strategy"] == "self_consistency" and len(r["candidates"]) == 4
+        assert r["strategy"] == "calculator_vote" and len(r["candidates"]) == 4
         assert r["correct"] == (r["answer"] == r["expected"])
         assert sum(r["votes"].values()) <= 4 and r["budget"]["samples"] == 4
 
@@ -57,7 +57,7 @@ def test_compare_with_a_prompts_file_prints_both_accuracies_and_costs(tiny_dir, 
     table = out[out.index("strategy  "):].splitlines()
     assert table[0].split() == ["strategy", "accuracy", "tokens/prompt", "GFLOPs/prompt", "s/prompt"]
     assert table[1].startswith("greedy ") and "/2 (" in table[1]
-    assert table[2].startswith("self_consistency@2 ") and "/2 (" in table[2]
+    assert table[2].startswith("calculator_vote@2 ") and "/2 (" in table[2]
 
 
 def test_compare_json_is_a_results_file_that_plots(tiny_dir, tmp_path):
@@ -66,9 +66,9 @@ def test_compare_json_is_a_results_file_that_plots(tiny_dir, tmp_path):
     results = json.loads(proc.stdout)
     assert results["format"] == "metagen-results/1"
     rows = {r["strategy"]: r for r in results["rows"]}
-    assert set(rows) == {"greedy", "self_consistency@2"}
+    assert set(rows) == {"greedy", "calculator_vote@2"}
     assert all(0 <= r["accuracy"] <= 1 and r["flops"] > 0 and r["tokens"] > 0 for r in rows.values())
-    assert rows["self_consistency@2"]["flops"] > rows["greedy"]["flops"]
+    assert rows["calculator_vote@2"]["flops"] > rows["greedy"]["flops"]
     assert [p["expected"] for p in results["prompts"]] == ["2", "7"]
     path = tmp_path / "results.json"
     path.write_text(proc.stdout)
@@ -79,7 +79,7 @@ def test_compare_json_is_a_results_file_that_plots(tiny_dir, tmp_path):
 
 def test_compare_without_answers_shows_answers_side_by_side(tiny_dir):
     out = metagen("run", "--model", str(tiny_dir), "-p", "n=2", "--compare", "--quiet", "hello").stdout
-    assert "  greedy " in out and "  self_consistency@2 " in out
+    assert "  greedy " in out and "  calculator_vote@2 " in out
     assert "no known answers" in out
 
 
@@ -88,7 +88,7 @@ def test_trace_of_a_compare_run_plots(tiny_dir, tmp_path):
     metagen("run", "--model", str(tiny_dir), "-p", "n=2", "--compare", "--quiet", "--trace", str(trace),
             "--answers", "2", "What is 1 + 1?")
     runs = [json.loads(l) for l in trace.read_text().splitlines() if '"event": "run"' in l]
-    assert [r["strategy"] for r in runs] == ["generate", "self_consistency"]
+    assert [r["strategy"] for r in runs] == ["generate", "calculator_vote"]
     assert all(r["answer"] == "2" for r in runs) and "strategy" not in runs[0]["config"]
     png = tmp_path / "trace.png"
     metagen("plot", str(trace), "-o", str(png))
@@ -169,4 +169,4 @@ def test_the_default_model_answers_an_arithmetic_question():
     and converted on first use, then self-consistency runs on it."""
     out = metagen("run", "-p", "n=2", "--quiet", "--answers", "19",
                   "What is 12 + 7? Answer with just the number.").stdout
-    assert "budget: self_consistency; " in out and "2 samples" in out and "expected 19" in out
+    assert "budget: calculator_vote; " in out and "2 samples" in out and "expected 19" in out
