@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", required=True, help="a TOML configuration with [host] name = \"vllm\"")
     serve.add_argument("--json", action="store_true", help="print the command as a JSON list of arguments")
 
+    serving = commands.add_parser("serve", help="serve profiles (strategies) behind an OpenAI-compatible API")
+    from . import serve as serve_module
+
+    serve_module.add_arguments(serving)
+
     draw = commands.add_parser("plot", help="draw accuracy vs compute from a results file or a trace")
     draw.add_argument("source", metavar="TRACE_OR_RESULTS",
                       help="a results file (metagen run --json --compare > results.json) or a trace (--trace)")
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return main_serve_args(args.config, as_json=args.json)
         if args.command == "tgi":
             return _tgi(args)
+        if args.command == "serve":
+            return serve_module.main(args)
         if args.command == "plot":
             return _plot(args)
         if args.command == "new-plugin":
