@@ -412,3 +412,68 @@ def test_64_concurrent_clients_get_every_answer_once_and_equal_to_sequential(tmp
         assert answer.choices[0].text == sequential[prompt], prompt
     operands = [p.split()[1].rstrip("=?") for p in flat]
     assert sum(a.choices[0].text.strip().startswith(o[:4]) for (_, a), o in zip(answers, operands)) > 200
+
+
+# -- a real vLLM backend frozen, killed and restarted under the server ----------------------------
+
+def _toml(sections: dict) -> str:
+    lines = []
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]  # str/int/float/bool: JSON is TOML
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.slow
+def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_recovers(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import test_vllm_host as vllm_tests
+
+    if not vllm_tests.VLLM_PYTHON.exists():
+        pytest.skip(f"no vLLM environment at {vllm_tests.VLLM_PYTHON}: `make test` builds it")
+    engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm.log")
+    try:
+        engine.wait()
+        path = tmp_path / "remote.toml"
+        path.write_text(_toml({"host": {**engine.host, "timeout": 4.0, "retries": 1},
+                               "generation": {"max_new_tokens": 16}}))
+        with LoopbackServer(build_app(path)) as running:
+            client = running.client(timeout=120)
+            ok = client.completions.create(model="remote", prompt=PROMPT)
+            assert ok.choices[0].text and ok.usage.completion_tokens > 0
+
+            os.killpg(engine.process.pid, signal.SIGSTOP)  # frozen: requests time out
+            try:
+                with pytest.raises(openai.APIStatusError) as caught:
+                    client.completions.create(model="remote", prompt=PROMPT)
+                assert caught.value.status_code == 504 and "timeout" in caught.value.body["message"]
+            finally:
+                os.killpg(engine.process.pid, signal.SIGCONT)
+            assert client.completions.create(model="remote", prompt=PROMPT).choices[0].text == ok.choices[0].text
+
+            with ThreadPoolExecutor(4) as pool:  # killed while requests are in flight
+                flying = [pool.submit(client.completions.create, model="remote", prompt=f"Q: {i}+{i}=? A:")
+                          for i in range(8)]
+                engine.stop()
+                outcomes = []
+                for future in flying:
+                    try:
+                        outcomes.append(future.result(timeout=120).choices[0].text and 200)
+                    except openai.APIStatusError as exc:
+                        outcomes.append(exc.status_code)
+                        assert "vllm backend failed" in exc.body["message"], exc.body
+            assert set(outcomes) <= {200, 502} and 502 in outcomes
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.completions.create(model="remote", prompt=PROMPT)
+            assert caught.value.status_code == 502 and "connection" in caught.value.body["message"]
+            assert client.models.list().data[0].id == "remote"  # the server itself goes on
+
+            port = int(engine.url.rsplit(":", 1)[1])  # the engine comes back on the same address
+            monkeypatch.setattr(vllm_tests, "free_port", lambda: port)
+            engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm-again.log")
+            engine.wait()
+            assert client.completions.create(model="remote", prompt=PROMPT).choices[0].text == ok.choices[0].text
+    finally:
+        engine.stop()
