@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import metagen_plugins
 from metagen_plugins.serve import build_app
+from metagen_plugins.serve.schemas import ChatRequest, CompletionRequest
 from serve_helpers import LoopbackServer
 
 PROMPT = "Q: 37+48-19=? A:"
@@ -203,13 +204,15 @@ def test_metrics_count_requests_tokens_and_latency(server):
 
 # -- bad input: always a 4xx with a message ----------------------------------------------------
 
-VALID = {"model": "greedy", "prompt": PROMPT, "max_tokens": 4}
+VALID = {"/v1/completions": {"model": "greedy", "prompt": PROMPT, "max_tokens": 4},
+         "/v1/chat/completions": {"model": "greedy", "messages": [{"role": "user", "content": PROMPT}],
+                                  "max_tokens": 4}}
+FIELDS = set(ChatRequest.model_fields) | set(CompletionRequest.model_fields)
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
                     max_leaves=6)
 WRONG = {  # a field and values it must refuse
     "model": st.integers() | st.none() | st.just("") | st.just("no-such-profile"),
-    "prompt": st.integers() | st.none() | st.just([]) | st.lists(st.integers(), min_size=1) | st.just(" "),
     "max_tokens": st.integers(max_value=0) | st.text(max_size=3) | st.floats(allow_nan=False),
     "n": st.integers(min_value=2) | st.integers(max_value=0),
     "temperature": st.floats(min_value=2.001, allow_infinity=True) | st.floats(max_value=-0.001) | st.text(max_size=3),
@@ -218,32 +221,55 @@ WRONG = {  # a field and values it must refuse
     "seed": st.integers(max_value=-1) | st.floats(allow_nan=False),
     "metagen": st.integers() | st.text(max_size=3) | st.lists(JSON, max_size=2)
                | st.dictionaries(st.sampled_from(["host", "run", "models", "plugins_dir"]), JSON, min_size=1)
-               | st.builds(lambda k, v: {"budget": {k: v}}, st.sampled_from(["max_tokens", "max_samples", "max_flops"]),
+               | st.builds(lambda k, v: {"budget": {k: v}}, st.sampled_from(["max_tokens", "max_samples"]),
                            st.integers(max_value=-1) | st.integers(min_value=10**6) | st.text(max_size=3))
+               | st.builds(lambda v: {"budget": {"max_flops": v}}, st.floats(max_value=-1) | st.text(max_size=3))
                | st.builds(lambda v: {"strategy": {"name": "self_consistency", "n": v}}, st.integers(max_value=0)
                            | st.text(max_size=3))
                | st.builds(lambda v: {"processors": v}, st.integers() | st.lists(st.text(max_size=4), min_size=1)),
 }
-BODIES = st.one_of(
-    st.builds(lambda f, data: json.dumps({**VALID, f: data.draw(WRONG[f])}).encode(),
-              st.sampled_from(sorted(WRONG)), st.data()),
-    st.builds(lambda k, v: json.dumps({**VALID, k: v}).encode(), st.text(min_size=1, max_size=10).filter(
-        lambda k: k not in VALID and k not in WRONG and k != "user"), JSON),  # unknown fields
-    st.builds(lambda junk: json.dumps(VALID).encode()[:-1] + junk,
-              st.binary(min_size=1, max_size=20).filter(lambda b: b != b"}")),  # broken JSON, bad bytes
-    st.builds(lambda b: b"\xff\xfe" + b, st.binary(max_size=20)),  # not UTF-8
-    st.just(json.dumps({**VALID, "prompt": "x" * (70 * 1024)}).encode()),  # over the 64 KiB limit
-    JSON.filter(lambda v: not isinstance(v, dict)).map(lambda v: json.dumps(v).encode()),
-)
+WRONG_PROMPT = {
+    "/v1/completions": ("prompt", st.integers() | st.none() | st.just([]) | st.lists(st.integers(), min_size=1)
+                        | st.just(" ") | st.lists(st.just("Q"), min_size=65, max_size=70)),
+    "/v1/chat/completions": ("messages", st.just([]) | st.lists(st.integers(), min_size=1)
+                             | st.just([{"role": "robot", "content": "x"}]) | st.just([{"role": "user", "content": 5}])
+                             | st.just([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}])),
+}
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+def not_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return True
+    return False
+
+
+def bodies(route: str):
+    valid = VALID[route]
+    field, wrong_prompt = WRONG_PROMPT[route]
+    return st.one_of(
+        st.builds(lambda f, data: json.dumps({**valid, f: data.draw(WRONG[f])}).encode(),
+                  st.sampled_from(sorted(WRONG)), st.data()),
+        wrong_prompt.map(lambda v: json.dumps({**valid, field: v}).encode()),
+        st.builds(lambda k, v: json.dumps({**valid, k: v}).encode(),
+                  st.text(min_size=1, max_size=10).filter(lambda k: k not in FIELDS), JSON),  # unknown fields
+        st.binary(min_size=1, max_size=20).map(lambda junk: json.dumps(valid).encode()[:-1] + junk)
+        .filter(not_json),  # broken JSON, stray bytes
+        st.binary(max_size=20).map(lambda b: b"\xff\xfe" + b),  # not UTF-8
+        st.just(json.dumps({**valid, "stop": ["x" * (70 * 1024)]}).encode()),  # over the 64 KiB limit
+        JSON.filter(lambda v: not isinstance(v, dict)).map(lambda v: json.dumps(v).encode()),
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                     HealthCheck.too_slow])
-@given(body=BODIES, route=st.sampled_from(["/v1/completions", "/v1/chat/completions"]))
-def test_bad_bodies_are_4xx_with_a_message(server, body, route):
-    status, _, data = post(server, route, body, timeout=30)  # a hung connection fails on the timeout
-    assert 400 <= status < 500, (status, body[:200], data)
-    assert isinstance(data, dict) and data["error"]["message"]
+@given(data=st.data(), route=st.sampled_from(sorted(VALID)))
+def test_bad_bodies_are_4xx_with_a_message(server, data, route):
+    body = data.draw(bodies(route))
+    status, _, answer = post(server, route, body, timeout=30)  # a hung connection fails on the timeout
+    assert 400 <= status < 500, (status, body[:200], answer)
+    assert isinstance(answer, dict) and answer["error"]["message"]
 
 
 # -- auth ---------------------------------------------------------------------------------------
@@ -253,7 +279,7 @@ def test_auth_no_wrong_and_right_token(demo_file):
         for key in ("none", "s3cre", "s3cret-and-more"):
             with pytest.raises(openai.AuthenticationError, match="Authorization: Bearer"):
                 running.client(api_key=key).models.list()
-        status, headers, _ = post(running, "/v1/completions", json.dumps({**VALID, "model": "demo"}).encode())
+        status, headers, _ = post(running, "/v1/completions", json.dumps({**VALID["/v1/completions"], "model": "demo"}).encode())
         assert status == 401 and headers["www-authenticate"] == "Bearer"
         connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
         connection.request("GET", "/metrics")
@@ -477,3 +503,39 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
             assert client.completions.create(model="remote", prompt=PROMPT).choices[0].text == ok.choices[0].text
     finally:
         engine.stop()
+
+
+# -- a remote host (the TGI stand-in): refinement, 502 and 504, recovery ------------------------
+
+def test_a_remote_profile_refines_per_request_and_maps_engine_faults_to_502_and_504(tmp_path):
+    from tgi_server import Fault, TGIServer
+
+    with TGIServer() as engine:
+        host = {"name": "tgi", "url": engine.url, "concurrency": 4, "timeout": 3.0, "retries": 0}
+        profile = {"host": host, "generation": {"seed": 0, "max_new_tokens": 40},
+                   "processors": [{"name": "temperature", "temperature": 0.8}],
+                   "strategy": {"name": "self_consistency", "n": 4}}
+        path = tmp_path / "tgi.toml"
+        path.write_text(_toml({k: v for k, v in profile.items() if k not in ("processors",)})
+                        + '[[processors]]\nname = "temperature"\ntemperature = 0.8\n')
+        with LoopbackServer(build_app(path)) as running:
+            client = running.client()
+            plain = client.completions.create(model="tgi", prompt=PROMPT)
+            assert plain.choices[0].text == metagen_plugins.run(profile, PROMPT).best.text
+            refined = client.completions.create(model="tgi", prompt=PROMPT, seed=5,
+                                                extra_body={"metagen": {"strategy": {"n": 6}}})
+            same = metagen_plugins.run({**profile, "generation": {"seed": 5, "max_new_tokens": 40},
+                                        "strategy": {"name": "self_consistency", "n": 6}}, PROMPT)
+            assert refined.model_extra["metagen"]["num_candidates"] == 6
+            assert refined.choices[0].text == same.best.text
+
+            engine.faults = [Fault(status=500, error="CUDA error", error_type="incomplete_generation")] * 4
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.completions.create(model="tgi", prompt=PROMPT)
+            assert caught.value.status_code == 502 and "CUDA error" in caught.value.body["message"]
+            engine.faults = [Fault(delay=6.0)] * 4
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.completions.create(model="tgi", prompt=PROMPT)
+            assert caught.value.status_code == 504 and "timeout" in caught.value.body["message"]
+            engine.faults = []
+            assert client.completions.create(model="tgi", prompt=PROMPT).choices[0].text == plain.choices[0].text
