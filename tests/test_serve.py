@@ -182,6 +182,18 @@ def test_bad_refinements_are_400_before_any_generation(server, extra, param, wor
     assert metric(server, "metagen_samples_total", profile="vote") == before
 
 
+def test_langchain_chat_model_as_the_docs_show_it(server):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    llm = langchain_openai.ChatOpenAI(base_url=server.url + "/v1", api_key="none", model="vote", max_retries=0,
+                                      extra_body={"metagen": {"strategy": {"n": 2}}})
+    message = llm.invoke(PROMPT)
+    expected = metagen_plugins.run({"host": {"model": "demo-arith"}, "generation": {"max_new_tokens": 32, "seed": 0},
+                                    "processors": [{"name": "temperature", "temperature": 0.8}],
+                                    "strategy": {"name": "self_consistency", "n": 2}}, PROMPT)
+    assert message.content == expected.best.text
+    assert message.usage_metadata["output_tokens"] == expected.budget.tokens_generated
+
+
 def test_unknown_model_is_404_naming_the_profiles(server):
     with pytest.raises(openai.NotFoundError, match="the models \\(profiles\\) are greedy, vote"):
         server.client().chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
