@@ -474,18 +474,21 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
     engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm.log")
     try:
         engine.wait()
-        path = tmp_path / "remote.toml"
-        path.write_text(_toml({"host": {**engine.host, "timeout": 4.0, "retries": 1},
-                               "generation": {"max_new_tokens": 16}}))
+        path = tmp_path / "remote.toml"  # two profiles: a patient one, and one that times out in 3 s
+        path.write_text(_toml({"profiles.remote.host": {**engine.host, "timeout": 120.0, "retries": 1},
+                               "profiles.remote.generation": {"max_new_tokens": 16},
+                               "profiles.impatient.host": {**engine.host, "timeout": 3.0, "retries": 0},
+                               "profiles.impatient.generation": {"max_new_tokens": 16}}))
         with LoopbackServer(build_app(path)) as running:
-            client = running.client(timeout=120)
+            client = running.client(timeout=300)
             ok = client.completions.create(model="remote", prompt=PROMPT)
             assert ok.choices[0].text and ok.usage.completion_tokens > 0
+            assert client.completions.create(model="impatient", prompt=PROMPT).choices[0].text == ok.choices[0].text
 
             os.killpg(engine.process.pid, signal.SIGSTOP)  # frozen: requests time out
             try:
                 with pytest.raises(openai.APIStatusError) as caught:
-                    client.completions.create(model="remote", prompt=PROMPT)
+                    client.completions.create(model="impatient", prompt=PROMPT)
                 assert caught.value.status_code == 504 and "timeout" in caught.value.body["message"]
             finally:
                 os.killpg(engine.process.pid, signal.SIGCONT)
@@ -506,7 +509,7 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
             with pytest.raises(openai.APIStatusError) as caught:
                 client.completions.create(model="remote", prompt=PROMPT)
             assert caught.value.status_code == 502 and "connection" in caught.value.body["message"]
-            assert client.models.list().data[0].id == "remote"  # the server itself goes on
+            assert sorted(m.id for m in client.models.list()) == ["impatient", "remote"]  # the server goes on
 
             port = int(engine.url.rsplit(":", 1)[1])  # the engine comes back on the same address
             monkeypatch.setattr(vllm_tests, "free_port", lambda: port)
