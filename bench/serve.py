@@ -1,6 +1,8 @@
 """metagen serve's overhead: requests/s and p50/p95 latency at client concurrency 1, 8 and 32
 through `metagen serve` (a subprocess on loopback, the official openai client in threads) vs
 the same prompts submitted in-process to a Runner (what run() uses), same profile, same model.
+Each level alternates the two paths over chunks of the prompts (in-process, server, server,
+in-process, ...) so the drift of a shared machine falls on both alike.
 
     python bench/serve.py [--quick]
 
@@ -17,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +28,12 @@ from pathlib import Path
 import metagen_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
-PROFILE = """# self-consistency over 4 samples on the demo reasoning model
+PROFILE = """# self-consistency over 2 samples on the demo reasoning model
 [host]
 model = "demo-arith"
 
 [generation]
-max_new_tokens = 24
+max_new_tokens = 12
 seed = 0
 
 [[processors]]
@@ -39,7 +42,7 @@ temperature = 0.8
 
 [strategy]
 name = "self_consistency"
-n = 4
+n = 2
 """
 LEVELS = (1, 8, 32)
 
@@ -69,20 +72,11 @@ def row(mode: str, concurrency: int, wall: float, latencies: list[float]) -> dic
 
 def main() -> None:
     args = arguments(__doc__)
-    per_level = 24 if args.quick else 64
+    per_level = 64 if args.quick else 192
     prompts = {c: [f"Q: {10 + c + i % 40}+{20 + i}-{i % 9}=? A:" for i in range(per_level)] for c in LEVELS}
     work = Path(tempfile.mkdtemp(prefix="metagen-bench-serve-"))
     config_path = work / "bench.toml"
     config_path.write_text(PROFILE)
-    rows, answers = [], {"server": {}, "in-process": {}}
-
-    with metagen_plugins.Runner(str(config_path)) as runner:  # loaded once, as the server does
-        runner.submit("Q: 1+1=? A:").result()  # warm-up
-        for c in LEVELS:
-            wall, latencies, got = drive(c, prompts[c], lambda p: runner.submit(p, raise_errors=True).result().best.text)
-            rows.append(row("in-process", c, wall, latencies))
-            answers["in-process"].update(got)
-
     sys.path.insert(0, str(ROOT / "tests"))
     from serve_helpers import free_port
 
@@ -92,28 +86,45 @@ def main() -> None:
                                str(config_path), "--port", str(port), "--log-level", "warning"],
                               stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"), env=env,
                               start_new_session=True)
+    measured = {(p, c): [0.0, []] for p in ("in-process", "server") for c in LEVELS}
+    answers: dict[str, dict[str, str]] = {"server": {}, "in-process": {}}
     try:
-        _wait(f"http://127.0.0.1:{port}/health", server, work / "server.log")
-        from openai import OpenAI
+        with metagen_plugins.Runner(str(config_path)) as runner:  # loaded once, as the server does
+            _wait(f"http://127.0.0.1:{port}/health", server, work / "server.log")
+            from openai import OpenAI
 
-        clients = {}
+            clients = {}
 
-        def call(prompt):
-            import threading
+            def through_server(prompt):
+                client = clients.get(threading.get_ident())
+                if client is None:  # one client (and its connection pool) per client thread, made once
+                    client = clients[threading.get_ident()] = OpenAI(
+                        base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+                return client.completions.create(model="bench", prompt=prompt).choices[0].text
 
-            client = clients.setdefault(threading.get_ident(), OpenAI(
-                base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600))
-            return client.completions.create(model="bench", prompt=prompt).choices[0].text
+            def in_process(prompt):
+                return runner.submit(prompt, raise_errors=True).result().best.text
 
-        call("Q: 1+1=? A:")  # warm-up
-        for c in LEVELS:
-            wall, latencies, got = drive(c, prompts[c], call)
-            rows.append(row("server", c, wall, latencies))
-            answers["server"].update(got)
+            calls = {"in-process": in_process, "server": through_server}
+            for path in calls.values():  # warm-up
+                path("Q: 1+1=? A:")
+            for c in LEVELS:
+                # A B B A over chunks of the prompts (at least ``c`` each, so ``c`` requests are in
+                # flight): the drift of a shared machine (other jobs) falls on both paths alike
+                size = max(c, len(prompts[c]) // 4)
+                chunks = [prompts[c][i:i + size] for i in range(0, len(prompts[c]), size)]
+                for index, chunk in enumerate(chunks):
+                    order = ("in-process", "server") if index % 2 == 0 else ("server", "in-process")
+                    for path in order:
+                        wall, latencies, got = drive(c, chunk, calls[path])
+                        measured[(path, c)][0] += wall
+                        measured[(path, c)][1] += latencies
+                        answers[path].update(got)
     finally:
         server.terminate()
         server.wait(timeout=30)
 
+    rows = [row(p, c, wall, latencies) for (p, c), (wall, latencies) in measured.items()]
     rows.sort(key=lambda r: (r["clients"], r["path"]))
     table(rows, ["path", "clients", "requests", "req/s", "p50 s", "p95 s"])
     rate = {(r["path"], r["clients"]): r["req/s"] for r in rows}
