@@ -87,10 +87,7 @@ def load_profiles(source: str | os.PathLike | None, registry, caps: dict[str, in
         if isinstance(budget, dict):
             for key, value in caps.items():
                 budget.setdefault(key, value)
-        try:
-            config = validate(dict(table, _source=f"profile {name!r}"), registry)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}") from None
+        config = validate(dict(table, _source=f"profile {name!r}"), registry)  # names the profile
         profiles[name] = Profile(name, table, config, _strings(table))
     return profiles
 
