@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml hooks/pyproject.toml $(CONTRIB)
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: a plain "torch" requirement would pull a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e hooks -e ".[transformers,tgi,vllm,dev]" $(foreach p,$(CONTRIB),-e $(dir $(p)))
+	$(PIP) install -e hooks -e ".[transformers,tgi,vllm,serve,dev]" $(foreach p,$(CONTRIB),-e $(dir $(p)))
 	touch $@
 
 install: $(VENV)/.installed

@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             deploy[host.name] = module
 
+    serving = commands.add_parser("serve", help="serve profiles (strategies) behind an OpenAI-compatible API")
+    from . import serve as serve_module
+
+    serve_module.add_arguments(serving)
+
     draw = commands.add_parser("plot", help="draw accuracy vs compute from a results file or a trace")
     draw.add_argument("source", metavar="TRACE_OR_RESULTS",
                       help="a results file (metagen run --json --compare > results.json) or a trace (--trace)")
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return _reselect(args)
         if args.command in deploy:
             return deploy[args.command].main(args, registry)
+        if args.command == "serve":
+            return serve_module.main(args)
         if args.command == "plot":
             return _plot(args)
         if args.command == "new-plugin":

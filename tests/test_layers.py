@@ -26,7 +26,8 @@ LAYERS = [
     ("applications", ["metagen_plugins", "metagen_plugins.cli", "metagen_plugins.cli_run",
                       "metagen_plugins.deploy", "metagen_plugins.deploy.", "metagen_plugins.trace",
                       "metagen_plugins.evaluate", "metagen_plugins.plot", "metagen_plugins.templates",
-                      "metagen_plugins.templates.", "metagen_plugins.testing"]),
+                      "metagen_plugins.templates.", "metagen_plugins.testing", "metagen_plugins.serve",
+                      "metagen_plugins.serve."]),
 ]
 # Rooms of one layer that must not see each other: the built-in plugin and the hosts each
 # import only the core and the contract.

@@ -1,0 +1,301 @@
+"""The ASGI application: OpenAI's routes over the profiles' runners.
+
+Request path: authenticate -> read the body (size-capped) -> parse (schemas) -> refine the
+profile (profiles; 400 before any generation) -> admit (runners; 429 beyond the bound) ->
+``Runner.submit`` in a worker thread -> wait for the Result or the client's disconnect ->
+answer (answer) or map the failure to 400/500/502/504 (failures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from metagen_hooks import Result
+
+from . import answer
+from .errors import APIError, bad_request
+from .failures import api_error
+from .metrics import Metrics
+from .profiles import Profile, refine
+from .runners import Runners
+from .schemas import ChatRequest, CompletionRequest, parse
+
+log = logging.getLogger("metagen.serve")
+MAX_BODY_BYTES = 1 << 20
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
+
+
+class Server:
+    """What the routes share: profiles, runners, metrics, the API key, recent traces."""
+
+    def __init__(self, profiles: dict[str, Profile], registry, *, api_key: str | None = None,
+                 concurrency: int | None = None, max_queue: int = 256, max_body_bytes: int = MAX_BODY_BYTES,
+                 keep_traces: int = 1000, objects: dict[str, Any] | None = None) -> None:
+        if not profiles:
+            raise ValueError("no profiles to serve")
+        self.profiles = profiles
+        self.registry = registry
+        self.api_key = api_key or None
+        self.max_body_bytes = max_body_bytes
+        self.keep_traces = keep_traces
+        self.metrics = Metrics()
+        self.traces: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.runners = Runners(profiles, registry, concurrency=concurrency, max_queue=max_queue, objects=objects)
+
+    # -- the steps of a request ------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' with the "
+                                "key the server was started with (--api-key or METAGEN_API_KEY)",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> APIError:
+        return APIError(413, f"the request body is over the server's limit of {self.max_body_bytes} bytes "
+                             f"(--max-body-bytes)", code="body_too_large")
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise APIError(404, f"model {name!r} is not served here; the models (profiles) are "
+                                f"{', '.join(sorted(self.profiles))} (GET /v1/models)",
+                           param="model", code="model_not_found")
+        return self.profiles[name]
+
+    async def run(self, request: Request, route: str, profile: Profile, config, prompts: list[str]) -> list[Result]:
+        """Every prompt's Result; raises the APIError of the first failure. A client that goes
+        away cancels its queued prompts; running ones finish and are discarded."""
+        futures: list[Future] = []
+        try:
+            for prompt in prompts:
+                lane, future = self.runners.submit(profile, config, prompt)
+                self.metrics.in_flight.labels(profile.name).inc()
+                future.add_done_callback(self._finisher(lane, profile, config, time.perf_counter()))
+                futures.append(future)
+        except APIError as exc:
+            for future in futures:
+                future.cancel()
+            if exc.status == 429:
+                self.metrics.rejected.labels(profile.name).inc()
+            raise
+        waiting = [asyncio.wrap_future(f) for f in futures]
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait([gone, asyncio.gather(*waiting, return_exceptions=True)],
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not all(w.done() for w in waiting):  # the client is gone
+            for future in futures:
+                stage = "queued" if future.cancel() else "running"
+                self.metrics.cancelled.labels(profile.name, stage).inc()
+            raise _ClientGone()
+        results = []
+        for waited in waiting:
+            exc = waited.exception()
+            if exc is not None:
+                raise api_error(exc, config) from exc
+            results.append(waited.result())
+        for result in results:
+            if result.best is None:
+                raise APIError(500, f"the {result.strategy} strategy returned no answer"
+                                    + "".join(f"; {f.get('message') or f.get('error')}" for f in result.failures),
+                               code="no_answer")
+        return results
+
+    def _finisher(self, lane, profile: Profile, config, started: float):
+        def finished(future: Future) -> None:
+            latency = time.perf_counter() - started
+            lane.release(None if future.cancelled() else latency)
+            self.metrics.in_flight.labels(profile.name).dec()
+            if not future.cancelled() and future.exception() is None:
+                result = future.result()
+                self.metrics.record_run(profile.name, result.strategy, result.budget.spent(), latency)
+        return finished
+
+    def keep(self, trace_id: str, profile: Profile, results: list[Result]) -> None:
+        if self.keep_traces <= 0:
+            return
+        self.traces[trace_id] = {"id": trace_id, "profile": profile.name,
+                                 "results": [r.to_dict() for r in results]}
+        while len(self.traces) > self.keep_traces:
+            self.traces.popitem(last=False)
+
+    def close(self) -> None:
+        self.runners.close()
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its answer; nothing is sent."""
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def chat_prompt(messages) -> str:
+    """The prompt of a chat request: its single user message (the host applies the model's chat
+    template, as ``metagen run`` does)."""
+    if len(messages) == 1 and messages[0].role == "user":
+        return messages[0].text()
+    roles = ", ".join(m.role for m in messages)
+    raise bad_request(f"messages: metagen serve runs a conversation of exactly one user message for now (the "
+                      f"host formats one prompt with the model's chat template); got [{roles}]. Send the "
+                      f"question as one user message", param="messages", code="unsupported_conversation")
+
+
+def create_app(server: Server) -> FastAPI:
+    """The FastAPI application of ``server`` (which owns the loaded runners)."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, server.close)
+
+    app = FastAPI(title="metagen serve", description="Meta-generation strategies behind OpenAI's API",
+                  lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        if exc.status >= 500:
+            log.error("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        message = (f"no route {request.method} {request.url.path}; the routes are POST /v1/chat/completions, "
+                   f"POST /v1/completions, GET /v1/models, GET /health, GET /metrics"
+                   if exc.status_code in (404, 405) else str(exc.detail))
+        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    @app.exception_handler(_ClientGone)
+    async def _gone(request: Request, exc: _ClientGone):
+        return Response(status_code=499)  # nobody reads it
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        error = APIError(500, f"metagen serve failed unexpectedly with {type(exc).__name__}: {exc}; this is a "
+                              f"bug in metagen serve (the server goes on)", code="internal_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": sorted(server.profiles)}
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        server.authenticate(request)
+        data, content_type = server.metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        server.authenticate(request)
+        return {"object": "list", "data": [_model_card(p) for p in server.profiles.values()]}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str, request: Request):
+        server.authenticate(request)
+        return _model_card(server.profile(name))
+
+    @app.get("/v1/metagen/traces/{trace_id}")
+    async def trace(trace_id: str, request: Request):
+        server.authenticate(request)
+        if trace_id not in server.traces:
+            raise APIError(404, f"no trace {trace_id!r}: the server keeps the last {server.keep_traces} "
+                                f"requests' traces (--keep-traces)", param="trace_id", code="trace_not_found")
+        return server.traces[trace_id]
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        return await _complete(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _complete(request, "completions")
+
+    async def _complete(request: Request, route: str):
+        status, name = 500, "-"
+        try:
+            server.authenticate(request)
+            raw = await server.body(request)
+            body = parse(ChatRequest if route == "chat" else CompletionRequest, raw)
+            name = body.model
+            profile = server.profile(body.model)
+            if route == "chat":
+                prompts = [chat_prompt(body.messages)]
+            else:
+                prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+                if not prompts or len(prompts) > MAX_PROMPTS:
+                    raise bad_request(f"prompt: give one prompt or a list of 1 to {MAX_PROMPTS}", param="prompt")
+                if body.stream and len(prompts) > 1:
+                    raise bad_request("stream: a streamed completion takes one prompt", param="prompt")
+            for prompt in prompts:
+                if not prompt.strip():
+                    raise bad_request("the prompt is empty; give the text to complete", param="prompt")
+            config, options = refine(profile, body, server.registry)
+            results = await server.run(request, route, profile, config, prompts)
+            rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+            exts = [answer.extension(r, profile.name, rid, options["candidates"]) for r in results]
+            server.keep(rid, profile, results)
+            status = 200
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            if body.stream:
+                chunks = (answer.chat_chunks if route == "chat" else answer.completion_chunks)(
+                    rid, profile.name, results[0], exts[0], include_usage)
+                return StreamingResponse(iter(list(chunks)), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            if route == "chat":
+                return answer.chat_completion(rid, profile.name, results[0], exts[0])
+            return answer.completion(rid, profile.name, results, exts)
+        except APIError as exc:
+            status = exc.status
+            raise
+        except _ClientGone:
+            status = 499
+            raise
+        finally:
+            server.metrics.requests.labels(route, name if name in server.profiles else "-", str(status)).inc()
+
+    return app
+
+
+def _model_card(profile: Profile) -> dict[str, Any]:
+    config = profile.config
+    return {"id": profile.name, "object": "model", "created": 0, "owned_by": "metagen",
+            "metagen": {"host": config.host_name, "model": config.host.get("model") or config.host.get("model_id"),
+                        "strategy": (config.strategy or {"name": "generate"}), "scorer": config.scorer,
+                        "budget": config.budget}}

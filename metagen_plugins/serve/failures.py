@@ -1,0 +1,36 @@
+"""A failed run as the HTTP error its client gets.
+
+- the request itself cannot run (its budget allows nothing, the prompt does not fit the
+  model's context, a component rejects its parameters): 400;
+- the backend engine failed: 504 when it timed out, 502 otherwise (connection refused, 5xx,
+  a malformed answer), with the engine's own message;
+- a plugin's component raised: 500 naming the component, its plugin and distribution;
+- anything else in the host: 500 naming the host.
+"""
+
+from __future__ import annotations
+
+from metagen_hooks import BudgetExceeded
+
+from ..errors import ConfigError, HostError
+from ..hosts.remote import RemoteError
+from ..runner import describe_failure
+from .errors import APIError
+
+
+def api_error(exc: BaseException, config) -> APIError:
+    if isinstance(exc, RemoteError):
+        kinds = {f.get("kind") for f in exc.failures} or {"connection"}
+        timed_out = kinds <= {"timeout"}
+        return APIError(504 if timed_out else 502, f"the {config.host_name} backend failed: {exc}",
+                        code="upstream_timeout" if timed_out else "upstream_error")
+    if isinstance(exc, BudgetExceeded):
+        return APIError(400, f"{exc}: raise the request's metagen.budget (up to the profile's caps)",
+                        param="metagen.budget", code="budget_exhausted")
+    failure = describe_failure(exc, config)
+    if failure["kind"] == "component":
+        return APIError(500, f"{failure['message']}; the request failed, the server goes on",
+                        code="component_error")
+    if isinstance(exc, (ConfigError, HostError)):
+        return APIError(400, str(exc), code="invalid_request")
+    return APIError(500, failure["message"], code="host_error")
