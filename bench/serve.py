@@ -77,7 +77,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="metagen-bench-serve-"))
     config_path = work / "bench.toml"
     config_path.write_text(PROFILE)
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "fakes"))
     from serve_helpers import free_port
 
     port = free_port()

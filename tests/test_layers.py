@@ -15,6 +15,18 @@ HOOKS = ROOT / "hooks" / "metagen_hooks"
 
 # Lowest first. A module may import its own layer's modules and lower layers' only; the first
 # matching prefix decides (a prefix ending in "." is a package and what is in it).
+def _parse(text: str):
+    """ast.parse, tried again on CPython 3.11's SystemError "AST constructor recursion depth
+    mismatch", which it raises when another thread (a server a test left draining) parses at
+    the same moment (python/cpython#106905, fixed in 3.12)."""
+    for attempt in range(3):
+        try:
+            return ast.parse(text)
+        except SystemError:
+            if attempt == 2:
+                raise
+
+
 LAYERS = [
     ("contract", ["metagen_hooks", "metagen_hooks."]),
     ("core", ["metagen_plugins.errors", "metagen_plugins.params", "metagen_plugins.plugins",
@@ -49,7 +61,7 @@ def module_files() -> dict[str, Path]:
 
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
     """The metagen modules ``name`` imports anywhere in its code."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):

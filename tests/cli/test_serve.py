@@ -126,7 +126,9 @@ def test_a_run_config_is_one_profile_and_answers_equal_metagen_run(demo_file):
     for usage in (chat.usage, text.usage, streamed[-1].usage):
         assert usage.completion_tokens == spent.tokens_generated > len(expected.best.token_ids)
         assert usage.prompt_tokens == spent.prompt_tokens_computed + spent.prompt_tokens_reused
-        assert usage.prompt_tokens_details.cached_tokens == spent.prompt_tokens_reused > 0
+        # the server's host keeps one prefix cache for every request: from the second request of
+        # the same prompt on, its whole prefix is cached, beyond what one fresh run reuses
+        assert usage.prompt_tokens_details.cached_tokens >= spent.prompt_tokens_reused > 0
     ext = chat.model_extra["metagen"]
     assert ext["strategy"] == "self_consistency" and ext["num_candidates"] == 4
     assert ext["selection"]["votes"] == expected.trace[-1]["votes"]
