@@ -3,7 +3,9 @@
 Strategies run in many worker threads (the runner); each ``sample``/``extend`` call becomes one
 :class:`Request` per prefix: ``n`` rows continuing the same token prefix. A single engine
 thread decodes all admitted requests' rows together, one token per step (continuous batching:
-a request joins as soon as it arrives and leaves as soon as all its rows are done).
+a request joins at the next step after it arrives, and its result is delivered as soon as all
+its rows are done; finished rows are dropped from the batch in bulk, when enough have gathered
+or new requests join, rather than reshaping every tensor whenever one request ends).
 
 Memory layout (a generalisation of Hydragen-style shared-prefix attention to many prefixes):
 each request's prefix KV is computed once (or taken from the host's prefix cache) and held
@@ -61,7 +63,7 @@ class Request:
     first: int = 0  # its first row in the batch
     zombie: bool = False  # ended (its rows wait in the batch for the next compaction)
     steps: int = 0
-    prefix: "_Prefix | None" = None
+    prefix: "Prefix | None" = None
     computed: int = 0
     reused: int = 0
     passes: int = 0
@@ -77,7 +79,7 @@ class Request:
 
 
 @dataclass
-class _Prefix:
+class Prefix:
     """One request's prefix KV: per layer keys/values [1, kv_heads, P, head_dim]."""
 
     keys: list[torch.Tensor]
@@ -221,7 +223,7 @@ class Engine:
     and their log-probs under the model, prompt tokens computed and reused, forward passes."""
 
     def __init__(self, model, *, eos_ids: set[int], pad_id: int, max_batch_tokens: int,
-                 prefill: Callable[[list[list[int]]], list[tuple[_Prefix, int]]],
+                 prefill: Callable[[list[list[int]]], list[tuple[Prefix, int]]],
                  remember: Callable[[Request, list, list], None] | None = None,
                  on_pass: Callable[[], None] | None = None) -> None:
         self.model = model

@@ -17,7 +17,7 @@ from ..config import Config
 from ..errors import ConfigError, HostError
 from ..models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
 from ..text_stop import stop_strings
-from .batching import Engine, Request, _Prefix, row_generators
+from .batching import Engine, Request, Prefix, row_generators
 from .prefix_cache import PrefixCache, extend_cache, sliceable
 from .shared_prefix import SharedPrefixLayer, decoding, shared_cache, supported
 from ..registry import Registry
@@ -156,11 +156,11 @@ class TransformersHost:
         return (self.shared_prefix and self.config.host.get("batching", True)
                 and not {"assistant_model", "prompt_lookup_num_tokens", "cache_implementation"} & set(kwargs))
 
-    def _prefill(self, prefixes: list[list[int]]) -> list[tuple[_Prefix, int]]:
+    def _prefill(self, prefixes: list[list[int]]) -> list[tuple[Prefix, int]]:
         """Each prefix's KV as one row, with how many of its tokens the prefix cache held: taken
         from the cache as far as it holds it, computed past that; prefixes the cache knows nothing
         of are computed together, right-padded, in one forward pass (per chunk of tokens)."""
-        out: list[tuple[_Prefix, int] | None] = [None] * len(prefixes)
+        out: list[tuple[Prefix, int] | None] = [None] * len(prefixes)
         fresh: dict[tuple[int, ...], list[int]] = {}
         for index, tokens in enumerate(prefixes):
             if not tokens:  # a one-token prompt: no prefix at all
@@ -173,7 +173,7 @@ class TransformersHost:
             if hit < len(tokens):
                 cache = self.model(torch.tensor([tokens[hit:]]), cache=cache, use_cache=True).cache
                 self.prefix_cache.put(tuple(tokens), cache, 0)
-            out[index] = _Prefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]), hit
+            out[index] = Prefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]), hit
         pending = sorted(fresh, key=len)
         while pending:
             chunk = [pending.pop()]  # longest first; add prefixes while the padded batch stays small
@@ -184,7 +184,7 @@ class TransformersHost:
                     out[index] = prefix, 0
         return out
 
-    def _prefill_batch(self, chunk: list[tuple[int, ...]]) -> list[_Prefix]:
+    def _prefill_batch(self, chunk: list[tuple[int, ...]]) -> list[Prefix]:
         """One forward pass over prefixes right-padded to the longest (padding sits after every
         real token, so causal attention never sees it); the batch cache is kept once in the prefix
         cache, each prefix a row of it."""
@@ -198,16 +198,16 @@ class TransformersHost:
         prefixes = []
         for row, tokens in enumerate(chunk):
             self.prefix_cache.put(tokens, cache, row)
-            prefixes.append(_Prefix([layer.keys[row:row + 1, :, :len(tokens)] for layer in cache.layers],
+            prefixes.append(Prefix([layer.keys[row:row + 1, :, :len(tokens)] for layer in cache.layers],
                                     [layer.values[row:row + 1, :, :len(tokens)] for layer in cache.layers]))
         return prefixes
 
-    def _empty_prefix(self) -> _Prefix:
+    def _empty_prefix(self) -> Prefix:
         config = self.model.config
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         empty = next(self.model.parameters()).new_zeros(1, heads, 0, dim)
-        return _Prefix([empty] * config.num_hidden_layers, [empty] * config.num_hidden_layers)
+        return Prefix([empty] * config.num_hidden_layers, [empty] * config.num_hidden_layers)
 
     def _remember(self, request: Request, own: list[tuple[torch.Tensor, torch.Tensor]], rows) -> None:
         """Keep each finished row (prefix + what it generated) in the prefix cache, so extending
