@@ -47,6 +47,7 @@ HOST_SETTINGS: dict[str, dict[str, Any]] = {
         "url": str,
         "urls": list[str],  # several replicas of one model (instead of url)
         "cooldown": float,  # seconds a failed replica is skipped
+        "logprobs": bool,  # ask for per-token log-probs (default true)
         "model": str,
         "draft_model": str,
         "kv_cache": str,
