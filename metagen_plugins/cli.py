@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = _preload(argv)
     deploy = {}  # host name -> its deployment tooling module, reached through the host registry
-    for host in registry.hosts.values():
+    for host in registry.hosts.values() if registry is not None else ():
         if host.deploy:
             try:
                 module = importlib.import_module(host.deploy)
@@ -142,14 +142,22 @@ def _plot(args) -> int:
     return 0
 
 
+# Commands of metagen's own; any other (or none, for --help) may be a host's deployment tooling.
+OWN_COMMANDS = ("plugins", "run", "reselect", "plot", "new-plugin")
+
+
 def _preload(argv: list[str] | None):
-    """The plugin registry, loaded once before the command line is parsed: the hosts it holds
-    add their own subcommands. ``--plugins-dir`` is read ahead for it."""
+    """The plugin registry, loaded before the command line is parsed when the hosts it holds may
+    add the subcommand asked for (a host's tooling, or --help); ``--plugins-dir`` is read ahead
+    for it. None for metagen's own commands and --version, which load it later if they need it."""
     from .registry import get_registry
 
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--plugins-dir")
-    known, _ = early.parse_known_args(argv)
+    known, rest = early.parse_known_args(argv)
+    command = next((a for a in rest if not a.startswith("-")), None)
+    if command in OWN_COMMANDS or (command is None and "--version" in rest):
+        return None
     return get_registry(known.plugins_dir, reload=known.plugins_dir is not None)
 
 

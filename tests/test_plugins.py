@@ -34,7 +34,7 @@ def test_entry_point_plugin_registers_components(install_plugin, registry):
     reg = registry()
     info = reg.get("scorers", "shout")
     assert (info.plugin, info.distribution, info.version) == ("metagen_shout", "metagen-shout", "2.3")
-    assert info.hosts == ("transformers", "vllm", "tgi")
+    assert info.hosts == tuple(reg.hosts)  # a scorer runs client-side: on every installed host
     assert info.as_dict()["parameters"] == ["weight: float = 1.0"]
     assert "test scorer" in info.doc
 
@@ -148,7 +148,10 @@ def test_components_api(install_plugin, registry):
     registry()
     info = metagen_plugins.components("scorers")["shout"]
     assert set(info) >= {"plugin", "distribution", "version", "hosts", "docstring"}
-    assert metagen_plugins.components("logits_processors")["top_p"]["hosts"] == ["transformers", "vllm", "tgi"]
-    assert metagen_plugins.components("logits_processors")["eta"]["hosts"] == ["transformers", "vllm"]  # not TGI
+    hosts = metagen_plugins.components("logits_processors")["top_p"]["hosts"]
+    assert hosts[:3] == ["transformers", "vllm", "tgi"]  # and any installed host reading vLLM's realisations
+    assert set(hosts[3:]) <= {name for name, h in metagen_plugins.get_registry().hosts.items() if h.realiser == "vllm"}
+    eta = metagen_plugins.components("logits_processors")["eta"]["hosts"]
+    assert eta[:2] == ["transformers", "vllm"] and "tgi" not in eta  # not TGI
     with pytest.raises(ValueError, match="kind must be one of"):
         metagen_plugins.components("processors")

@@ -409,9 +409,9 @@ def test_request_body_maps_components_natively_and_through_the_plugin():
     assert body["n"] == 4 and body["seed"] == 7 and body["max_tokens"] == 5 and body["model"] == "m"
     assert body["stop"] == [".", "\n"] and body["include_stop_str_in_output"] is True
     assert body["logprobs"] == 0 and body["return_token_ids"] is True
-    assert json.loads(body["vllm_xargs"]["metagen"]) == [  # one JSON string, in configuration order
+    assert json.loads(body["vllm_xargs"]["metagen"]) == [  # one JSON string, in the applied order:
+        {"section": "processors", "name": "bad_words", "bad_words_ids": [[3, 4]]},  # a constraint, first
         {"section": "processors", "name": "mirostat", "target": 2.0},
-        {"section": "processors", "name": "bad_words", "bad_words_ids": [[3, 4]]},
         {"section": "stopping", "name": "regex", "pattern": "x"}]
 
 
