@@ -15,7 +15,8 @@ Per question it runs, through metagen_plugins.run() with `metagen run`'s model c
 
 Every row reports accuracy, the exact McNemar p against greedy on the same questions, and the
 generated tokens and FLOPs per question (the cost of the sampling run the row selects from; the
-calculator and the sandbox cost no model FLOPs). Records are appended per question, so a long run
+calculator and the sandbox cost no model FLOPs; a rule using k of the N samples is charged the
+prompt's prefill plus k/N of the generated tokens). Records are appended per question, so a long run
 can be reported at any point and resumed:
 
     python bench/smollm2.py [--quick] [--questions 200] [--n 8] [--temperature 0.7] [--pal]
@@ -188,12 +189,20 @@ def report(records: list[dict], args) -> None:
         correct[f"pal pass@{n} (oracle)"] = [r["answer"] in r["pal"]["printed"] for r in records]
         cost[f"pal pass@{n} (oracle)"] = ("pal", 1.0)
 
+    def mean(source, key):
+        return sum(r[source][key] for r in records) / count
+
+    # FLOPs per generated token, from greedy vs the samples on the same prompts: a rule using k of
+    # the N samples is charged the shared prompt prefill once plus k/N of the generated tokens.
+    per_token = ((mean("samples", "flops") - mean("greedy", "flops"))
+                 / max(1e-9, mean("samples", "tokens") - mean("greedy", "tokens")))
     rows = []
     for name, outcome in correct.items():
         source, share = cost[name]
-        tokens = sum(r[source]["tokens"] for r in records) / count * share
-        flops = sum(r[source]["flops"] for r in records) / count * share
-        wall = sum(r[source]["wall_time"] for r in records) / count * share
+        tokens = mean(source, "tokens") * share
+        prefill = mean(source, "flops") - per_token * mean(source, "tokens")
+        flops = mean(source, "flops") if share == 1 else prefill + per_token * tokens
+        wall = mean(source, "wall_time") * share
         oracle_row = "oracle" in name
         rows.append({"strategy": name, "prompts": count, "accuracy": sum(outcome) / count,
                      "correct": None if oracle_row else sum(outcome),
