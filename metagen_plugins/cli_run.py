@@ -35,7 +35,7 @@ def add_arguments(run) -> None:
     run.add_argument("--show-config", action="store_true", help="print the configuration that would run, and exit")
     run.add_argument("--concurrency", type=int, metavar="N",
                      help="prompts in flight at once (overrides [run] concurrency; 1 = one at a time; "
-                     "default: the host's, 64)")
+                     "default: the host's: 64 in-process, the in-flight request limit on a server)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print one JSON object per prompt (with --compare: "
                      "one results file, the input of `metagen plot`)")

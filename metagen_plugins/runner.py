@@ -24,9 +24,10 @@ from .config import Config, validate
 from .errors import ConfigError
 from .registry import get_registry
 
-# Prompts in flight at once when neither [run] concurrency nor concurrency= says: enough to fill
-# a batch on the in-process host, and to keep a serving engine's queue full on a remote one.
-DEFAULT_CONCURRENCY = {"transformers": 64, "vllm": 64, "tgi": 64}
+# Prompts in flight at once when neither [run] concurrency nor concurrency= says, for a host that
+# names no default of its own (``host.default_concurrency``: a remote host's is its in-flight
+# request limit, so a serving engine's queue stays full): enough to fill an in-process batch.
+DEFAULT_CONCURRENCY = 64
 
 
 class Runner:
@@ -43,7 +44,7 @@ class Runner:
             registry = get_registry()
         self.registry = registry
         self.config = config if isinstance(config, Config) else validate(config, registry)
-        self.concurrency = _concurrency(concurrency, self.config)
+        _concurrency(concurrency, self.config)  # a bad value fails before the model loads
         self._scorers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._check_before_loading(self.config)
@@ -55,6 +56,8 @@ class Runner:
         except BaseException:
             self._close_host()
             raise
+        self.concurrency = _concurrency(concurrency, self.config, self.host)
+        # (threads start as prompts arrive: a few prompts never start the whole pool)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="metagen-prompt")
         self._closed = False
 
@@ -174,17 +177,16 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
     if registry is None:
         registry = get_registry()
     cfg = config if isinstance(config, Config) else validate(config, registry)
-    workers = min(_concurrency(concurrency, cfg), len(prompts))
-    with Runner(cfg, model=model, tokenizer=tokenizer, concurrency=workers, registry=registry) as runner:
+    with Runner(cfg, model=model, tokenizer=tokenizer, concurrency=concurrency, registry=registry) as runner:
         if single:
             return runner.submit(prompts[0], raise_errors=True).result()
         return runner.map(prompts, on_result=on_result)
 
 
-def _concurrency(requested: int | None, cfg: Config) -> int:
+def _concurrency(requested: int | None, cfg: Config, host: Any = None) -> int:
     value = requested if requested is not None else cfg.run.get("concurrency")
     if value is None:
-        return DEFAULT_CONCURRENCY.get(cfg.host_name, 8)
+        return getattr(host, "default_concurrency", None) or DEFAULT_CONCURRENCY
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"concurrency must be an int >= 1 (1 runs prompts one at a time), got {value!r}")
     return value

@@ -294,6 +294,9 @@ class RemoteHost:
         cooldown = config.host.get("cooldown", self.cooldown)
         check_limits(concurrency, cooldown)
         self.replicas = Replicas(urls, concurrency, cooldown)
+        # the runner's prompts in flight when nothing says: as many as requests may be, so the
+        # engine's queue stays as full as a client sending everything at once keeps it
+        self.default_concurrency = concurrency
         self.parameters = self.engine_parameters()
         self.check()
         self.loop = EventLoopThread()
