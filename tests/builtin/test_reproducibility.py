@@ -8,6 +8,7 @@ of strategies twice in one process on a random model.)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,6 +58,11 @@ json.dump(out, sys.stdout)
 """
 
 
+# The fresh processes compute with this process's thread settings: float sums differ with the
+# number of threads, and the in-process comparison below must see the same numbers.
+THREADS = {k: v for k, v in os.environ.items() if k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+
+
 @pytest.fixture(scope="module")
 def two_processes():
     """Every built-in strategy on both prompts, in two fresh processes."""
@@ -66,7 +72,7 @@ def two_processes():
     runs = []
     for _ in range(2):
         proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=1800,
-                              cwd=here, env={"PYTHONPATH": here, "PATH": "/usr/bin:/bin"})
+                              cwd=here, env={"PYTHONPATH": here, "PATH": "/usr/bin:/bin", **THREADS})
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs.append(json.loads(proc.stdout))
     return runs
