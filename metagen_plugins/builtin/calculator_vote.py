@@ -35,16 +35,18 @@ class CalculatorVote:
         for index, sample in enumerate(samples):
             text, corrections = repair(sample.text)
             sample.meta["calculator"] = corrections
-            repaired.append(Candidate(prompt=sample.prompt, text=text, token_ids=sample.token_ids,
-                                      logprobs=sample.logprobs, finish_reason=sample.finish_reason,
+            changed = text != sample.text  # a corrected text is no longer the model's tokens
+            repaired.append(Candidate(prompt=sample.prompt, text=text,
+                                      token_ids=[] if changed else sample.token_ids,
+                                      logprobs=[] if changed else sample.logprobs,
+                                      finish_reason=sample.finish_reason,
                                       meta={**sample.meta, "original": sample.text}))
             if corrections:
                 run.trace.append({"event": "calculator", "index": index, "corrections": corrections})
         index, votes = selection.majority(repaired, self.pattern)
-        result = run.result(None, samples, rule="majority after the calculator's corrections", votes=votes,
-                            index=index)
-        result.best = repaired[index] if index is not None else None
-        return result
+        # the candidates are the corrected samples (each keeps its original text in meta)
+        return run.result(repaired[index] if index is not None else None, repaired,
+                          rule="majority after the calculator's corrections", votes=votes)
 
 
 def register_all(register) -> None:
