@@ -181,7 +181,7 @@ def main() -> None:
             print("vLLM rows: bench/throughput_remote.py is not here", file=sys.stderr)
         else:
             more, extra_figures = vllm_rows(args.quick)
-            rows += more
+            rows += [{**r, "workload": f"vLLM {r['workload']}: {r.get('side', '')}"} for r in more]
             figures.update(extra_figures)
     print(f"demo-arith; {count} held-out problems; max_new_tokens {MAX_NEW}; seed 0; sampled at T=0.8")
     table(rows, ["workload", "problems/s", "seconds", "cpu s", "tokens", "accuracy", "failed"])
