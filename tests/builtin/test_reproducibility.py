@@ -37,12 +37,16 @@ def config(name: str) -> dict:
             "scorer": {"name": SCORERS.get(name, "step_checker")}}
 
 
-def without_wall_time(value):
-    """A result or trace with its wall-clock fields (the only ones allowed to differ) removed."""
+def without_wall_time(value, approx: bool = False):
+    """A result or trace with its wall-clock fields (the only ones allowed to differ) removed;
+    with ``approx``, its log-probabilities compare within 1e-4. Prompts run at the same time
+    share forward passes, and the batch a row shares changes float rounding (by about 1e-6
+    here); the tokens, texts, scores and budgets must still be identical."""
     if isinstance(value, dict):
-        return {k: without_wall_time(v) for k, v in value.items() if k != "wall_time"}
+        return {k: pytest.approx(v, abs=1e-4) if approx and k == "logprobs" and isinstance(v, list)
+                else without_wall_time(v, approx) for k, v in value.items() if k != "wall_time"}
     if isinstance(value, list):
-        return [without_wall_time(v) for v in value]
+        return [without_wall_time(v, approx) for v in value]
     return value
 
 
@@ -80,13 +84,13 @@ def two_processes():
 
 @pytest.mark.parametrize("name", builtin_strategies())
 def test_same_configuration_and_seed_give_identical_outputs_and_traces(name, two_processes):
-    first, second = (without_wall_time(run[name]) for run in two_processes)
+    first, second = without_wall_time(two_processes[0][name], approx=True), without_wall_time(two_processes[1][name])
     assert [r["best"] for r in first] == [r["best"] for r in second]
     assert [r["candidates"] for r in first] == [r["candidates"] for r in second]
     assert [r["trace"] for r in first] == [r["trace"] for r in second]
     assert first == second  # everything else too: scores, budgets, failures
-    assert all(r["failures"] == [] and r["best"] is not None for r in first), name
-    assert first[0]["best"]["text"] or first[0]["candidates"]  # something was generated
+    assert all(r["failures"] == [] and r["best"] is not None for r in second), name
+    assert second[0]["best"]["text"] or second[0]["candidates"]  # something was generated
 
 
 @pytest.fixture(scope="module")
@@ -103,4 +107,4 @@ def test_a_prompts_result_does_not_depend_on_the_prompts_before_it(name, two_pro
     model, tokenizer = demo  # the same checkpoint, loaded once in this process
     alone = without_wall_time(metagen_plugins.run(config(name), PROMPTS[1], model=model,
                                                   tokenizer=tokenizer).to_dict())
-    assert alone == without_wall_time(two_processes[0][name][1])
+    assert without_wall_time(two_processes[0][name][1], approx=True) == alone

@@ -32,7 +32,7 @@ STRATEGIES = {
     "compose": {"inner": {"name": "best_of_n", "n": 2}, "outer": {"name": "self_consistency", "n": 3}},
     "chain": {"stages": [{"template": "{prompt}"}, {"template": "{prompt}{previous}"}]},
     "calculator_vote": {"n": 3},
-    "program_aided": {"n": 2, "isolation": "limits"},
+    "program_aided": {"n": 2, "isolation": "limits", "template": "{prompt}"},
 }
 
 
