@@ -170,3 +170,16 @@ def test_the_default_model_answers_an_arithmetic_question():
     out = metagen("run", "-p", "n=2", "--quiet", "--answers", "19",
                   "What is 12 + 7? Answer with just the number.").stdout
     assert "budget: calculator_vote; " in out and "2 samples" in out and "expected 19" in out
+
+
+def test_a_run_prints_no_warning_from_metagens_own_calls():
+    """No FutureWarning/DeprecationWarning on the user's terminal: every warning becomes an error
+    in the run (transformers' deprecated `past_key_values` is not used; `cache=` is)."""
+    proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning:metagen_plugins",
+                           "-m", "metagen_plugins.cli", "run", "--model", "demo-arith", "--quiet",
+                           "--concurrency", "2", "Q: 3+4-2=? A:", "Q: 9-5+7=? A:"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "METAGEN_DISABLE_PLUGINS": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr
+    assert proc.stdout.count("prompt: ") == 2
