@@ -224,15 +224,13 @@ class Engine:
 
     def __init__(self, model, *, eos_ids: set[int], pad_id: int, max_batch_tokens: int,
                  prefill: Callable[[list[list[int]]], list[tuple[Prefix, int]]],
-                 remember: Callable[[Request, list, list], None] | None = None,
-                 on_pass: Callable[[], None] | None = None) -> None:
+                 remember: Callable[[Request, list, list], None] | None = None) -> None:
         self.model = model
         self.eos = torch.tensor(sorted(eos_ids)) if eos_ids else torch.tensor([], dtype=torch.long)
         self.pad_id = pad_id
         self.max_batch_tokens = max_batch_tokens
         self.prefill = prefill  # prefixes -> (prefix KV, tokens taken from the prefix cache) each
         self.remember = remember
-        self.on_pass = on_pass
         self.num_layers = model.config.num_hidden_layers
         self._pending: list[Request] = []
         self._active: list[Request] = []
@@ -241,8 +239,6 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="metagen-decode", daemon=True)
         self._reset()
         _attach(model)
-        self.steps = 0  # batched forward passes run (for the throughput report)
-        self.rows_stepped = 0
         self._thread.start()
 
     def submit(self, request: Request) -> Future:
@@ -391,13 +387,9 @@ class Engine:
                                 cache=cache, use_cache=True).logits[:, -1, :].float()
         finally:
             _active.reset(token)
-        self.steps += 1
-        self.rows_stepped += logits.shape[0]
-        if self.on_pass is not None:
-            self.on_pass()
         self._valid = torch.cat([self._valid, self._valid.new_ones(self._valid.shape[0], 1)], 1)
         chosen = logits.argmax(-1)
-        failed: list[tuple[Request, BaseException]] = []
+        failed: dict[int, tuple[Request, BaseException]] = {}  # id(request) -> its error
         for r in self._active:
             if r.zombie:
                 continue
@@ -408,7 +400,7 @@ class Engine:
                 try:
                     chosen[rows] = self._choose(r, logits[rows])
                 except BaseException as exc:  # a component failed: this request fails alone
-                    failed.append((r, exc))
+                    failed[id(r)] = r, exc
         chosen = torch.where(self._done, torch.full_like(chosen, self.pad_id), chosen)
         logprobs = logits.log_softmax(-1).gather(1, chosen[:, None])[:, 0]
         self._fed += ~self._done
@@ -417,18 +409,18 @@ class Engine:
         self._logprobs = torch.cat([self._logprobs, logprobs[:, None]], 1)
         stop = torch.isin(chosen, self.eos) | (self._age >= self._limit)
         for r in self._active:
-            if r.slow and not r.zombie and not any(f is r for f, _ in failed):
+            if r.slow and not r.zombie and id(r) not in failed:
                 rows = slice(r.first, r.first + r.n)
                 r.ids = torch.cat([r.ids, chosen[rows, None]], 1)
                 try:
                     for criterion in r.criteria:
                         stop[rows] |= torch.as_tensor(criterion(r.ids, r.scores), dtype=torch.bool)
                 except BaseException as exc:
-                    failed.append((r, exc))
+                    failed[id(r)] = r, exc
         self._done |= stop
         self._last = chosen
         self._pos += 1
-        for r, exc in failed:
+        for r, exc in failed.values():
             r.future.set_exception(exc)
             self._retire(r)
         counts = torch.zeros(len(self._active), dtype=torch.long).index_add_(0, self._owner, self._done.long())

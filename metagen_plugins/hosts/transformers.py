@@ -221,9 +221,13 @@ class TransformersHost:
             layers.append(layer)
         cache.layers = layers
         for row, (new, _) in enumerate(rows):
-            kept = next((i for i, t in enumerate(new) if t in self.eos_ids), len(new))
+            kept = self.eos_at(new)
             length = len(request.tokens) - 1 + len(new)  # every generated token but the last was fed
             self.prefix_cache.put(tuple(request.tokens + new[:kept])[:length], cache, row)
+
+    def eos_at(self, tokens: list[int]) -> int:
+        """Index of the first EOS in ``tokens`` (its length when there is none)."""
+        return next((i for i, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
 
     def stop_criterion(self, stop: tuple[str, ...]):
         """transformers' StopStringCriteria indexes the vocabulary once per stop list (slow): one
@@ -358,7 +362,7 @@ class TransformersGenerator:
                     max_new_tokens) -> list[Candidate]:
         candidates, generated = [], 0
         for new, logprobs in results:
-            cut = self._eos_at(new)
+            cut = self.host.eos_at(new)
             kept = new[:cut]
             generated += cut + (cut < len(new))  # the EOS itself was generated too
             finish = "stop" if cut < len(new) or len(new) < max_new_tokens else "length"
@@ -389,9 +393,6 @@ class TransformersGenerator:
                             f"Shorten the prompt (or use a model with a longer context)")
         return min(max_new_tokens, limit - len(tokens))
 
-    def _eos_at(self, tokens: list[int]) -> int:
-        """Index of the first EOS in ``tokens`` (its length when there is none)."""
-        return next((i for i, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
 
     # -- the paths the batched loop does not take: one generate() call at a time ---------------
 
@@ -441,7 +442,7 @@ class TransformersGenerator:
             cached = final.get_seq_length()
             self.prefix_cache.put(tuple(tokens[:-1]), final, 0)
             for row, (row_new, _) in enumerate(results):
-                self.prefix_cache.put(tuple(tokens + row_new[:self._eos_at(row_new)])[:cached], final, row)
+                self.prefix_cache.put(tuple(tokens + row_new[:self.host.eos_at(row_new)])[:cached], final, row)
         computed = (length - 1 - hit) + n  # the last prompt token runs once per row
         reused = hit + (length - 1) * (n - 1)
         return results, computed, reused
