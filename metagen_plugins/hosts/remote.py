@@ -299,6 +299,7 @@ class RemoteHost:
         self.default_concurrency = concurrency
         self.parameters = self.engine_parameters()
         self.check()
+        self._clients: dict[str, Any] = {}  # replica URL -> its client (see http_client)
         self.loop = EventLoopThread()
 
     def engine_parameters(self) -> dict[str, Any]:
@@ -332,8 +333,28 @@ class RemoteHost:
         urls = self.replicas.urls
         return f"server at {urls[0]}" if len(urls) == 1 else f"servers at {', '.join(urls)}"
 
+    def http_client(self, url: str | None = None):
+        """The ``httpx2`` client of the replica at ``url`` (default: the first), made on the
+        host's event loop on first use and kept for the host's life. Its connection pool is as
+        large as the host's in-flight limit, so the limit, not the pool, decides how many
+        requests the server sees. Sends ``[host] api_key`` as a bearer token when set."""
+        url = url or self.url
+        clients = self._clients
+        if url not in clients:
+            import httpx2
+
+            headers = {"Authorization": f"Bearer {self.config.host['api_key']}"} if "api_key" in self.config.host else {}
+            limit = self.replicas.concurrency
+            clients[url] = httpx2.AsyncClient(
+                base_url=url, headers=headers, timeout=httpx2.Timeout(self.config.host.get("timeout", 60.0)),
+                limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit))
+        return clients[url]
+
     async def aclose_clients(self) -> None:
-        """Close the HTTP clients this host opened (subclasses that keep one override this)."""
+        """Close the HTTP clients this host opened (a subclass keeping other clients extends this)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
     def close(self) -> None:
         """Close the clients and stop the event-loop thread; ``run()`` calls this when done."""

@@ -271,7 +271,6 @@ class TGIHost(RemoteHost):
     def __init__(self, config, registry, model=None, tokenizer=None) -> None:
         self.limits = Limits.of(config.host)
         self.token = config.host.get("api_key")
-        self._clients: dict[str, Any] = {}  # replica URL -> its client
         super().__init__(config, registry, model, tokenizer)
         self.sampling = sampling(config, registry)
 

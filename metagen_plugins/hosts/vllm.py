@@ -89,7 +89,7 @@ class VLLMGenerator(RemoteGenerator):
         import httpx2
 
         body = self.host.request_body(text, n, max_new_tokens, stop, seed)
-        client = self.host.client(replica.url)
+        client = self.host.http_client(replica.url)
         try:
             response = await client.post("/v1/completions", json=body)
         except httpx2.HTTPError as exc:
@@ -174,7 +174,6 @@ class VLLMHost(RemoteHost):
         self.requests_per_replica = type(self).requests_per_replica * config.host.get("data_parallel_size", 1)
         super().__init__(config, registry, model=model, tokenizer=tokenizer)
         self.sampling = sampling(config, registry)
-        self._clients: dict[str, Any] = {}  # replica URL -> its HTTP client
 
     # -- before anything is sent ---------------------------------------------------------------
 
@@ -227,26 +226,6 @@ class VLLMHost(RemoteHost):
         return body
 
     # -- the connection ------------------------------------------------------------------------
-
-    def client(self, url: str | None = None):
-        """The HTTP client of the replica at ``url`` (default: the first), made on the host's
-        event loop on first use. Its connection pool is as large as the host's in-flight
-        limit, so the limit, not the pool, decides how many requests the server sees."""
-        url = url or self.url
-        if url not in self._clients:
-            import httpx2
-
-            headers = {"Authorization": f"Bearer {self.config.host['api_key']}"} if "api_key" in self.config.host else {}
-            limit = self.replicas.concurrency
-            self._clients[url] = httpx2.AsyncClient(
-                base_url=url, headers=headers, timeout=httpx2.Timeout(self.config.host.get("timeout", 60.0)),
-                limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit))
-        return self._clients[url]
-
-    async def aclose_clients(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
 
 
 __all__ = ["VLLMHost", "VLLMGenerator", "data_parallel_args", "server_side", "speculation", "XARG"]

@@ -35,9 +35,14 @@ class OpenAIGenerator(RemoteGenerator):
         super().__init__(host, budget, **kwargs)
         self.samples_per_request = host.config.host.get("samples_per_request", 1) if host.sampling else 1
 
-    async def request(self, text, n, max_new_tokens, stop, seed) -> list[Sample]:
-        response = await self.host.client().post(self.host.path, json=self.host.request_body(
-            text, n, max_new_tokens, stop, seed))
+    async def request(self, text, n, max_new_tokens, stop, seed, replica) -> list[Sample]:
+        import httpx2
+
+        body = self.host.request_body(text, n, max_new_tokens, stop, seed)
+        try:
+            response = await self.host.http_client(replica.url).post(self.host.path(replica.url), json=body)
+        except httpx2.HTTPError as exc:
+            raise self.classify(exc, replica.url) from None
         if response.status_code >= 400:
             raise _status_failure(response)
         try:
@@ -46,14 +51,14 @@ class OpenAIGenerator(RemoteGenerator):
             raise Failure("protocol", f"malformed /v1/completions answer ({type(exc).__name__}: {exc}): "
                                       f"{response.text[:300]!r}") from None
 
-    def classify(self, exc: BaseException) -> Failure:
+    def classify(self, exc: BaseException, url: str | None = None) -> Failure:
         import httpx2
 
         if isinstance(exc, httpx2.TimeoutException):
             return Failure("timeout", f"{type(exc).__name__}: {exc or 'no answer in time'}")
         if isinstance(exc, (httpx2.ConnectError, httpx2.NetworkError, httpx2.RemoteProtocolError)):
             return Failure("connection", f"{type(exc).__name__}: {exc or 'the connection failed'} "
-                                         f"(is the server at {self.host.url} running?)")
+                                         f"(is the server at {url or self.host.url} running?)")
         return Failure("protocol", f"{type(exc).__name__}: {exc}")
 
 
@@ -113,10 +118,12 @@ class OpenAIHost(RemoteHost):
             raise HostError("the openai host needs httpx2: pip install metagen-openai") from None
         self.extensions = tuple(config.host.get("extensions", ()))
         super().__init__(config, registry, model=model, tokenizer=tokenizer)
-        root = self.url.removesuffix("/v1")
-        self.url, self.path = root, "/v1/completions"
         self.sampling = sampling(config, registry)
-        self._client = None
+
+    @staticmethod
+    def path(url: str) -> str:
+        """The completions route under a server URL given with or without its ``/v1``."""
+        return "completions" if url.endswith("/v1") else "v1/completions"
 
     def check(self) -> None:
         """Every component's request parameters must be OpenAI's or a listed extension."""
@@ -158,19 +165,3 @@ class OpenAIHost(RemoteHost):
             if flag in self.extensions:
                 body[flag] = True
         return body
-
-    def client(self):
-        """The HTTP client (made on the host's event loop, on first use)."""
-        if self._client is None:
-            import httpx2
-
-            headers = {"Authorization": f"Bearer {self.config.host['api_key']}"} if "api_key" in self.config.host else {}
-            self._client = httpx2.AsyncClient(base_url=self.url, headers=headers,
-                                              timeout=httpx2.Timeout(self.config.host.get("timeout", 60.0)),
-                                              limits=httpx2.Limits(max_connections=self.config.host.get("concurrency", 8)))
-        return self._client
-
-    async def aclose_clients(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None

@@ -44,7 +44,8 @@ def test_request_body_has_only_openai_parameters_and_listed_extensions():
         body = made.request_body("hi", 3, 40, ["Q:"], 7)
         assert body == {"prompt": "hi", "n": 3, "max_tokens": 40, "model": "m", "logprobs": 1,
                         "temperature": 0.7, "top_p": 0.9, "stop": ["\n\n", "Q:"], "seed": 7}
-        assert made.url == "http://127.0.0.1:9" and made.path == "/v1/completions"
+        assert made.url == "http://127.0.0.1:9/v1" and made.path(made.url) == "completions"
+        assert made.path("http://127.0.0.1:9") == "v1/completions"  # the same route either way
     finally:
         made.close()
     greedy = host(host={"logprobs": False, "extensions": ["return_token_ids"]})
