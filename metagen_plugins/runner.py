@@ -63,18 +63,43 @@ class Runner:
 
     # -- running prompts -------------------------------------------------------------------
 
-    def submit(self, prompt: str, *, config: Config | None = None, raise_errors: bool = False) -> "Future[Result]":
+    def submit(self, prompt: str, *, config: Config | None = None, raise_errors: bool = False,
+               conversation: Sequence[dict[str, str]] = (),
+               on_tokens: Callable[[list[int]], None] | None = None) -> "Future[Result]":
         """Start ``prompt``'s strategy; the future holds its Result. ``config`` (validated, same
         host) replaces the runner's strategy, scorer, components and budget for this prompt.
         A failing prompt's Result lists the failure, unless ``raise_errors`` (then the future
-        raises it, with a note naming the component)."""
+        raises it, with a note naming the component).
+
+        ``conversation``: earlier chat turns (``{"role", "content"}``: a system message, user
+        and assistant turns) that ``prompt``, the last user message, continues; the host formats
+        them with the model's chat template (hosts whose ``conversations`` is true).
+        ``on_tokens``: for plain decoding, called (in the host's decode thread; keep it quick)
+        with the token ids of the strategy's first one-sample request as they are decoded, on
+        hosts whose ``streams`` is true (see :attr:`streams`); raising from it stops that
+        request. A strategy that samples more than one candidate streams nothing useful: give
+        it only for ``generate``."""
         if self._closed:
             raise RuntimeError("this Runner is closed")
         check_prompt(0, prompt)
         cfg = config or self.config
         if cfg.host != self.config.host:
             raise ConfigError("a per-prompt configuration must keep the runner's [host] settings")
-        return self._pool.submit(self._run_one, prompt, cfg, raise_errors)
+        extras: dict[str, Any] = {}
+        if conversation:
+            if not getattr(self.host, "conversations", False):
+                raise ConfigError(f"the {cfg.host_name} host sends each prompt as it is and applies no chat "
+                                  f"template, so it cannot format a conversation of several messages; send "
+                                  f"one message, or use the transformers host")
+            extras["conversation"] = [{"role": m["role"], "content": m["content"]} for m in conversation]
+        if on_tokens is not None and self.streams:
+            extras["on_tokens"] = on_tokens
+        return self._pool.submit(self._run_one, prompt, cfg, raise_errors, extras)
+
+    @property
+    def streams(self) -> bool:
+        """Whether ``submit(on_tokens=...)`` streams tokens live on this runner's host."""
+        return bool(getattr(self.host, "streams", False))
 
     def map(self, prompts: Sequence[str], *, on_result: Callable[[Result], None] | None = None,
             raise_errors: bool = False) -> list[Result]:
@@ -91,10 +116,12 @@ class Runner:
                     on_result(future.result())
         return [f.result() for f in futures]
 
-    def _run_one(self, prompt: str, cfg: Config, raise_errors: bool) -> Result:
+    def _run_one(self, prompt: str, cfg: Config, raise_errors: bool, extras: dict[str, Any] | None = None) -> Result:
         strategy_entry = cfg.strategy or {"name": "generate"}
         budget = Budget(**cfg.budget)
-        generator = self.host.generator(budget, config=cfg) if cfg is not self.config else self.host.generator(budget)
+        if cfg is not self.config:
+            extras = {"config": cfg, **(extras or {})}
+        generator = self.host.generator(budget, **(extras or {}))
         budget.start()
         try:
             strategy = build(self.registry.get("strategies", strategy_entry["name"]), params(strategy_entry),

@@ -56,6 +56,9 @@ class Request:
     processors: list = field(default_factory=list)
     criteria: list = field(default_factory=list)
     generators: list[torch.Generator] | None = None
+    # called in the decode thread with each token of a one-row request as it is chosen (not
+    # the end-of-sequence token); it must be quick, and raising fails this request alone
+    on_token: Callable[[int], None] | None = None
     future: Future = field(default_factory=Future)
     # filled by the engine
     ids: torch.Tensor | None = None  # [n, len(tokens) + steps] what processors see
@@ -227,6 +230,7 @@ class Engine:
                  remember: Callable[[Request, list, list], None] | None = None) -> None:
         self.model = model
         self.eos = torch.tensor(sorted(eos_ids)) if eos_ids else torch.tensor([], dtype=torch.long)
+        self._eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
         self.max_batch_tokens = max_batch_tokens
         self.prefill = prefill  # prefixes -> (prefix KV, tokens taken from the prefix cache) each
@@ -242,6 +246,8 @@ class Engine:
         self._thread.start()
 
     def submit(self, request: Request) -> Future:
+        if request.on_token is not None and request.n != 1:
+            raise ValueError(f"on_token streams a one-row request; this one has {request.n} rows")
         if request.cost() > self.max_batch_tokens:
             raise HostError(f"one request needs {request.cost()} tokens of KV cache ({len(request.tokens)} "
                             f"prefix tokens + {request.n} rows x {request.max_new_tokens} new tokens), more than "
@@ -417,6 +423,14 @@ class Engine:
                         stop[rows] |= torch.as_tensor(criterion(r.ids, r.scores), dtype=torch.bool)
                 except BaseException as exc:
                     failed[id(r)] = r, exc
+        for r in self._active:
+            if r.on_token is not None and not r.zombie and id(r) not in failed and not self._done[r.first]:
+                token = int(chosen[r.first])
+                if token not in self._eos_ids:
+                    try:
+                        r.on_token(token)
+                    except BaseException as exc:  # e.g. its client went away: stop its work
+                        failed[id(r)] = r, exc
         self._done |= stop
         self._last = chosen
         self._pos += 1

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from metagen_hooks import Budget, Candidate
 
@@ -126,18 +127,36 @@ class TransformersHost:
         """What components may ask the host for (their ``model`` / ``tokenizer`` parameters)."""
         return {"model": self.model, "tokenizer": self.tokenizer}
 
-    def format(self, prompt: str) -> str:
-        """The text the model sees: the prompt as a user turn of the chat template, when on."""
+    # What the runner may hand this host's generators besides a budget and a configuration.
+    streams = True  # on_tokens: the tokens of plain decoding, live
+    conversations = True  # conversation: earlier chat turns the prompt continues
+
+    def format(self, prompt: str, conversation: Sequence[dict[str, str]] = ()) -> str:
+        """The text the model sees: the prompt as a user turn of the chat template, when on,
+        after the ``conversation``'s earlier turns (``{"role", "content"}`` dicts: a system
+        message, earlier user and assistant turns)."""
         if not self.chat:
+            if conversation:
+                raise HostError("a conversation of several messages is formatted with the model's chat "
+                                "template, which is off here ([host] chat_template = false, or the tokenizer "
+                                "has none): send one message, or turn the chat template on")
             return prompt
         return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+            [*conversation, {"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
 
-    def generator(self, budget: Budget, config: Config | None = None) -> "TransformersGenerator":
+    def generator(self, budget: Budget, config: Config | None = None, *,
+                  conversation: Sequence[dict[str, str]] = (),
+                  on_tokens: Callable[[list[int]], None] | None = None) -> "TransformersGenerator":
         """A Generator charging ``budget``, with ``config``'s components (the host's own when
         ``None``). With ``[generation] seed`` every row samples from its own stream derived from
-        the seed, the prompt and the request, so a prompt's run is reproducible on its own."""
-        return TransformersGenerator(self, budget, config or self.config)
+        the seed, the prompt and the request, so a prompt's run is reproducible on its own.
+
+        ``conversation``: earlier chat turns every prompt of this generator continues (see
+        :meth:`format`). ``on_tokens``: called with the token ids of the generator's first
+        one-sample request as they are decoded (the end-of-sequence token left out), for live
+        streaming of plain decoding; raising from it stops that request."""
+        return TransformersGenerator(self, budget, config or self.config, conversation=conversation,
+                                     on_tokens=on_tokens)
 
     @property
     def engine(self) -> Engine:
@@ -253,8 +272,12 @@ class TransformersGenerator:
     prefix share its prefill, and every prefix computed stays in the host's prefix cache, so
     ``extend`` pays only for tokens it has not seen."""
 
-    def __init__(self, host: TransformersHost, budget: Budget, config: Config) -> None:
+    def __init__(self, host: TransformersHost, budget: Budget, config: Config, *,
+                 conversation: Sequence[dict[str, str]] = (),
+                 on_tokens: Callable[[list[int]], None] | None = None) -> None:
         self.host = host
+        self.conversation = [dict(m) for m in conversation]
+        self._on_tokens = on_tokens  # given to the first one-sample request, then dropped
         self.budget = budget
         self.config = config
         self.model = host.model
@@ -285,7 +308,8 @@ class TransformersGenerator:
     def prompt_tokens(self, prompt: str) -> list[int]:
         """The token ids the model sees for ``prompt`` (chat template applied when on)."""
         if prompt not in self._prompt_tokens:
-            ids = self.tokenizer(self.host.format(prompt), add_special_tokens=not self.host.chat).input_ids
+            ids = self.tokenizer(self.host.format(prompt, self.conversation),
+                                 add_special_tokens=not self.host.chat).input_ids
             if not ids:
                 raise ValueError("the prompt is empty after tokenization; give at least one token")
             if self.config.generation.get("token_healing") and len(ids) > 1:
@@ -306,15 +330,21 @@ class TransformersGenerator:
             for prompt, continuation, _ in jobs:
                 prepared.append(self._prepare(prompt, continuation, n, max_new_tokens, stop))
                 self._reserve(prepared[-1], 1)  # the next job's allowance sees this one's share
+            stream = self._on_tokens if len(prepared) == 1 and prepared[0][1] == 1 else None
+            if stream is not None:
+                self._on_tokens = None  # only the first one-sample request streams
             for index, (tokens, rows, kwargs) in enumerate(prepared):
                 if self.host.batched(kwargs):
                     request = Request(tokens=tokens, n=rows, max_new_tokens=kwargs["max_new_tokens"],
                                       processors=list(kwargs.get("logits_processor", [])),
                                       criteria=list(kwargs.get("stopping_criteria", [])),
                                       generators=row_generators((self._seed, jobs[index][0], self._calls, index), rows)
-                                      if kwargs["do_sample"] else None)
+                                      if kwargs["do_sample"] else None,
+                                      on_token=(lambda token: stream([token])) if stream else None)
                     pending.append(self.host.engine.submit(request))
                 else:
+                    if stream is not None:
+                        kwargs["streamer"] = _Streamer(stream, self.eos_ids)
                     pending.append(None)
             for (tokens, rows, kwargs), future in zip(prepared, pending):
                 collected.append(future.result() if future is not None else self._unbatched(tokens, rows, kwargs))
@@ -466,6 +496,28 @@ class TransformersGenerator:
                                       return_dict_in_generate=True, output_logits=True, **kwargs)
             results.extend(_rows(out.sequences[:, len(tokens):], out.logits))
         return results, len(tokens) * n, 0
+
+
+class _Streamer(BaseStreamer):
+    """``generate()``'s streamer interface around an ``on_tokens`` callback, for the paths the
+    batched loop does not take: the first ``put`` is the prompt (skipped), then each step's
+    token; end-of-sequence tokens are left out, as the batched loop leaves them out."""
+
+    def __init__(self, on_tokens: Callable[[list[int]], None], eos_ids: set[int]) -> None:
+        self.on_tokens = on_tokens
+        self.eos_ids = eos_ids
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        tokens = [t for t in value.reshape(-1).tolist() if t not in self.eos_ids]
+        if tokens:
+            self.on_tokens(tokens)
+
+    def end(self) -> None:
+        pass
 
 
 def context_length(model) -> int | None:

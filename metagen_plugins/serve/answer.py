@@ -63,48 +63,51 @@ def completion(rid: str, model: str, results: list[Result], exts: list[dict[str,
             "usage": usage(results), "metagen": exts[0] if len(exts) == 1 else exts}
 
 
-def chat_chunks(rid: str, model: str, result: Result, ext: dict[str, Any], include_usage: bool) -> Iterable[str]:
-    """The SSE events of a streamed chat answer: the role, the chosen text, the finish reason
-    (with the extension field), usage when asked, ``[DONE]``."""
-    created = int(time.time())
+class Stream:
+    """The server-sent events of one streamed answer, chat or completions, in OpenAI's shape:
+    (chat) the role, the text in pieces, the finish reason carrying metagen's extension, a
+    usage chunk when ``stream_options.include_usage`` asked, ``[DONE]``."""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
-        if include_usage:
+    def __init__(self, route: str, rid: str, model: str, include_usage: bool) -> None:
+        self.chat = route == "chat"
+        self.rid, self.model, self.include_usage = rid, model, include_usage
+        self.created = int(time.time())
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        body = {"id": self.rid, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "system_fingerprint": None,
+                "choices": choices, **extra}
+        if self.include_usage and "usage" not in extra:
             body["usage"] = None
         return sse(body)
 
-    yield chunk({"role": "assistant", "content": ""})
-    if result.best.text:
-        yield chunk({"content": result.best.text})
-    yield chunk({}, result.best.finish_reason, metagen=ext)
-    if include_usage:
-        yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "system_fingerprint": None, "choices": [], "usage": usage([result])})
-    yield "data: [DONE]\n\n"
+    def _choice(self, text: str | None, finish: str | None = None) -> dict[str, Any]:
+        if self.chat:
+            return {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": None,
+                    "finish_reason": finish}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
+    def start(self) -> list[str]:
+        return [self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}])] if self.chat else []
 
-def completion_chunks(rid: str, model: str, result: Result, ext: dict[str, Any],
-                      include_usage: bool) -> Iterable[str]:
-    created = int(time.time())
+    def text(self, text: str) -> list[str]:
+        return [self._chunk([self._choice(text)])] if text else []
 
-    def chunk(text: str, finish: str | None = None, **extra: Any) -> str:
-        body = {"id": rid, "object": "text_completion", "created": created, "model": model,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], **extra}
-        if include_usage:
-            body["usage"] = None
-        return sse(body)
+    def end(self, result: Result, ext: dict[str, Any]) -> list[str]:
+        events = [self._chunk([self._choice(None, result.best.finish_reason)], metagen=ext)]
+        if self.include_usage:
+            events.append(self._chunk([], usage=usage([result])))
+        return [*events, "data: [DONE]\n\n"]
 
-    if result.best.text:
-        yield chunk(result.best.text)
-    yield chunk("", result.best.finish_reason, metagen=ext)
-    if include_usage:
-        yield sse({"id": rid, "object": "text_completion", "created": created, "model": model,
-                   "system_fingerprint": None, "choices": [], "usage": usage([result])})
-    yield "data: [DONE]\n\n"
+    def error(self, body: dict[str, Any]) -> list[str]:
+        """A failure after the stream began (its HTTP status is sent already): OpenAI's error
+        object as an event, then ``[DONE]``."""
+        return [sse(body), "data: [DONE]\n\n"]
+
+    def whole(self, result: Result, ext: dict[str, Any]) -> list[str]:
+        """The whole stream of an answer chosen before anything was sent."""
+        return [*self.start(), *self.text(result.best.text), *self.end(result, ext)]
 
 
 def sse(body: dict[str, Any]) -> str:

@@ -25,8 +25,10 @@ from starlette.exceptions import HTTPException
 from metagen_hooks import Result
 
 from . import answer
+from ..errors import ConfigError
 from .errors import APIError, bad_request
 from .failures import api_error
+from .live import TextDeltas, TokenFeed
 from .metrics import Metrics
 from .profiles import Profile, refine
 from .runners import Runners
@@ -89,21 +91,33 @@ class Server:
                            param="model", code="model_not_found")
         return self.profiles[name]
 
-    async def run(self, request: Request, route: str, profile: Profile, config, prompts: list[str]) -> list[Result]:
+    def start(self, profile: Profile, config, prompt: str, **extras: Any) -> Future:
+        """Admit (or 429) and start one prompt on its profile's runner; ``extras`` go to
+        ``Runner.submit`` (conversation, on_tokens)."""
+        try:
+            lane, future = self.runners.submit(profile, config, prompt, **extras)
+        except APIError as exc:
+            if exc.status == 429:
+                self.metrics.rejected.labels(profile.name).inc()
+            raise
+        except ConfigError as exc:  # e.g. a conversation on a host that cannot format one
+            raise bad_request(str(exc), param="messages" if "conversation" in extras else None) from None
+        self.metrics.in_flight.labels(profile.name).inc()
+        future.add_done_callback(self._finisher(lane, profile, config, time.perf_counter()))
+        return future
+
+    async def run(self, request: Request, route: str, profile: Profile, config, prompts: list[str],
+                  conversation: list[dict[str, str]] | None = None) -> list[Result]:
         """Every prompt's Result; raises the APIError of the first failure. A client that goes
         away cancels its queued prompts; running ones finish and are discarded."""
         futures: list[Future] = []
+        extras = {"conversation": conversation} if conversation else {}
         try:
             for prompt in prompts:
-                lane, future = self.runners.submit(profile, config, prompt)
-                self.metrics.in_flight.labels(profile.name).inc()
-                future.add_done_callback(self._finisher(lane, profile, config, time.perf_counter()))
-                futures.append(future)
-        except APIError as exc:
+                futures.append(self.start(profile, config, prompt, **extras))
+        except APIError:
             for future in futures:
                 future.cancel()
-            if exc.status == 429:
-                self.metrics.rejected.labels(profile.name).inc()
             raise
         waiting = [asyncio.wrap_future(f) for f in futures]
         gone = asyncio.ensure_future(_disconnected(request))
@@ -117,18 +131,77 @@ class Server:
                 stage = "queued" if future.cancel() else "running"
                 self.metrics.cancelled.labels(profile.name, stage).inc()
             raise _ClientGone()
-        results = []
-        for waited in waiting:
-            exc = waited.exception()
-            if exc is not None:
-                raise api_error(exc, config) from exc
-            results.append(waited.result())
-        for result in results:
-            if result.best is None:
-                raise APIError(500, f"the {result.strategy} strategy returned no answer"
-                                    + "".join(f"; {f.get('message') or f.get('error')}" for f in result.failures),
-                               code="no_answer")
-        return results
+        return [answered(waited, config) for waited in waiting]
+
+    async def live(self, request: Request, route: str, profile: Profile, config, prompt: str,
+                   conversation: list[dict[str, str]] | None, options: dict[str, Any],
+                   include_usage: bool) -> StreamingResponse:
+        """Plain decoding streamed as it decodes: the response starts with the first tokens
+        (a failure before them keeps its HTTP status); a failure after them ends the stream
+        with an error event; a client that goes away stops the decoding at its next token. On
+        a host that does not stream tokens, the answer is sent whole once it is ready."""
+        feed = TokenFeed(asyncio.get_running_loop())
+        extras: dict[str, Any] = {"on_tokens": feed}
+        if conversation:
+            extras["conversation"] = conversation
+        waited = asyncio.wrap_future(self.start(profile, config, prompt, **extras))
+        first = asyncio.ensure_future(feed.queue.get())
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait([first, waited, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not first.done():
+            first.cancel()
+            if not waited.done():  # the client left before anything was decoded
+                feed.gone.set()
+                stage = "queued" if waited.cancel() else "running"
+                self.metrics.cancelled.labels(profile.name, stage).inc()
+                raise _ClientGone()
+            result = answered(waited, config)  # an error here keeps its HTTP status
+            return self._streamed(route, profile, config, result, options, include_usage, feed, None, waited)
+        return self._streamed(route, profile, config, None, options, include_usage, feed, first.result(), waited)
+
+    def _streamed(self, route: str, profile: Profile, config, result: Result | None, options: dict[str, Any],
+                  include_usage: bool, feed: TokenFeed, first: list[int] | None, waited) -> StreamingResponse:
+        rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        stream = answer.Stream(route, rid, profile.name, include_usage)
+        deltas = TextDeltas(self.runners.tokenizer(profile, config))
+
+        async def events():
+            ended = False
+            try:
+                for event in stream.start():
+                    yield event
+                ids = first
+                while ids is not None:
+                    for event in stream.text(deltas.add(ids)):
+                        yield event
+                    getter = asyncio.ensure_future(feed.queue.get())
+                    await asyncio.wait([getter, waited], return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        ids = getter.result()
+                    else:
+                        getter.cancel()
+                        ids = feed.drain() or None
+                try:
+                    final = result or answered(waited, config)
+                except APIError as exc:
+                    ended = True
+                    for event in stream.error(exc.body()):
+                        yield event
+                    return
+                ext = answer.extension(final, profile.name, rid, options["candidates"])
+                self.keep(rid, profile, [final])
+                ended = True
+                for event in [*stream.text(deltas.rest(final.best.text)), *stream.end(final, ext)]:
+                    yield event
+            finally:
+                feed.gone.set()  # a client that left mid-stream stops the decoding
+                if not ended:
+                    self.metrics.cancelled.labels(profile.name, "streaming").inc()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def _finisher(self, lane, profile: Profile, config, started: float):
         def finished(future: Future) -> None:
@@ -156,6 +229,20 @@ class _ClientGone(Exception):
     """The client disconnected before its answer; nothing is sent."""
 
 
+def answered(waited, config) -> Result:
+    """A finished prompt's Result, or the APIError its failure maps to (also when the strategy
+    chose nothing)."""
+    exc = waited.exception()
+    if exc is not None:
+        raise api_error(exc, config) from exc
+    result = waited.result()
+    if result.best is None:
+        raise APIError(500, f"the {result.strategy} strategy returned no answer"
+                       + "".join(f"; {f.get('message') or f.get('error')}" for f in result.failures),
+                       code="no_answer")
+    return result
+
+
 async def _disconnected(request: Request) -> None:
     """Return when the client closes the connection (the body has been read already)."""
     while True:
@@ -164,15 +251,24 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-def chat_prompt(messages) -> str:
-    """The prompt of a chat request: its single user message (the host applies the model's chat
-    template, as ``metagen run`` does)."""
-    if len(messages) == 1 and messages[0].role == "user":
-        return messages[0].text()
-    roles = ", ".join(m.role for m in messages)
-    raise bad_request(f"messages: metagen serve runs a conversation of exactly one user message for now (the "
-                      f"host formats one prompt with the model's chat template); got [{roles}]. Send the "
-                      f"question as one user message", param="messages", code="unsupported_conversation")
+def chat_prompt(messages) -> tuple[str, list[dict[str, str]]]:
+    """The prompt of a chat request, its last message (a user's), and the conversation before
+    it (system, user and assistant turns; ``developer`` is a system message), which the host
+    formats with the model's chat template before the prompt. The strategy and its scorers see
+    the prompt: the question being answered."""
+    if not messages or messages[-1].role != "user":
+        roles = ", ".join(m.role for m in messages) or "none"
+        raise bad_request(f"messages: the last message must be the user's question for the strategy to answer; "
+                          f"got [{roles}]", param="messages", code="invalid_conversation")
+    conversation = []
+    for index, message in enumerate(messages[:-1]):
+        if message.role == "tool":
+            raise bad_request(f"messages[{index}]: tool messages are not supported (metagen serve runs no "
+                              f"tools); send the conversation without tool turns",
+                              param=f"messages[{index}].role", code="unsupported_conversation")
+        conversation.append({"role": "system" if message.role == "developer" else message.role,
+                             "content": message.text()})
+    return messages[-1].text(), conversation
 
 
 def create_app(server: Server) -> FastAPI:
@@ -255,8 +351,10 @@ def create_app(server: Server) -> FastAPI:
             body = parse(ChatRequest if route == "chat" else CompletionRequest, raw)
             name = body.model
             profile = server.profile(body.model)
+            conversation: list[dict[str, str]] = []
             if route == "chat":
-                prompts = [chat_prompt(body.messages)]
+                prompt, conversation = chat_prompt(body.messages)
+                prompts = [prompt]
             else:
                 prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
                 if not prompts or len(prompts) > MAX_PROMPTS:
@@ -267,16 +365,20 @@ def create_app(server: Server) -> FastAPI:
                 if not prompt.strip():
                     raise bad_request("the prompt is empty; give the text to complete", param="prompt")
             config, options = refine(profile, body, server.registry)
-            results = await server.run(request, route, profile, config, prompts)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            if body.stream and (config.strategy or {"name": "generate"})["name"] == "generate":
+                response = await server.live(request, route, profile, config, prompts[0], conversation,
+                                             options, include_usage)
+                status = 200
+                return response
+            results = await server.run(request, route, profile, config, prompts, conversation)
             rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
             exts = [answer.extension(r, profile.name, rid, options["candidates"]) for r in results]
             server.keep(rid, profile, results)
             status = 200
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
             if body.stream:
-                chunks = (answer.chat_chunks if route == "chat" else answer.completion_chunks)(
-                    rid, profile.name, results[0], exts[0], include_usage)
-                return StreamingResponse(iter(list(chunks)), media_type="text/event-stream",
+                chunks = answer.Stream(route, rid, profile.name, include_usage).whole(results[0], exts[0])
+                return StreamingResponse(iter(chunks), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache"})
             if route == "chat":
                 return answer.chat_completion(rid, profile.name, results[0], exts[0])

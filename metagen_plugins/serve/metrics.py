@@ -23,8 +23,9 @@ class Metrics:
         self.rejected = Counter("metagen_requests_rejected", "Requests refused with 429 (queue full)",
                                 ["profile"], registry=r)
         self.cancelled = Counter("metagen_requests_cancelled", "Requests whose client went away before the "
-                                 "answer, by whether their work was still queued (cancelled) or running "
-                                 "(finished and discarded)", ["profile", "stage"], registry=r)
+                                 "answer, by whether their work was still queued (cancelled), running "
+                                 "(finished and discarded) or streaming tokens (decoding stopped)",
+                                 ["profile", "stage"], registry=r)
         self.tokens_generated = Counter("metagen_tokens_generated", "Tokens generated over all candidates",
                                         ["profile"], registry=r)
         self.prompt_tokens_computed = Counter("metagen_prompt_tokens_computed", "Prompt tokens prefilled",
