@@ -47,15 +47,15 @@ _active: contextvars.ContextVar["_Layout | None"] = contextvars.ContextVar(NAME,
 class Request:
     """``n`` continuations of ``tokens`` (prompt + continuation so far), decoded in the batch.
 
-    ``processors`` and ``criteria`` are this request's own component objects; ``generators``
-    one seeded stream per row when sampling (``None`` for greedy)."""
+    ``processors`` and ``criteria`` are this request's own component objects; ``generator``
+    its seeded random stream when sampling (``None`` for greedy)."""
 
     tokens: list[int]
     n: int
     max_new_tokens: int
     processors: list = field(default_factory=list)
     criteria: list = field(default_factory=list)
-    generators: list[torch.Generator] | None = None
+    generator: torch.Generator | None = None
     # called in the decode thread with each token of a one-row request as it is chosen (not
     # the end-of-sequence token); it must be quick, and raising fails this request alone
     on_token: Callable[[int], None] | None = None
@@ -74,7 +74,7 @@ class Request:
     @property
     def slow(self) -> bool:
         """Whether it needs per-request work each step (components or sampling)."""
-        return bool(self.processors or self.criteria or self.generators is not None)
+        return bool(self.processors or self.criteria or self.generator is not None)
 
     def cost(self) -> int:
         """Tokens of KV it may hold at its largest: its prefix once, each row's own positions."""
@@ -455,10 +455,9 @@ class Engine:
         for processor in r.processors:
             scores = processor(r.ids, scores)
         r.scores = scores
-        if r.generators is None:
+        if r.generator is None:
             return scores.argmax(-1)
-        probs = scores.softmax(-1)
-        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(r.generators)])
+        return draw(scores.softmax(-1), r.generator)
 
     def _finish(self, r: Request) -> None:
         """A request whose rows are all done: its tokens, remembered KV, and its future."""
@@ -521,16 +520,23 @@ class Engine:
         self._renumber()
 
 
-def row_generators(seed_material: tuple, n: int) -> list[torch.Generator]:
-    """One random stream per row, derived from ``seed_material`` (e.g. the configured seed, the
-    prompt, the call and prefix index) and the row number: the same whatever shares the batch."""
+def request_generator(seed_material: tuple) -> torch.Generator:
+    """A request's random stream, derived from ``seed_material`` (e.g. the configured seed,
+    the prompt, the call and prefix index): the same whatever shares the batch."""
     import hashlib
 
-    out = []
-    for row in range(n):
-        digest = hashlib.blake2b(repr((*seed_material, row)).encode("utf-8"), digest_size=8).digest()
-        generator = torch.Generator()
-        generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
-        out.append(generator)
-    return out
+    digest = hashlib.blake2b(repr(seed_material).encode("utf-8"), digest_size=8).digest()
+    generator = torch.Generator()
+    generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return generator
 
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of ``probs`` [rows, vocab], by inverse transform sampling: one uniform
+    number per row from ``generator``, and the first token whose cumulative probability
+    (in float64) exceeds it; a token of probability 0 is never drawn. One call for all of a
+    request's rows (``torch.multinomial`` with a generator draws one row per call, and spends
+    a random number per vocabulary entry)."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)

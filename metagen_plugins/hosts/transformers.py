@@ -18,7 +18,7 @@ from ..config import Config
 from ..errors import ConfigError, HostError
 from ..models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
 from ..text_stop import stop_strings
-from .batching import Engine, Request, Prefix, row_generators
+from .batching import Engine, Request, Prefix, request_generator
 from .prefix_cache import PrefixCache, extend_cache, sliceable
 from .shared_prefix import SharedPrefixLayer, decoding, shared_cache, supported
 from ..registry import Registry
@@ -338,7 +338,7 @@ class TransformersGenerator:
                     request = Request(tokens=tokens, n=rows, max_new_tokens=kwargs["max_new_tokens"],
                                       processors=list(kwargs.get("logits_processor", [])),
                                       criteria=list(kwargs.get("stopping_criteria", [])),
-                                      generators=row_generators((self._seed, jobs[index][0], self._calls, index), rows)
+                                      generator=request_generator((self._seed, jobs[index][0], self._calls, index))
                                       if kwargs["do_sample"] else None,
                                       on_token=(lambda token: stream([token])) if stream else None)
                     pending.append(self.host.engine.submit(request))
@@ -429,7 +429,7 @@ class TransformersGenerator:
     def _unbatched(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int, int]:
         kwargs = dict(kwargs)
         if kwargs["do_sample"]:  # generate() samples from torch's global generator: seed it
-            torch.manual_seed(int(row_generators((self._seed, tokens, self._calls), 1)[0].initial_seed()))
+            torch.manual_seed(request_generator((self._seed, tokens, self._calls)).initial_seed())
         passes = [0]
         with self.host.lock, torch.no_grad():
             hook = self.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))

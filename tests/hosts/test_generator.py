@@ -33,24 +33,30 @@ def test_n_greedy_samples_share_one_prefill_and_equal_generate(tiny):
     assert gen.budget.forward_passes == 1 + 12
 
 
-def test_each_row_samples_from_its_own_seeded_stream(tiny):
-    """Row r of a seeded request draws from softmax(processed scores) with its own generator
-    (derived from the seed, the prompt, the call and the prefix index), exactly as a hand loop
-    over the full model does; so a row's tokens do not depend on what shares its batch."""
-    from metagen_plugins.hosts.batching import row_generators
+def test_each_request_samples_from_its_own_seeded_stream(tiny):
+    """Each step, a seeded request's rows draw from softmax(processed scores), one uniform
+    number per row from the request's own generator (derived from the seed, the prompt, the call
+    and the prefix index), inverse-CDF: exactly what a hand loop over the full model draws; so
+    its tokens do not depend on what shares its batch."""
+    from metagen_plugins.hosts.batching import request_generator
 
     model, tok = tiny
     config = {"processors": [{"name": "temperature", "temperature": 1.2}], "generation": {"seed": 11}}
     [cands] = generator(tiny, config).sample([PROMPT], n=6, max_new_tokens=10)
     ids = tok(PROMPT, return_tensors="pt").input_ids
-    for row, (candidate, stream) in enumerate(zip(cands, row_generators((11, PROMPT, 1, 0), 6))):
-        tokens = ids
-        with torch.no_grad():
-            for _ in range(len(candidate.token_ids)):
-                scores = model(tokens).logits[:, -1, :].float() / 1.2
-                chosen = torch.multinomial(scores.softmax(-1)[0], 1, generator=stream)
-                tokens = torch.cat([tokens, chosen[None]], 1)
-        assert candidate.token_ids == tokens[0, ids.shape[1]:].tolist(), row
+    stream = request_generator((11, PROMPT, 1, 0))
+    rows, done = ids.repeat(6, 1), torch.zeros(6, dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(10):
+            probs = (model(rows).logits[:, -1, :].float() / 1.2).softmax(-1).double()
+            u = torch.rand(6, generator=stream, dtype=torch.float64) * probs.sum(-1)
+            chosen = (probs.cumsum(-1) <= u[:, None]).sum(-1)  # the first token whose CDF exceeds u
+            chosen = torch.where(done, torch.full_like(chosen, 2), chosen)  # finished rows: padding (EOS)
+            done |= chosen == 2
+            rows = torch.cat([rows, chosen[:, None]], 1)
+    for row, candidate in enumerate(cands):
+        new = rows[row, ids.shape[1]:].tolist()
+        assert candidate.token_ids == (new[:new.index(2)] if 2 in new else new), row
     assert len({c.text for c in cands}) > 1
     # The same request beside another prompt's, in one call and in one batch: the same rows.
     [again, _] = generator(tiny, config).sample([PROMPT, "another prompt entirely"], n=6, max_new_tokens=10)
