@@ -88,9 +88,10 @@ class Runner:
         extras: dict[str, Any] = {}
         if conversation:
             if not getattr(self.host, "conversations", False):
-                raise ConfigError(f"the {cfg.host_name} host sends each prompt as it is and applies no chat "
-                                  f"template, so it cannot format a conversation of several messages; send "
-                                  f"one message, or use the transformers host")
+                raise ConfigError(f"the {cfg.host_name} host applies no chat template here, so it cannot format "
+                                  f"a conversation of several messages: send one message, or give the host a "
+                                  f"chat template ([host] tokenizer = the served model's tokenizer, on the "
+                                  f"vLLM, TGI and openai hosts)")
             extras["conversation"] = [{"role": m["role"], "content": m["content"]} for m in conversation]
         if on_tokens is not None and self.streams:
             extras["on_tokens"] = on_tokens

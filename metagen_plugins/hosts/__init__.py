@@ -32,7 +32,10 @@ TRANSFORMERS_SETTINGS: dict[str, Any] = {
 REMOTE_SETTINGS: dict[str, Any] = {"url": str, "timeout": float, "concurrency": int, "retries": int,
                                    "api_key": str,
                                    "urls": list[str],  # several replicas of one model (instead of url)
-                                   "cooldown": float}  # seconds a failed replica is skipped
+                                   "cooldown": float,  # seconds a failed replica is skipped
+                                   # the served model's tokenizer, to format prompts with its chat template
+                                   "tokenizer": str,
+                                   "chat_template": bool | Literal["auto"]}
 VLLM_SETTINGS: dict[str, Any] = {
     **REMOTE_SETTINGS,
     "logprobs": bool,  # ask for per-token log-probs (default true)

@@ -121,7 +121,8 @@ class RemoteGenerator:
     samples_per_request: int = 1  # how many of a prompt's n samples one request may carry
 
     def __init__(self, host, budget: Budget, *, timeout: float = 60.0, concurrency: int | None = None,
-                 retries: int = 2, backoff: float = 0.5, seed: int | None = None) -> None:
+                 retries: int = 2, backoff: float = 0.5, seed: int | None = None,
+                 conversation: Sequence[dict[str, str]] = ()) -> None:
         # ``concurrency`` caps this generator's own requests below the host's limit (None: only
         # the host-wide ``[host] concurrency`` applies, which is what the host's generator() does).
         if concurrency is not None and concurrency < 1:
@@ -135,6 +136,7 @@ class RemoteGenerator:
         self.retries = retries
         self.backoff = backoff
         self.seed = seed
+        self.conversation = [dict(m) for m in conversation]  # earlier chat turns every prompt continues
         self.failures: list[dict[str, Any]] = []
         self._requests = 0  # numbers seeds so each request of a seeded run draws its own samples
 
@@ -157,11 +159,12 @@ class RemoteGenerator:
 
     def sample(self, prompts: Sequence[str], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return self._fan_out([(p, self.host.format(p), None) for p in prompts], n, max_new_tokens, stop)
+        return self._fan_out([(p, self.host.format(p, self.conversation), None) for p in prompts], n,
+                             max_new_tokens, stop)
 
     def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return self._fan_out([(p.prompt, self.host.format(p.prompt) + p.text, p) for p in prefixes],
+        return self._fan_out([(p.prompt, self.host.format(p.prompt, self.conversation) + p.text, p) for p in prefixes],
                              n, max_new_tokens, stop)
 
     # -- fan-out, retries, partial failure -----------------------------------------------------
@@ -269,6 +272,29 @@ class RemoteGenerator:
                          finish_reason=sample.finish_reason, meta=dict(sample.meta))
 
 
+def chat_template(settings: dict[str, Any], host: str) -> tuple[Any, bool]:
+    """``[host] tokenizer`` (loaded) and whether prompts go through its chat template:
+    ``chat_template`` "auto" (the default) when it has one; true without a tokenizer is an
+    error, as there is no template to apply."""
+    wanted = settings.get("chat_template", "auto")
+    if "tokenizer" not in settings:
+        if wanted is True:
+            raise HostError(f"[host] chat_template = true on the {host} host needs [host] tokenizer: the served "
+                            f"model's tokenizer (a local path or a built-in model name), whose chat template "
+                            f"formats the prompts here")
+        return None, False
+    from ..models import load_tokenizer, resolve
+
+    try:
+        tokenizer = load_tokenizer(resolve(settings["tokenizer"], what="[host] tokenizer"))
+    except ImportError as exc:
+        raise HostError(f"[host] tokenizer needs transformers ({exc}): pip install 'metagen-plugins[transformers]'") from None
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if wanted is True and not has:
+        raise HostError(f"[host] chat_template = true, but the tokenizer {settings['tokenizer']!r} has no chat template")
+    return tokenizer, has if wanted == "auto" else bool(wanted)
+
+
 class RemoteHost:
     """A serving-engine deployment: where it is, what the configured components become as
     request parameters, and the event loop its requests run on. Subclasses set ``name`` and
@@ -297,6 +323,7 @@ class RemoteHost:
         # the runner's prompts in flight when nothing says: as many as requests may be, so the
         # engine's queue stays as full as a client sending everything at once keeps it
         self.default_concurrency = concurrency
+        self.tokenizer, self.chat = chat_template(config.host, self.name)
         self.parameters = self.engine_parameters()
         self.check()
         self._clients: dict[str, Any] = {}  # replica URL -> its client (see http_client)
@@ -364,12 +391,28 @@ class RemoteHost:
     def context(self) -> dict[str, Any]:
         return {}
 
-    def format(self, prompt: str) -> str:
-        return prompt
+    @property
+    def conversations(self) -> bool:
+        """Whether a conversation can be formatted: with a chat template only."""
+        return self.chat
 
-    def generator(self, budget: Budget, config=None) -> RemoteGenerator:
+    def format(self, prompt: str, conversation: Sequence[dict[str, str]] = ()) -> str:
+        """The text sent as the prompt: as it is, or, with ``[host] tokenizer`` and a chat
+        template, the ``conversation``'s turns and the prompt as the last user turn, formatted
+        here with the served model's template (what the engine's own chat route would do)."""
+        if not self.chat:
+            if conversation:
+                raise HostError(f"the {self.name} host formats a conversation with a chat template, which is "
+                                f"off here: set [host] tokenizer to the served model's tokenizer (a local path or "
+                                f"a built-in model name) so prompts are formatted with its chat template")
+            return prompt
+        return self.tokenizer.apply_chat_template(
+            [*conversation, {"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+
+    def generator(self, budget: Budget, config=None, *, conversation: Sequence[dict[str, str]] = ()) -> RemoteGenerator:
         if config is not None and config is not self.config:
             raise HostError(f"the {self.name} host does not take a per-prompt configuration yet")
         settings = self.config.host
         return self.generator_class(self, budget, timeout=settings.get("timeout", 60.0),
-                                    retries=settings.get("retries", 2), seed=self.config.generation.get("seed"))
+                                    retries=settings.get("retries", 2), seed=self.config.generation.get("seed"),
+                                    conversation=conversation)

@@ -219,6 +219,8 @@ class VLLMHost(RemoteHost):
             body["stop"] = stops
         if seed is not None:
             body["seed"] = seed
+        if self.chat:  # the chat template wrote the special tokens (BOS) already
+            body["add_special_tokens"] = False
         if XARG in xargs:
             xargs[XARG] = json.dumps(xargs[XARG])  # vLLM takes flat values only: a JSON string
         if xargs:

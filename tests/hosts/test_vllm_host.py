@@ -508,3 +508,45 @@ def test_rate_limits_wait_for_retry_after_then_succeed(monkeypatch):
         assert waits == [0.2]  # the server's hint, not the backoff's first step (0.5 s)
     finally:
         host.close()
+
+
+@pytest.fixture
+def templated_tokenizer(tiny_dir, tmp_path):
+    """The tiny model's tokenizer with a chat template, saved as a local tokenizer directory."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.save_pretrained(tmp_path / "tok")
+    return str(tmp_path / "tok")
+
+
+def test_with_a_tokenizer_prompts_and_conversations_go_through_its_chat_template(templated_tokenizer, tiny_dir):
+    """[host] tokenizer: the prompt (and a conversation's earlier turns) formatted here with the
+    served model's chat template, sent without special tokens added again; without it, as is."""
+    host = offline_host(host={"name": "vllm", "url": "http://127.0.0.1:9", "model": "m",
+                              "tokenizer": templated_tokenizer})
+    try:
+        calls = scripted(host, [OK, OK])
+        host.generator(Budget()).sample(["Q"])
+        host.generator(Budget(), conversation=[{"role": "system", "content": "Be brief."}]).sample(["Q"])
+        assert calls[0]["prompt"] == "<user>Q\n<assistant>" and calls[0]["add_special_tokens"] is False
+        assert calls[1]["prompt"] == "<system>Be brief.\n<user>Q\n<assistant>"
+        assert host.conversations
+    finally:
+        host.close()
+    plain = offline_host()
+    try:
+        calls = scripted(plain, [OK])
+        plain.generator(Budget()).sample(["Q"])
+        assert calls[0]["prompt"] == "Q" and "add_special_tokens" not in calls[0] and not plain.conversations
+        with pytest.raises(HostError, match="set \\[host\\] tokenizer to the served model's tokenizer"):
+            plain.format("Q", [{"role": "system", "content": "x"}])
+    finally:
+        plain.close()
+    with pytest.raises(HostError, match="chat_template = true on the vllm host needs \\[host\\] tokenizer"):
+        offline_host(host={"name": "vllm", "url": "http://127.0.0.1:9", "chat_template": True})
+    with pytest.raises(HostError, match="has no chat template"):
+        offline_host(host={"name": "vllm", "url": "http://127.0.0.1:9", "tokenizer": str(tiny_dir),
+                           "chat_template": True})

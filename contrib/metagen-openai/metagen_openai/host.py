@@ -164,4 +164,6 @@ class OpenAIHost(RemoteHost):
         for flag in (TOKEN_IDS, INCLUDE_STOP):
             if flag in self.extensions:
                 body[flag] = True
+        if self.chat and "add_special_tokens" in self.extensions:
+            body["add_special_tokens"] = False  # the chat template wrote them ([host] tokenizer)
         return body
