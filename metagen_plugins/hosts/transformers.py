@@ -173,7 +173,7 @@ class TransformersHost:
         draft models, prompt lookup or caches of generate()'s own making, nor for model types
         without the shared-prefix attention path)."""
         return (self.shared_prefix and self.config.host.get("batching", True)
-                and not {"assistant_model", "prompt_lookup_num_tokens", "cache_implementation"} & set(kwargs))
+                and not _UNSHARED & set(kwargs))
 
     def _prefill(self, prefixes: list[list[int]]) -> list[tuple[Prefix, int]]:
         """Each prefix's KV as one row, with how many of its tokens the prefix cache held: taken
@@ -286,6 +286,7 @@ class TransformersGenerator:
         self.pad_id = host.pad_id
         self.prefix_cache = host.prefix_cache
         self._prompt_tokens: dict[str, list[int]] = {}
+        self._seen: list[tuple[int, ...]] = []  # token sequences this generator computed KV for
         self._calls = 0  # numbers this generator's requests, for their rows' random streams
         seed = config.generation.get("seed")
         # Unseeded runs draw their streams from torch's global generator (torch.manual_seed works).
@@ -347,12 +348,32 @@ class TransformersGenerator:
                         kwargs["streamer"] = _Streamer(stream, self.eos_ids)
                     pending.append(None)
             for (tokens, rows, kwargs), future in zip(prepared, pending):
-                collected.append(future.result() if future is not None else self._unbatched(tokens, rows, kwargs))
+                results, computed, reused, passes = (future.result() if future is not None
+                                                     else self._unbatched(tokens, rows, kwargs))
+                if self.prefix_cache.max_bytes > 0 and (future is not None or not _UNSHARED & set(kwargs)):
+                    computed, reused, passes = self._as_alone(tokens, rows, results)  # a path with the cache
+                collected.append((results, computed, reused, passes))
         finally:
             for job in prepared:
                 self._reserve(job, -1)
         return [self._candidates(prompt, continuation, parent, *outcome, kwargs["max_new_tokens"])
                 for (prompt, continuation, parent), (_, _, kwargs), outcome in zip(jobs, prepared, collected)]
+
+    def _as_alone(self, tokens: list[int], rows: int, results) -> tuple[int, int, int]:
+        """Prompt tokens computed and reused, and forward passes, of one request as this prompt
+        alone would spend them with the prefix cache keeping all it computed: reuse counts only
+        what this generator itself computed before (its prompt, its own candidates), whether or
+        not the cache, shared by every prompt, held more (another prompt's work) or less (evicted
+        by another prompt's). So a prompt's budget, and every limit it enforces, does not depend
+        on what ran beside it. The saving across prompts is real but not charged; an eviction's
+        recomputation is real but not charged either (``[host] prefix_cache_bytes`` large enough
+        for a prompt's own search avoids it; with 0, no cache, everything is computed and charged)."""
+        prefix = len(tokens) - 1
+        hit = min(prefix, max((_common(tokens, seen) for seen in self._seen), default=0))
+        for new, _ in results or [([], [])]:
+            self._seen.append(tuple(tokens) + tuple(new[:-1]))  # what has KV: all but the last token
+        steps = max((len(new) for new, _ in results), default=0)
+        return (prefix - hit) + rows, hit + prefix * (rows - 1), int(prefix > hit) + steps
 
     def _reserve(self, job, sign: int) -> None:
         """Hold (``sign`` 1) or release (-1) a prepared job's worst-case spending in the budget,
@@ -496,6 +517,20 @@ class TransformersGenerator:
                                       return_dict_in_generate=True, output_logits=True, **kwargs)
             results.extend(_rows(out.sequences[:, len(tokens):], out.logits))
         return results, len(tokens) * n, 0
+
+
+# generate() arguments of the paths without the prefix cache: each row prefills by itself
+_UNSHARED = {"assistant_model", "prompt_lookup_num_tokens", "cache_implementation"}
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class _Streamer(BaseStreamer):

@@ -200,3 +200,22 @@ def test_llm_judge_scores_candidates_of_different_lengths_in_one_padded_batch(ti
     together = judge.score("q: 1+1? ", [Candidate("q", a) for a in answers])
     alone = [judge.score("q: 1+1? ", [Candidate("q", a)])[0] for a in answers]
     assert together == pytest.approx(alone, abs=1e-5)
+
+
+def test_a_prompts_budget_does_not_depend_on_what_ran_before_or_beside_it(tiny):
+    """Two prompts sharing a long prefix: the second computes little of it when the first ran
+    before (the host's prefix cache is shared), yet each prompt is charged what it would spend
+    alone, so its budget (and any limit on it) is the same in any company."""
+    shared = "the quick brown fox jumps over the lazy dog. " * 3
+    config = {"strategy": {"name": "best_of_n", "n": 3}, "scorer": {"name": "logprob"},
+              "processors": [{"name": "temperature", "temperature": 1.0}],
+              "generation": {"seed": 2, "max_new_tokens": 6}}
+    model, tok = tiny
+    alone = metagen_plugins.run(config, [shared + "B"], model=model, tokenizer=tok)[0].budget.spent()
+    after = metagen_plugins.run(config, [shared + "A", shared + "B"], model=model, tokenizer=tok,
+                                concurrency=1)[1].budget.spent()
+    beside = metagen_plugins.run(config, [shared + "A", shared + "B"], model=model, tokenizer=tok,
+                                 concurrency=2)[1].budget.spent()
+    for spent in (after, beside):
+        spent.pop("wall_time"), alone.pop("wall_time", None)
+        assert spent == alone
