@@ -65,7 +65,7 @@ class Runner:
 
     def submit(self, prompt: str, *, config: Config | None = None, raise_errors: bool = False,
                conversation: Sequence[dict[str, str]] = (),
-               on_tokens: Callable[[list[int]], None] | None = None) -> "Future[Result]":
+               on_text: Callable[[str], None] | None = None) -> "Future[Result]":
         """Start ``prompt``'s strategy; the future holds its Result. ``config`` (validated, same
         host) replaces the runner's strategy, scorer, components and budget for this prompt.
         A failing prompt's Result lists the failure, unless ``raise_errors`` (then the future
@@ -74,11 +74,11 @@ class Runner:
         ``conversation``: earlier chat turns (``{"role", "content"}``: a system message, user
         and assistant turns) that ``prompt``, the last user message, continues; the host formats
         them with the model's chat template (hosts whose ``conversations`` is true).
-        ``on_tokens``: for plain decoding, called (in the host's decode thread; keep it quick)
-        with the token ids of the strategy's first one-sample request as they are decoded, on
-        hosts whose ``streams`` is true (see :attr:`streams`); raising from it stops that
-        request. A strategy that samples more than one candidate streams nothing useful: give
-        it only for ``generate``."""
+        ``on_text``: for plain decoding, called (in the host's own thread; keep it quick) with
+        each new piece of the text of the strategy's first one-sample request as it is decoded,
+        on hosts whose ``streams`` is true (see :attr:`streams`); the pieces add up to that
+        candidate's text, and raising from it stops that request. A strategy that samples more
+        than one candidate streams nothing useful: give it only for ``generate``."""
         if self._closed:
             raise RuntimeError("this Runner is closed")
         check_prompt(0, prompt)
@@ -93,13 +93,13 @@ class Runner:
                                   f"chat template ([host] tokenizer = the served model's tokenizer, on the "
                                   f"vLLM, TGI and openai hosts)")
             extras["conversation"] = [{"role": m["role"], "content": m["content"]} for m in conversation]
-        if on_tokens is not None and self.streams:
-            extras["on_tokens"] = on_tokens
+        if on_text is not None and self.streams:
+            extras["on_text"] = on_text
         return self._pool.submit(self._run_one, prompt, cfg, raise_errors, extras)
 
     @property
     def streams(self) -> bool:
-        """Whether ``submit(on_tokens=...)`` streams tokens live on this runner's host."""
+        """Whether ``submit(on_text=...)`` streams text live on this runner's host."""
         return bool(getattr(self.host, "streams", False))
 
     def map(self, prompts: Sequence[str], *, on_result: Callable[[Result], None] | None = None,

@@ -19,6 +19,7 @@ from ..errors import ConfigError, HostError
 from ..models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
 from ..text_stop import stop_strings
 from .batching import Engine, Request, Prefix, request_generator
+from .detokenize import TextDeltas
 from .prefix_cache import PrefixCache, extend_cache, sliceable
 from .shared_prefix import SharedPrefixLayer, decoding, shared_cache, supported
 from ..registry import Registry
@@ -128,7 +129,7 @@ class TransformersHost:
         return {"model": self.model, "tokenizer": self.tokenizer}
 
     # What the runner may hand this host's generators besides a budget and a configuration.
-    streams = True  # on_tokens: the tokens of plain decoding, live
+    streams = True  # on_text: the text of plain decoding, live
     conversations = True  # conversation: earlier chat turns the prompt continues
 
     def format(self, prompt: str, conversation: Sequence[dict[str, str]] = ()) -> str:
@@ -146,17 +147,17 @@ class TransformersHost:
 
     def generator(self, budget: Budget, config: Config | None = None, *,
                   conversation: Sequence[dict[str, str]] = (),
-                  on_tokens: Callable[[list[int]], None] | None = None) -> "TransformersGenerator":
+                  on_text: Callable[[str], None] | None = None) -> "TransformersGenerator":
         """A Generator charging ``budget``, with ``config``'s components (the host's own when
         ``None``). With ``[generation] seed`` every row samples from its own stream derived from
         the seed, the prompt and the request, so a prompt's run is reproducible on its own.
 
         ``conversation``: earlier chat turns every prompt of this generator continues (see
-        :meth:`format`). ``on_tokens``: called with the token ids of the generator's first
-        one-sample request as they are decoded (the end-of-sequence token left out), for live
-        streaming of plain decoding; raising from it stops that request."""
+        :meth:`format`). ``on_text``: called with each new piece of the text of the generator's
+        first one-sample request as its tokens are decoded (the pieces add up to the candidate's
+        text), for live streaming of plain decoding; raising from it stops that request."""
         return TransformersGenerator(self, budget, config or self.config, conversation=conversation,
-                                     on_tokens=on_tokens)
+                                     on_text=on_text)
 
     @property
     def engine(self) -> Engine:
@@ -274,10 +275,10 @@ class TransformersGenerator:
 
     def __init__(self, host: TransformersHost, budget: Budget, config: Config, *,
                  conversation: Sequence[dict[str, str]] = (),
-                 on_tokens: Callable[[list[int]], None] | None = None) -> None:
+                 on_text: Callable[[str], None] | None = None) -> None:
         self.host = host
         self.conversation = [dict(m) for m in conversation]
-        self._on_tokens = on_tokens  # given to the first one-sample request, then dropped
+        self._on_text = on_text  # given to the first one-sample request, then dropped
         self.budget = budget
         self.config = config
         self.model = host.model
@@ -331,9 +332,9 @@ class TransformersGenerator:
             for prompt, continuation, _ in jobs:
                 prepared.append(self._prepare(prompt, continuation, n, max_new_tokens, stop))
                 self._reserve(prepared[-1], 1)  # the next job's allowance sees this one's share
-            stream = self._on_tokens if len(prepared) == 1 and prepared[0][1] == 1 else None
-            if stream is not None:
-                self._on_tokens = None  # only the first one-sample request streams
+            stream = None
+            if self._on_text is not None and len(prepared) == 1 and prepared[0][1] == 1:
+                stream, self._on_text = TextDeltas(self.tokenizer, self._on_text), None  # only the first
             for index, (tokens, rows, kwargs) in enumerate(prepared):
                 if self.host.batched(kwargs):
                     request = Request(tokens=tokens, n=rows, max_new_tokens=kwargs["max_new_tokens"],
@@ -345,11 +346,13 @@ class TransformersGenerator:
                     pending.append(self.host.engine.submit(request))
                 else:
                     if stream is not None:
-                        kwargs["streamer"] = _Streamer(stream, self.eos_ids)
+                        kwargs["streamer"] = _Streamer(stream, self.eos_ids)  # ids -> TextDeltas
                     pending.append(None)
             for (tokens, rows, kwargs), future in zip(prepared, pending):
                 results, computed, reused, passes = (future.result() if future is not None
                                                      else self._unbatched(tokens, rows, kwargs))
+                if stream is not None:
+                    stream.finish()
                 if self.prefix_cache.max_bytes > 0 and (future is not None or not _UNSHARED & set(kwargs)):
                     computed, reused, passes = self._as_alone(tokens, rows, results)  # a path with the cache
                 collected.append((results, computed, reused, passes))
@@ -534,12 +537,12 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class _Streamer(BaseStreamer):
-    """``generate()``'s streamer interface around an ``on_tokens`` callback, for the paths the
+    """``generate()``'s streamer interface around an ``on_ids`` callback, for the paths the
     batched loop does not take: the first ``put`` is the prompt (skipped), then each step's
     token; end-of-sequence tokens are left out, as the batched loop leaves them out."""
 
-    def __init__(self, on_tokens: Callable[[list[int]], None], eos_ids: set[int]) -> None:
-        self.on_tokens = on_tokens
+    def __init__(self, on_ids: Callable[[list[int]], None], eos_ids: set[int]) -> None:
+        self.on_ids = on_ids
         self.eos_ids = eos_ids
         self.prompt_seen = False
 
@@ -549,7 +552,7 @@ class _Streamer(BaseStreamer):
             return
         tokens = [t for t in value.reshape(-1).tolist() if t not in self.eos_ids]
         if tokens:
-            self.on_tokens(tokens)
+            self.on_ids(tokens)
 
     def end(self) -> None:
         pass

@@ -28,7 +28,7 @@ from . import answer
 from ..errors import ConfigError
 from .errors import APIError, bad_request
 from .failures import api_error
-from .live import TextDeltas, TokenFeed
+from .live import TextFeed
 from .metrics import Metrics
 from .profiles import Profile, refine
 from .runners import Runners
@@ -93,7 +93,7 @@ class Server:
 
     def start(self, profile: Profile, config, prompt: str, **extras: Any) -> Future:
         """Admit (or 429) and start one prompt on its profile's runner; ``extras`` go to
-        ``Runner.submit`` (conversation, on_tokens)."""
+        ``Runner.submit`` (conversation, on_text)."""
         try:
             lane, future = self.runners.submit(profile, config, prompt, **extras)
         except APIError as exc:
@@ -140,8 +140,8 @@ class Server:
         (a failure before them keeps its HTTP status); a failure after them ends the stream
         with an error event; a client that goes away stops the decoding at its next token. On
         a host that does not stream tokens, the answer is sent whole once it is ready."""
-        feed = TokenFeed(asyncio.get_running_loop())
-        extras: dict[str, Any] = {"on_tokens": feed}
+        feed = TextFeed(asyncio.get_running_loop())
+        extras: dict[str, Any] = {"on_text": feed}
         if conversation:
             extras["conversation"] = conversation
         waited = asyncio.wrap_future(self.start(profile, config, prompt, **extras))
@@ -163,27 +163,27 @@ class Server:
         return self._streamed(route, profile, config, None, options, include_usage, feed, first.result(), waited)
 
     def _streamed(self, route: str, profile: Profile, config, result: Result | None, options: dict[str, Any],
-                  include_usage: bool, feed: TokenFeed, first: list[int] | None, waited) -> StreamingResponse:
+                  include_usage: bool, feed: TextFeed, first: str | None, waited) -> StreamingResponse:
         rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         stream = answer.Stream(route, rid, profile.name, include_usage)
-        deltas = TextDeltas(self.runners.tokenizer(profile, config))
 
         async def events():
             ended = False
             try:
                 for event in stream.start():
                     yield event
-                ids = first
-                while ids is not None:
-                    for event in stream.text(deltas.add(ids)):
+                text = first
+                while text is not None:
+                    feed.sent += text
+                    for event in stream.text(text):
                         yield event
                     getter = asyncio.ensure_future(feed.queue.get())
                     await asyncio.wait([getter, waited], return_when=asyncio.FIRST_COMPLETED)
                     if getter.done():
-                        ids = getter.result()
+                        text = getter.result()
                     else:
                         getter.cancel()
-                        ids = feed.drain() or None
+                        text = feed.drain() or None
                 try:
                     final = result or answered(waited, config)
                 except APIError as exc:
@@ -194,7 +194,7 @@ class Server:
                 ext = answer.extension(final, profile.name, rid, options["candidates"])
                 self.keep(rid, profile, [final])
                 ended = True
-                for event in [*stream.text(deltas.rest(final.best.text)), *stream.end(final, ext)]:
+                for event in [*stream.text(feed.rest(final.best.text)), *stream.end(final, ext)]:
                     yield event
             finally:
                 feed.gone.set()  # a client that left mid-stream stops the decoding

@@ -1,11 +1,9 @@
-"""Live streaming of plain decoding: the tokens the host decodes, as text deltas, while it
-decodes them.
+"""Live streaming of plain decoding: the text the host decodes, while it decodes it.
 
-The runner hands the host an ``on_tokens`` callback, called in the host's decode thread with
-each new token id; :class:`TokenFeed` moves them onto the server's event loop, and
-:class:`TextDeltas` turns the growing id list into text that never has to be taken back. When
-the client goes away, the callback raises :class:`ClientGone` at the next token, which stops
-that request's decoding (the host fails it alone) instead of finishing work nobody reads.
+The runner hands the host an ``on_text`` callback, called in the host's own thread with each
+new piece of text; :class:`TextFeed` moves the pieces onto the server's event loop. When the
+client goes away, the callback raises :class:`ClientGone` at the next piece, which stops that
+request's decoding (the host fails it alone) instead of finishing work nobody reads.
 """
 
 from __future__ import annotations
@@ -21,47 +19,28 @@ class ClientGone(Exception):
     """The streaming client disconnected: its decoding stops."""
 
 
-class TokenFeed:
-    """Token ids from the decode thread to an asyncio queue on ``loop``."""
+class TextFeed:
+    """Text pieces from the host's thread to an asyncio queue on ``loop``; what was sent."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[list[int]] = asyncio.Queue()
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.gone = threading.Event()
-
-    def __call__(self, ids: list[int]) -> None:  # in the decode thread
-        if self.gone.is_set():
-            raise ClientGone("the client closed the stream")
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, list(ids))
-
-    def drain(self) -> list[int]:
-        ids: list[int] = []
-        while not self.queue.empty():
-            ids.extend(self.queue.get_nowait())
-        return ids
-
-
-class TextDeltas:
-    """Incremental detokenization. The text of all ids but the last is released (the last
-    token's text may still change with the next one: merged spaces, a character split across
-    byte tokens), and never text ending in an incomplete character, so every delta sent is
-    part of the final text."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
         self.sent = ""
 
-    def add(self, ids: list[int]) -> str:
-        self.ids.extend(ids)
-        text = self.tokenizer.decode(self.ids[:-1], skip_special_tokens=True)
-        if text.endswith("\ufffd") or not text.startswith(self.sent):
-            return ""
-        delta, self.sent = text[len(self.sent):], text
-        return delta
+    def __call__(self, text: str) -> None:  # in the host's thread
+        if self.gone.is_set():
+            raise ClientGone("the client closed the stream")
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
+
+    def drain(self) -> str:
+        pieces = []
+        while not self.queue.empty():
+            pieces.append(self.queue.get_nowait())
+        return "".join(pieces)
 
     def rest(self, final: str) -> str:
-        """What remains of the chosen answer's text after what was sent."""
+        """What remains of the chosen answer's text after what was sent (normally nothing)."""
         if final.startswith(self.sent):
             return final[len(self.sent):]
         log.warning("the streamed text %r is not a prefix of the answer %r; sending nothing more",

@@ -107,7 +107,7 @@ class Runners:
 
     def submit(self, profile: Profile, config: Config, prompt: str, **extras: Any) -> tuple[Lane, "Future"]:
         """Admit (or 429) and start ``prompt`` (``extras``: ``Runner.submit``'s conversation and
-        on_tokens); the caller must ``lane.release()`` when done."""
+        on_text); the caller must ``lane.release()`` when done."""
         lane, per_prompt = self.lane(profile, config)
         lane.admit()
         try:
@@ -115,10 +115,6 @@ class Runners:
         except BaseException:
             lane.release()
             raise
-
-    def tokenizer(self, profile: Profile, config: Config):
-        """The tokenizer of the host that runs ``profile`` with ``config`` (None on a remote host)."""
-        return getattr(self.lane(profile, config)[0].runner.host, "tokenizer", None)
 
     def close(self) -> None:
         for lane in [*self.lanes.values(), *self._refined.values()]:

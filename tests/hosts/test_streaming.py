@@ -1,5 +1,5 @@
-"""What the runner may hand the transformers host's generators besides a budget: the tokens of
-plain decoding streamed live (``on_tokens``), and a conversation the prompt continues."""
+"""What the runner may hand the transformers host's generators besides a budget: the text of
+plain decoding streamed live (``on_text``), and a conversation the prompt continues."""
 
 from __future__ import annotations
 
@@ -27,35 +27,35 @@ def host(tiny, **settings) -> TransformersHost:
 
 @pytest.mark.parametrize("batching", [True, False])
 @pytest.mark.parametrize("sampled", [False, True])
-def test_streamed_tokens_are_the_candidates_tokens(tiny, batching, sampled):
-    """The ids streamed while decoding are exactly the candidate's (no end-of-sequence token),
-    in the batched loop beside another prompt's request and on the generate() path, greedy and
-    sampled with a seed; a second request of the same generator streams nothing."""
+def test_streamed_text_adds_up_to_the_candidates_text(tiny, batching, sampled):
+    """The pieces streamed while decoding, one per token (the last token's with the one before
+    it ends), add up to the candidate's text: in the batched loop beside another prompt's request
+    and on the generate() path, greedy and sampled with a seed; a second request of the same
+    generator streams nothing."""
     h = host(tiny, batching=batching)
     config = metagen_plugins.validate({"processors": [{"name": "temperature", "temperature": 1.5}] if sampled else [],
                                        "generation": {"seed": 4, "max_new_tokens": 12}}, h.registry)
-    streamed: list[int] = []
-    calls = []
+    streamed: list[str] = []
     other: list = []
     neighbour = threading.Thread(target=lambda: other.extend(
         h.generator(Budget()).sample(["lorem ipsum dolor"], n=3, max_new_tokens=12)))
     neighbour.start()
-    generator = h.generator(Budget(), config, on_tokens=lambda ids: (calls.append(ids), streamed.extend(ids)))
+    generator = h.generator(Budget(), config, on_text=streamed.append)
     [[candidate]] = generator.sample(["the quick brown fox"], n=1)
     neighbour.join()
-    assert candidate.token_ids and streamed == candidate.token_ids
-    assert len(calls) == len(streamed)  # one call per decoded token: live, not at the end
-    assert h.eos_ids.isdisjoint(streamed)
+    assert candidate.token_ids and "".join(streamed) == candidate.text
+    assert len(streamed) > 1 and all(len(piece) == 1 for piece in streamed)  # live: a piece per
+    # token (the tiny tokenizer has a character per token; special tokens have none)
     generator.sample(["the quick brown fox"], n=1)
-    assert streamed == candidate.token_ids  # only the first one-sample request streams
+    assert "".join(streamed) == candidate.text  # only the first one-sample request streams
     assert len(other[0]) == 3
     h.close()
 
 
 def test_a_request_of_several_samples_does_not_stream(tiny):
     h = host(tiny)
-    streamed: list[int] = []
-    h.generator(Budget(), on_tokens=streamed.extend).sample(["the quick brown fox"], n=2)
+    streamed: list[str] = []
+    h.generator(Budget(), on_text=streamed.append).sample(["the quick brown fox"], n=2)
     assert streamed == []
     h.close()
 
@@ -68,7 +68,7 @@ def test_a_stream_callback_that_raises_stops_its_request_alone(tiny):
     class Gone(Exception):
         pass
 
-    def hang_up(ids):
+    def hang_up(text):
         raise Gone("client went away")
 
     other: list = []
@@ -76,7 +76,7 @@ def test_a_stream_callback_that_raises_stops_its_request_alone(tiny):
         h.generator(Budget()).sample(["lorem ipsum dolor"], n=2, max_new_tokens=12)))
     neighbour.start()
     with pytest.raises(Gone, match="client went away"):
-        h.generator(Budget(), on_tokens=hang_up).sample(["the quick brown fox"], n=1)
+        h.generator(Budget(), on_text=hang_up).sample(["the quick brown fox"], n=1)
     neighbour.join()
     assert len(other[0]) == 2 and all(c.token_ids for c in other[0])
     h.close()
@@ -113,16 +113,16 @@ def test_the_runner_hands_conversation_and_stream_to_the_host_and_refuses_what_a
     tok = type(tok).from_pretrained(tok.name_or_path)
     tok.chat_template = TEMPLATE
     runner = Runner({"generation": {"max_new_tokens": 8}}, model=model, tokenizer=tok, concurrency=2)
-    streamed: list[int] = []
+    streamed: list[str] = []
     result = runner.submit("the quick brown fox", conversation=[{"role": "system", "content": "Be brief."}],
-                           on_tokens=streamed.extend).result()
-    assert runner.streams and streamed == result.best.token_ids
+                           on_text=streamed.append).result()
+    assert runner.streams and "".join(streamed) == result.best.text
     plain = runner.submit("the quick brown fox").result()
     spent = [r.budget.prompt_tokens_computed + r.budget.prompt_tokens_reused for r in (result, plain)]
     assert spent[0] == spent[1] + len(tok("<system>Be brief.\n", add_special_tokens=False).input_ids)
     runner.close()
     remote = Runner({"host": {"name": "vllm", "url": "http://127.0.0.1:9", "model": "m"}})
-    assert not remote.streams  # tokens are not streamed from a remote host: on_tokens is ignored
+    assert not remote.streams  # without a server that streams: on_text is ignored
     with pytest.raises(ConfigError, match="the vllm host applies no chat template here, so it cannot format a conversation"):
         remote.submit("hi", conversation=[{"role": "system", "content": "x"}])
     remote.close()
