@@ -23,7 +23,7 @@ import asyncio
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from metagen_hooks import Budget, Candidate
 
@@ -114,6 +114,10 @@ class EventLoopThread:
         self._thread.join(timeout=5)
 
 
+class _Stopped(Exception):
+    """Raised through a streaming request when its on_text callback raised (the cause)."""
+
+
 class RemoteGenerator:
     """The Generator protocol over an engine's HTTP API. Subclasses implement :meth:`request`
     and :meth:`classify`, and set :attr:`samples_per_request`."""
@@ -122,7 +126,7 @@ class RemoteGenerator:
 
     def __init__(self, host, budget: Budget, *, timeout: float = 60.0, concurrency: int | None = None,
                  retries: int = 2, backoff: float = 0.5, seed: int | None = None,
-                 conversation: Sequence[dict[str, str]] = ()) -> None:
+                 conversation: Sequence[dict[str, str]] = (), on_text: Callable[[str], None] | None = None) -> None:
         # ``concurrency`` caps this generator's own requests below the host's limit (None: only
         # the host-wide ``[host] concurrency`` applies, which is what the host's generator() does).
         if concurrency is not None and concurrency < 1:
@@ -137,6 +141,7 @@ class RemoteGenerator:
         self.backoff = backoff
         self.seed = seed
         self.conversation = [dict(m) for m in conversation]  # earlier chat turns every prompt continues
+        self._on_text = on_text if self.stream_request is not None else None  # the first one-sample request's
         self.failures: list[dict[str, Any]] = []
         self._requests = 0  # numbers seeds so each request of a seeded run draws its own samples
 
@@ -147,6 +152,11 @@ class RemoteGenerator:
         """Send one request for ``n`` continuations of ``text`` to ``replica`` (its ``url``; the
         host keeps a client per replica); raise :class:`Failure` on error."""
         raise NotImplementedError
+
+    # Optional: ``async stream_request(text, max_new_tokens, stop, seed, replica, on_text)``, one
+    # sample streamed, ``on_text`` called with each new piece of its text; the same Samples as
+    # request(). A host whose generator has it streams plain decoding live (host.streams).
+    stream_request = None
 
     def classify(self, exc: BaseException) -> Failure:
         """Turn a client library's exception into a :class:`Failure`."""
@@ -183,7 +193,10 @@ class RemoteGenerator:
                 take = min(count, self.samples_per_request)
                 requests.append((index, take, tokens, self._next_seed()))
                 count -= take
-        results = self.host.loop.run(self._gather(jobs, requests, list(stop or [])))
+        stream = None
+        if self._on_text is not None and len(requests) == 1 and requests[0][1] == 1:
+            stream, self._on_text = self._on_text, None  # only the first one-sample request streams
+        results = self.host.loop.run(self._gather(jobs, requests, list(stop or []), stream))
         grouped: list[list[Candidate]] = [[] for _ in jobs]
         for (index, take, _, _), outcome in zip(requests, results):
             prompt, _, parent = jobs[index]
@@ -208,33 +221,46 @@ class RemoteGenerator:
         self._requests += 1
         return self.seed + self._requests - 1
 
-    async def _gather(self, jobs, requests, stop: list[str]) -> list[list[Sample] | Failure]:
+    async def _gather(self, jobs, requests, stop: list[str], stream=None) -> list[list[Sample] | Failure]:
         own = asyncio.Semaphore(self.concurrency) if self.concurrency is not None else None
 
         async def one(index, take, tokens, seed):
             if own is None:
-                return await self._with_retries(jobs[index][1], take, tokens, stop, seed)
+                return await self._with_retries(jobs[index][1], take, tokens, stop, seed, stream)
             async with own:
-                return await self._with_retries(jobs[index][1], take, tokens, stop, seed)
+                return await self._with_retries(jobs[index][1], take, tokens, stop, seed, stream)
 
         return await asyncio.gather(*(one(*r) for r in requests))
 
-    async def _with_retries(self, text, n, max_new_tokens, stop, seed) -> list[Sample] | Failure:
+    async def _with_retries(self, text, n, max_new_tokens, stop, seed, stream=None) -> list[Sample] | Failure:
         """Send one request until it is answered or its attempts run out: ``retries + 1`` per
         replica. After a failure the request goes at once to another replica that is up; with
         none up it waits (``Retry-After``, else exponential backoff) and goes to the first to
-        recover. Tokens are charged once, for the answer that is delivered."""
+        recover. Tokens are charged once, for the answer that is delivered. A streamed request
+        (``stream``: its on_text) is not sent again once any of its text went out."""
         pool: Replicas = self.host.replicas
         attempts = (self.retries + 1) * len(pool.replicas)
         avoid, waits = None, 0
+        streamed = []
+
+        def on_text(piece: str) -> None:
+            streamed.append(piece)
+            try:
+                stream(piece)
+            except BaseException as exc:  # the caller stopped the stream: not the server's fault
+                raise _Stopped() from exc
+
         for attempt in range(attempts):
             problem = None
             async with pool.slot(avoid) as replica:
                 try:
-                    samples = await asyncio.wait_for(
-                        self.request(text, n, max_new_tokens, stop, seed, replica=replica), self.timeout)
+                    sent = (self.stream_request(text, max_new_tokens, stop, seed, replica, on_text) if stream
+                            else self.request(text, n, max_new_tokens, stop, seed, replica=replica))
+                    samples = await asyncio.wait_for(sent, self.timeout)
                 except Failure as failure:
                     problem = failure
+                except _Stopped as stopped:
+                    raise stopped.__cause__ from None
                 except asyncio.TimeoutError:
                     problem = Failure("timeout", f"no answer within {self.timeout:g} s ([host] timeout)")
                 except Exception as exc:  # the client library's own errors
@@ -248,7 +274,7 @@ class RemoteGenerator:
                 return samples
             problem.url = replica.url
             pool.failed(replica, problem.kind, problem.retry_after)
-            if problem.kind not in RETRYABLE or attempt == attempts - 1:
+            if problem.kind not in RETRYABLE or attempt == attempts - 1 or streamed:
                 if attempt:
                     problem.message += f" (after {attempt + 1} attempts)"
                 return problem
@@ -409,10 +435,16 @@ class RemoteHost:
         return self.tokenizer.apply_chat_template(
             [*conversation, {"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
 
-    def generator(self, budget: Budget, config=None, *, conversation: Sequence[dict[str, str]] = ()) -> RemoteGenerator:
+    @property
+    def streams(self) -> bool:
+        """Whether plain decoding streams live (the generator has ``stream_request``)."""
+        return self.generator_class.stream_request is not None
+
+    def generator(self, budget: Budget, config=None, *, conversation: Sequence[dict[str, str]] = (),
+                  on_text: Callable[[str], None] | None = None) -> RemoteGenerator:
         if config is not None and config is not self.config:
             raise HostError(f"the {self.name} host does not take a per-prompt configuration yet")
         settings = self.config.host
         return self.generator_class(self, budget, timeout=settings.get("timeout", 60.0),
                                     retries=settings.get("retries", 2), seed=self.config.generation.get("seed"),
-                                    conversation=conversation)
+                                    conversation=conversation, on_text=on_text)

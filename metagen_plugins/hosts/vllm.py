@@ -103,6 +103,48 @@ class VLLMGenerator(RemoteGenerator):
             raise Failure("protocol", f"malformed /v1/completions answer ({type(exc).__name__}: {exc}): "
                                       f"{response.text[:300]!r}") from None
 
+    async def stream_request(self, text, max_new_tokens, stop, seed, replica, on_text) -> list[Sample]:
+        """One sample, streamed (``"stream": true``): ``on_text`` gets each chunk's text as the
+        server sends it; the pieces are assembled into the same answer ``request`` reads."""
+        import httpx2
+
+        body = {**self.host.request_body(text, 1, max_new_tokens, stop, seed), "stream": True,
+                "stream_options": {"include_usage": True}}
+        choice: dict[str, Any] = {"index": 0, "text": "", "token_ids": [], "logprobs": {"token_logprobs": []},
+                                  "finish_reason": None, "stop_reason": None}
+        usage = None
+        try:
+            async with self.host.http_client(replica.url).stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _status_failure(response)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise Failure("server", f"the stream ended with an error: {chunk['error']}")
+                    usage = chunk.get("usage") or usage
+                    for part in chunk.get("choices") or []:
+                        piece = part.get("text") or ""
+                        choice["text"] += piece
+                        choice["token_ids"] += part.get("token_ids") or []
+                        choice["logprobs"]["token_logprobs"] += (part.get("logprobs") or {}).get("token_logprobs") or []
+                        for key in ("finish_reason", "stop_reason"):
+                            choice[key] = part.get(key) or choice[key]
+                        if piece:
+                            on_text(piece)
+        except httpx2.HTTPError as exc:
+            raise self.classify(exc, replica.url) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Failure("protocol", f"malformed /v1/completions stream ({type(exc).__name__}: {exc})") from None
+        if choice["finish_reason"] is None:
+            raise Failure("protocol", "the /v1/completions stream ended without a finish reason")
+        return _samples({"choices": [choice], "usage": usage or {}}, 1)
+
     def classify(self, exc: BaseException, url: str | None = None) -> Failure:
         import httpx2
 

@@ -244,6 +244,20 @@ def test_strategies_run_unchanged_over_the_server(plain, strategy, scorer):
     assert result.best is not None and result.best.text and result.failures == []
 
 
+def test_plain_decoding_streams_from_the_server_and_adds_up_to_the_answer(plain):
+    """on_text through the runner: the server's chunks arrive piece by piece and add up to the
+    answer, which equals the non-streamed one (tokens, log-probs, budget)."""
+    with metagen_plugins.Runner(plain.config()) as runner:
+        pieces: list[str] = []
+        streamed = runner.submit(PROMPT, on_text=pieces.append).result()
+        whole = runner.submit(PROMPT).result()
+        assert runner.streams
+    assert len(pieces) > 1 and "".join(pieces) == streamed.best.text == whole.best.text
+    assert streamed.best.token_ids == whole.best.token_ids
+    assert streamed.best.logprobs == pytest.approx(whole.best.logprobs, abs=1e-4)
+    assert streamed.budget.tokens_generated == whole.budget.tokens_generated
+
+
 def test_the_server_rejection_message_reaches_the_user(plain):
     """vLLM validates sampling parameters itself (HTTP 400): not retried, its message kept."""
     with pytest.raises(RemoteError, match=r"invalid: top_p must be in \(0, 1\]") as caught:
@@ -550,3 +564,51 @@ def test_with_a_tokenizer_prompts_and_conversations_go_through_its_chat_template
     with pytest.raises(HostError, match="has no chat template"):
         offline_host(host={"name": "vllm", "url": "http://127.0.0.1:9", "tokenizer": str(tiny_dir),
                            "chat_template": True})
+
+
+def sse(*chunks) -> bytes:
+    return b"".join(b"data: " + (c if isinstance(c, bytes) else json.dumps(c).encode()) + b"\n\n" for c in chunks)
+
+
+def piece(text, ids, finish=None):
+    return {"choices": [{"index": 0, "text": text, "token_ids": ids, "finish_reason": finish, "stop_reason": None,
+                         "logprobs": {"token_logprobs": [-0.5] * len(ids)}}]}
+
+
+def test_a_streamed_answer_is_assembled_like_a_whole_one():
+    host = offline_host()
+    try:
+        calls = scripted(host, [(200, {}, sse(piece(" 1", [5]), piece("2", [6]), piece("", [2], "stop"),
+                                              {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}},
+                                              b"[DONE]"))])
+        pieces, budget = [], Budget()
+        [[candidate]] = host.generator(budget, on_text=pieces.append).sample(["Q"])
+        assert pieces == [" 1", "2"] and candidate.text == " 12" and candidate.token_ids == [5, 6]
+        assert calls[0]["stream"] is True and budget.tokens_generated == 3 and budget.prompt_tokens_computed == 3
+    finally:
+        host.close()
+
+
+def test_a_stream_the_caller_stops_fails_alone_and_the_server_is_not_blamed():
+    """on_text raising (a server's client went away) stops the request with that error: not
+    retried, and the replica is not marked failed. A stream that breaks after text went out
+    is not sent again either (the text cannot be taken back)."""
+    host = offline_host()
+
+    class Gone(Exception):
+        pass
+
+    def hang_up(text):
+        raise Gone("client went away")
+
+    try:
+        calls = scripted(host, [(200, {}, sse(piece(" 1", [5]), piece("2", [6], "stop"), b"[DONE]"))])
+        with pytest.raises(Gone, match="client went away"):
+            host.generator(Budget(), on_text=hang_up).sample(["Q"])
+        assert len(calls) == 1 and host.replicas.replicas[0].failed == 0
+        calls = scripted(host, [(200, {}, sse(piece(" 1", [5]), {"error": {"message": "engine died"}})), OK])
+        with pytest.raises(RemoteError, match="engine died"):
+            host.generator(Budget(), on_text=lambda text: None).sample(["Q"])
+        assert len(calls) == 1
+    finally:
+        host.close()
