@@ -59,6 +59,7 @@ class Runner:
         self.concurrency = _concurrency(concurrency, self.config, self.host)
         # (threads start as prompts arrive: a few prompts never start the whole pool)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="metagen-prompt")
+        self._held: dict[int, threading.Event] = {}  # map()'s gate, by the thread submitting
         self._closed = False
 
     # -- running prompts -------------------------------------------------------------------
@@ -95,7 +96,7 @@ class Runner:
             extras["conversation"] = [{"role": m["role"], "content": m["content"]} for m in conversation]
         if on_text is not None and self.streams:
             extras["on_text"] = on_text
-        return self._pool.submit(self._run_one, prompt, cfg, raise_errors, extras)
+        return self._pool.submit(self._run_one, prompt, cfg, raise_errors, extras, self._held.get(threading.get_ident()))
 
     @property
     def streams(self) -> bool:
@@ -108,7 +109,16 @@ class Runner:
         each one as soon as it is done, in the order they finish."""
         for index, prompt in enumerate(prompts):
             check_prompt(index, prompt)
-        futures = [self.submit(p, raise_errors=raise_errors) for p in prompts]
+        # The workers wait until every prompt is submitted, then start together: starting a
+        # thread waits for it to run, and one already at work holds the GIL, so without the
+        # gate the first requests went out ~3 ms apart per prompt (100 ms for 32), too spread
+        # for an engine to batch them in one step.
+        gate = self._held[threading.get_ident()] = threading.Event()
+        try:
+            futures = [self.submit(p, raise_errors=raise_errors) for p in prompts]
+        finally:
+            del self._held[threading.get_ident()]
+            gate.set()
         if on_result is not None:
             from concurrent.futures import as_completed
 
@@ -117,7 +127,10 @@ class Runner:
                     on_result(future.result())
         return [f.result() for f in futures]
 
-    def _run_one(self, prompt: str, cfg: Config, raise_errors: bool, extras: dict[str, Any] | None = None) -> Result:
+    def _run_one(self, prompt: str, cfg: Config, raise_errors: bool, extras: dict[str, Any] | None = None,
+                 gate: threading.Event | None = None) -> Result:
+        if gate is not None:
+            gate.wait()
         strategy_entry = cfg.strategy or {"name": "generate"}
         budget = Budget(**cfg.budget)
         if cfg is not self.config:
