@@ -232,6 +232,7 @@ def test_an_entry_point_name_taken_by_another_distribution_fails_the_second(inst
     assert "metagen-first" in record.error or "metagen-second" in record.error
 
 
+@pytest.mark.slow  # a CLI subprocess run to completion: ~50 s
 def test_cli_prints_what_completed_and_exits_non_zero(tiny_dir, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()

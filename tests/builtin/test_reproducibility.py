@@ -82,6 +82,7 @@ def two_processes():
     return runs
 
 
+@pytest.mark.slow  # two fresh processes run every built-in strategy: ~2 minutes
 @pytest.mark.parametrize("name", builtin_strategies())
 def test_same_configuration_and_seed_give_identical_outputs_and_traces(name, two_processes):
     first, second = without_wall_time(two_processes[0][name], approx=True), without_wall_time(two_processes[1][name])
@@ -102,6 +103,7 @@ def demo():
     return load_model(path), load_tokenizer(path)
 
 
+@pytest.mark.slow  # shares the two fresh processes' runs
 @pytest.mark.parametrize("name", builtin_strategies())
 def test_a_prompts_result_does_not_depend_on_the_prompts_before_it(name, two_processes, demo):
     model, tokenizer = demo  # the same checkpoint, loaded once in this process

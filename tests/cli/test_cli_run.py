@@ -60,6 +60,7 @@ def test_compare_with_a_prompts_file_prints_both_accuracies_and_costs(tiny_dir, 
     assert table[2].startswith("calculator_vote@2 ") and "/2 (" in table[2]
 
 
+@pytest.mark.slow  # three strategies x prompts in a subprocess: ~1 minute
 def test_compare_json_is_a_results_file_that_plots(tiny_dir, tmp_path):
     proc = metagen("run", "--model", str(tiny_dir), "-p", "n=2", "--compare", "--json", "--answers", "2,7",
                    "What is 1 + 1?", "What is 3 + 4?")
