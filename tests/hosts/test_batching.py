@@ -148,7 +148,7 @@ def test_concurrency_setting_is_validated():
 def test_concurrent_calls_share_runs_and_each_gets_its_own_results():
     """Gathered: while one run of the function is busy, calls queue and the next run takes them
     all; every caller gets exactly its items' results, in order."""
-    from metagen_plugins.builtin.gather import Gathered
+    from metagen_plugins.builtin.scorers.gather import Gathered
 
     started, release, runs = threading.Event(), threading.Event(), []
 
@@ -176,7 +176,7 @@ def test_concurrent_calls_share_runs_and_each_gets_its_own_results():
 
 
 def test_an_error_in_a_gathered_run_reaches_its_callers_and_the_next_run_works():
-    from metagen_plugins.builtin.gather import Gathered
+    from metagen_plugins.builtin.scorers.gather import Gathered
 
     def fn(items):
         if "bad" in items:
@@ -191,7 +191,7 @@ def test_an_error_in_a_gathered_run_reaches_its_callers_and_the_next_run_works()
 
 def test_llm_judge_scores_candidates_of_different_lengths_in_one_padded_batch(tiny):
     """The judge's left-padded batch gives each candidate the score it gets alone."""
-    from metagen_plugins.builtin.model_scorers import LLMJudge
+    from metagen_plugins.builtin.scorers.model_scorers import LLMJudge
     from metagen_hooks import Candidate
 
     model, tok = tiny
