@@ -60,6 +60,32 @@ def test_compare_with_a_prompts_file_prints_both_accuracies_and_costs(tiny_dir, 
     assert table[2].startswith("calculator_vote@2 ") and "/2 (" in table[2]
 
 
+def test_compare_validates_each_configuration_once_and_loads_the_model_once(tiny_dir, monkeypatch, capsys):
+    """--compare runs two configurations: each is validated once (the runner takes the
+    validated Config), the model is loaded once, and there is one host per run, no throwaway
+    host built only to load the model."""
+    from metagen_plugins import cli, config, runner
+    from metagen_plugins.hosts import transformers as host_module
+
+    calls = {"validate": 0, "load_model": 0, "hosts": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(config, "validate", counting("validate", config.validate))
+    monkeypatch.setattr(runner, "validate", counting("validate", runner.validate))
+    monkeypatch.setattr(host_module, "load_model", counting("load_model", host_module.load_model))
+    monkeypatch.setattr(host_module.TransformersHost, "__init__",
+                        counting("hosts", host_module.TransformersHost.__init__))
+    assert cli.main(["run", "--model", str(tiny_dir), "-p", "n=2", "--compare", "--quiet",
+                     "--answers", "2", "What is 1 + 1?"]) == 0
+    assert "calculator_vote@2" in capsys.readouterr().out
+    assert calls == {"validate": 2, "load_model": 1, "hosts": 2}
+
+
 def test_compare_json_is_a_results_file_that_plots(tiny_dir, tmp_path):
     proc = metagen("run", "--model", str(tiny_dir), "-p", "n=2", "--compare", "--json", "--answers", "2,7",
                    "What is 1 + 1?", "What is 3 + 4?")
