@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixture_plugins import plugins_dir
 
 
 BIN = Path(sys.executable).parent / "metagen"
@@ -157,16 +158,7 @@ def test_unreadable_config(tmp_path, make, expected):
 
 
 def test_plugin_raising_inside_generation(tiny_dir, tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "exploding.py").write_text(
-        "from metagen_hooks import hookimpl\n\n"
-        "class Boom:\n"
-        "    def __call__(self, input_ids, scores):\n"
-        "        raise RuntimeError('boom at step %d' % input_ids.shape[1])\n\n"
-        "@hookimpl\n"
-        "def register_logits_processors(register):\n"
-        "    register('boom', Boom)\n")
+    plugins = plugins_dir(tmp_path / "plugins", "exploding")
     config = tmp_path / "c.toml"
     config.write_text(f'[host]\nmodel = "{tiny_dir}"\n\n[generation]\nmax_new_tokens = 4\n\n'
                       '[[processors]]\nname = "boom"\n')

@@ -22,6 +22,7 @@ import metagen_plugins
 from metagen_plugins.serve import build_app
 from metagen_plugins.serve.schemas import ChatRequest, CompletionRequest
 from serve_helpers import LoopbackServer
+from fixture_plugins import source
 
 PROMPT = "Q: 37+48-19=? A:"
 DEMO = """
@@ -331,29 +332,7 @@ class _Stop:
 
 # -- back-pressure, disconnects, plugin faults ---------------------------------------------------
 
-GATE = '''
-import threading
-from metagen_hooks import Result, hookimpl
-
-opened = threading.Event()
-started = []
-
-
-class Gate:
-    """Generates after the test opens the gate; raises on prompts saying 'explode'."""
-    def run(self, prompt, generator, scorer, budget):
-        started.append(prompt)
-        if "explode" in prompt:
-            raise ZeroDivisionError("the gate strategy exploded")
-        opened.wait(60)
-        [[c]] = generator.sample([prompt], 1, max_new_tokens=3)
-        return Result(prompt=prompt, best=c, candidates=[c])
-
-
-@hookimpl
-def register_strategies(register):
-    register("gate", Gate)
-'''
+GATE = source("gate")
 
 
 @pytest.fixture

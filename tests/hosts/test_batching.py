@@ -12,6 +12,7 @@ import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hosts.transformers import TransformersHost
+from fixture_plugins import plugins_dir
 
 PROMPTS = ["the quick brown fox", "jumps over the lazy dog and then some more words",
            "a", "lorem ipsum dolor sit amet, consectetur adipiscing elit", "hello hello hello"]
@@ -94,17 +95,7 @@ def test_a_component_that_raises_fails_its_prompt_alone_while_others_share_the_b
     from metagen_plugins.registry import Registry
     from metagen_plugins.plugins import PluginManager
 
-    (tmp_path / "flaky.py").write_text(
-        "from metagen_hooks import hookimpl\n"
-        "class Flaky:\n"
-        "    def __call__(self, input_ids, scores):\n"
-        "        if input_ids.shape[0] == 3:\n"
-        "            raise RuntimeError('flaky processor gave up')\n"
-        "        return scores\n"
-        "@hookimpl\n"
-        "def register_logits_processors(register):\n"
-        "    register('flaky', Flaky)\n")
-    registry = Registry(PluginManager().load(tmp_path))
+    registry = Registry(PluginManager().load(plugins_dir(tmp_path, "flaky")))
     model, tok = tiny
     config = {"processors": [{"name": "flaky"}], "generation": {"max_new_tokens": 6},
               "strategy": {"name": "best_of_n", "n": 2}, "scorer": {"name": "logprob"}}

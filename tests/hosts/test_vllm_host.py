@@ -28,6 +28,7 @@ import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hosts.remote import RemoteError
+from fixture_plugins import plugins_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
@@ -367,15 +368,7 @@ def test_serve_args_loads_the_plugins_dir(tmp_path, capsys):
     against that plugin (it used to ignore --plugins-dir and call the name unknown)."""
     from metagen_plugins.cli import main
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "served_ban.py").write_text(
-        "from metagen_hooks import hookimpl\nfrom metagen_hooks.engines import server_side\n\n"
-        "class Ban:\n    def __init__(self, token_id: int):\n        self.token_id = token_id\n"
-        "    def __call__(self, input_ids, scores):\n        scores[:, self.token_id] = float('-inf')\n"
-        "        return scores\n\n"
-        "@hookimpl\ndef register_logits_processors(register):\n"
-        "    register('served_ban', Ban, vllm=server_side('served_ban'))\n")
+    plugins = plugins_dir(tmp_path / "plugins", "served_ban")
     config = tmp_path / "vllm.toml"
     config.write_text('[host]\nname = "vllm"\nmodel = "m"\n\n[[processors]]\nname = "served_ban"\ntoken_id = 3\n')
     assert main(["vllm", "serve-args", "--config", str(config)]) == 2
