@@ -444,7 +444,7 @@ def _toml(sections: dict) -> str:
 
 
 @pytest.mark.slow
-def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_recovers(tmp_path, monkeypatch):
+def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_recovers(tmp_path):
     import os
     import signal
 
@@ -493,8 +493,7 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
             assert sorted(m.id for m in client.models.list()) == ["impatient", "remote"]  # the server goes on
 
             port = int(engine.url.rsplit(":", 1)[1])  # the engine comes back on the same address
-            monkeypatch.setattr(vllm_tests, "free_port", lambda: port)
-            engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm-again.log")
+            engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm-again.log", port=port)
             engine.wait()
             assert client.completions.create(model="remote", prompt=PROMPT).choices[0].text == ok.choices[0].text
     finally:
