@@ -40,7 +40,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 # --- the parent side ---------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@ OpenAI-compatible server, vLLM's, started on 127.0.0.1 from the vLLM environment
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
