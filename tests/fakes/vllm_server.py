@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Sequence
+
+from serve_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
@@ -47,12 +48,6 @@ class ServerFailed(RuntimeError):
 def available() -> bool:
     """Whether the vLLM environment is there (else tests skip, benches leave out the vLLM rows)."""
     return VLLM_PYTHON.exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class VLLMServer:
