@@ -162,11 +162,11 @@ def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = Non
     # timed runs per side: a shared 2-core machine moves a 2 s run by +-50%, so the short
     # greedy runs are repeated more
     repeats = {1: 7 if quick else 5, 16: 3}
-    server, host = None, {**SERVER, "url": url}
+    engine, host = None, {**SERVER, "url": url}
     if url is None:
-        server = start_server(Path(tempfile.gettempdir()) / f"metagen-throughput-vllm-{os.getpid()}.log")
-        host = server.host
-        server_pgid = server.process.pid  # started in its own session: its group id is its pid
+        engine = start_server(Path(tempfile.gettempdir()) / f"metagen-throughput-vllm-{os.getpid()}.log")
+        host = engine.host
+        server_pgid = engine.process.pid  # started in its own session: its group id is its pid
     rows, figures = [], {}
     try:
         for label, n, config, sampling in workloads():
@@ -198,8 +198,8 @@ def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = Non
             print(f"  {label}: metagen {statistics.median(walls['metagen']):.2f} s, plain "
                   f"{statistics.median(walls['plain']):.2f} s (runs {walls})", file=sys.stderr, flush=True)
     finally:
-        if server is not None:
-            server.stop()
+        if engine is not None:
+            engine.stop()
     figures["vllm_vs_plain"] = min(figures["vllm_vs_plain_n1"], figures["vllm_vs_plain_n16"])
     return rows, figures
 
