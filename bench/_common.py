@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fakes"))  # vllm_server
 
 
 def arguments(description: str, extra=None) -> argparse.Namespace:
@@ -25,6 +26,22 @@ def arguments(description: str, extra=None) -> argparse.Namespace:
 
     torch.set_num_threads(args.threads)
     return args
+
+
+def start_vllm(host: dict, log: Path, extra_args=(), timeout: float = 600.0):
+    """A vLLM server for ``[host]`` settings ``host`` (tests/fakes/vllm_server.py: serve-args, its
+    own process group), announced on stderr; a server that does not come up ends the bench,
+    naming its log. The caller stops it (``.stop()``)."""
+    from vllm_server import ServerFailed, VLLMServer
+
+    server = VLLMServer(host, log, extra_args)
+    print("starting: " + " ".join(server.args), file=sys.stderr, flush=True)
+    try:
+        server.wait(timeout)
+    except ServerFailed as failed:
+        raise SystemExit(f"{str(failed).splitlines()[0]}; log: {log}") from None
+    print(f"server up after {time.monotonic() - server.started:.0f} s", file=sys.stderr, flush=True)
+    return server
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

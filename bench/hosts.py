@@ -19,21 +19,17 @@ one thread per worker here, so the transformers side uses --threads 1 by default
 
 from __future__ import annotations
 
-from _common import arguments, finish, table
+from _common import arguments, finish, start_vllm, table
 
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import metagen_plugins
 from metagen_hooks import Budget
+from vllm_server import VLLM_PYTHON  # tests/fakes, put on sys.path by _common
 
-ROOT = Path(__file__).resolve().parent.parent
-VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 QUESTIONS = ["What is the capital of France?", "Name three colors of the rainbow.",
              "Write one sentence about the sea.", "What is 12 + 7?", "Give a synonym of quick.",
              "Why is the sky blue?", "List two fruits.", "What do bees make?"]
@@ -49,43 +45,10 @@ def prompts(model: str, count: int) -> tuple[list[str], object]:
     return [QUESTIONS[i % len(QUESTIONS)] for i in range(count)], None
 
 
-def start_server(model: str, eager: bool, max_model_len: int, log: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    from metagen_plugins.deploy.vllm import serve_args
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    host = {"name": "vllm", "model": model, "url": f"http://127.0.0.1:{port}", "dtype": "float32",
-            "gpu_memory_utilization": 0.1, "max_model_len": max_model_len, "enforce_eager": eager}
-    config = metagen_plugins.validate({"host": host}, metagen_plugins.get_registry())
-    args = [str(VLLM_PYTHON), *serve_args(config)[1:]]
-    print("starting: " + " ".join(args), file=sys.stderr, flush=True)
-    process = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    start = time.monotonic()
-    while time.monotonic() - start < 600:
-        if process.poll() is not None:
-            raise SystemExit(f"the vLLM server exited ({process.returncode}); log: {log}")
-        try:
-            with urllib.request.urlopen(host["url"] + "/health", timeout=2):
-                print(f"server up after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
-                return process, host["url"]
-        except OSError:
-            time.sleep(1)
-    stop(process)
-    raise SystemExit(f"the vLLM server did not answer /health within 600 s; log: {log}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    import signal
-
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+def start_server(model: str, eager: bool, max_model_len: int, log: Path):
+    """A vLLM server for ``model`` from serve-args (``.url``; ``.stop()`` ends it)."""
+    return start_vllm({"name": "vllm", "model": model, "dtype": "float32", "gpu_memory_utilization": 0.1,
+                       "max_model_len": max_model_len, "enforce_eager": eager}, log)
 
 
 def measure(label: str, host_name: str, config: dict, items: list[str], check, objects: dict) -> dict:
@@ -143,13 +106,14 @@ def main() -> None:
     transformers_logging.disable_progress_bar()
     path = resolve(args.model)
     local = {"model": AutoModelForCausalLM.from_pretrained(path).eval(), "tokenizer": AutoTokenizer.from_pretrained(path)}
-    process = None
+    server = None
     url = args.url
     if url is None:
         if not VLLM_PYTHON.exists():
             raise SystemExit(f"no vLLM environment at {VLLM_PYTHON}: make .venv-vllm/.installed (or pass --url)")
         log = Path(tempfile.gettempdir()) / "metagen-bench-vllm.log"
-        process, url = start_server(args.model, args.eager, 128 if args.model == "demo-arith" else 1024, log)
+        server = start_server(args.model, args.eager, 128 if args.model == "demo-arith" else 1024, log)
+        url = server.url
     hosts_config = {"transformers": {"name": "transformers", "chat_template": False},
                     "vllm": {"name": "vllm", "url": url, "model": args.model, "concurrency": 16}}
     workloads = {
@@ -177,8 +141,8 @@ def main() -> None:
             rows.append(pair[name])
         ratios.append(("fan-out n=4", pair))
     finally:
-        if process is not None:
-            stop(process)
+        if server is not None:
+            server.stop()
     print(f"model {args.model}; {count} prompts; max_new_tokens {max_new}; transformers threads {args.threads}")
     table(rows, ["workload", "host", "prompts", "tokens", "wall s", "tok/s", "accuracy"])
     print()

@@ -1,6 +1,6 @@
 """Reliability figures for docs/reliability.md, measured, not written by hand.
 
-Runs the hostile programs of tests/builtin/test_sandbox.py through the ``code_tests`` scorer and checks
+Runs the hostile programs of tests/test_sandbox.py through the ``code_tests`` scorer and checks
 each was contained (no file written or read outside, no connection, no process or temporary
 directory left, scored 0 with a reason); runs the property-based tests of
 tests/test_properties.py and counts their examples; injects the plugin faults of
@@ -27,13 +27,12 @@ from _common import arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "builtin"))
 
 
 def hostile_programs() -> tuple[list[dict], dict]:
     import test_sandbox as ts
 
-    from metagen_plugins.builtin import sandbox
+    from metagen_plugins import sandbox
 
     outcomes = []
     original = sandbox.run_python

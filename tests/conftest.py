@@ -8,8 +8,10 @@ import pytest
 import metagen_plugins
 import metagen_plugins.registry
 
-# Stand-ins for outside services (the TGI server), and the strategies' small test settings
-# (tests/builtin/test_strategies.py), imported by the tests of several folders.
+# Stand-ins for outside services (the TGI server), the strategies' small test settings
+# (tests/builtin/test_strategies.py) and the fixture plugins' helper (tests/fixture_plugins.py),
+# imported by the tests of several folders.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "builtin"))
 

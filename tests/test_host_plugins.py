@@ -3,20 +3,17 @@ realiser key, and metagen runs on it with no edit of its own code."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import metagen_plugins
 from metagen_plugins.errors import ConfigError
+from fixture_plugins import plugins_dir, source
 
 # A fixture plugin, a real file: copied into a test's plugins directory.
-ECHO = (Path(__file__).resolve().parent / "plugins" / "echo_host.py").read_text()
 
 
 def test_a_plugin_host_runs_a_strategy_with_its_own_settings_and_realisations(tmp_path, registry):
-    (tmp_path / "echo_host.py").write_text(ECHO)
-    reg = registry(plugins_dir=tmp_path)
+    reg = registry(plugins_dir=plugins_dir(tmp_path, "echo_host"))
     host = reg.host("echo")
     assert (host.plugin, host.realiser, host.in_process) == ("echo_host", "echo", False)
     assert reg.get("logits_processors", "shout").hosts == ("transformers", "echo")
@@ -75,14 +72,11 @@ def test_a_host_plugins_deploy_tooling_becomes_a_subcommand(tmp_path, capsys):
     ``metagen <host> ...``; a module that fails to load is reported and leaves the rest working."""
     from metagen_plugins.cli import main
 
-    (tmp_path / "echo_host.py").write_text(ECHO.replace(
+    (tmp_path / "echo_host.py").write_text(source("echo_host").replace(
         'register("echo", EchoHost, settings={"reply": str, "times": int})',
         'register("echo", EchoHost, settings={"reply": str, "times": int}, deploy="echo_tools")\n'
         '    register("broken", EchoHost, settings={}, deploy="no_such_module_here")'))
-    (tmp_path / "tools").mkdir()
-    (tmp_path / "tools" / "echo_tools.py").write_text(
-        '"""Echo deployments."""\n\ndef add_arguments(parser):\n    parser.add_argument("--shout", action="store_true")\n\n'
-        'def main(args, registry):\n    print("ECHO" if args.shout else "echo", registry.host("echo").plugin)\n    return 0\n')
+    plugins_dir(tmp_path / "tools", "echo_tools")
     import sys
 
     sys.path.insert(0, str(tmp_path / "tools"))

@@ -17,92 +17,10 @@ import pytest
 
 import metagen_plugins
 from metagen_plugins import PluginError
+from fixture_plugins import plugins_dir, source
 from metagen_plugins.registry import DuplicateComponent
 
-FAULTY = '''
-import torch
-from metagen_hooks import Result, hookimpl
-
-LONG = 12  # inputs longer than this many tokens trigger the fault (the "long" prompt)
-
-
-class Explode:
-    """A logits processor that raises on long inputs."""
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[1] > LONG:
-            raise RuntimeError("explode: input too long")
-        return scores
-
-
-class Poison:
-    """A logits processor that returns NaN, +inf or all -inf scores on long inputs."""
-    def __init__(self, value: str = "nan"):
-        self.value = value
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[1] <= LONG:
-            return scores
-        scores = scores.clone()
-        if self.value == "nan":
-            scores[-1, 5] = float("nan")
-        elif self.value == "inf":
-            scores[-1, 5] = float("inf")
-        else:
-            scores[-1, :] = float("-inf")
-        return scores
-
-
-def halt_factory():
-    def halt(input_ids, scores, **kwargs):
-        if input_ids.shape[1] > LONG:
-            raise LookupError("halt: cannot decide")
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
-    return halt
-
-
-class Grumpy:
-    """A scorer that raises on long prompts."""
-    def score(self, prompt, candidates):
-        if "long" in prompt:
-            raise ZeroDivisionError("grumpy scorer")
-        return [1.0 for _ in candidates]
-
-
-class Fragile:
-    """A strategy that raises on long prompts, after generating."""
-    def run(self, prompt, generator, scorer, budget):
-        [[c]] = generator.sample([prompt], 1, max_new_tokens=2)
-        if "long" in prompt:
-            raise KeyError("fragile strategy")
-        return Result(prompt=prompt, best=c, candidates=[c])
-
-
-class Unbuildable:
-    """A scorer whose factory raises."""
-    def __init__(self):
-        raise RuntimeError("cannot build")
-
-
-@hookimpl
-def register_logits_processors(register):
-    register("explode", Explode)
-    register("poison", Poison)
-
-
-@hookimpl
-def register_stopping_criteria(register):
-    register("halt", halt_factory)
-
-
-@hookimpl
-def register_scorers(register):
-    register("grumpy", Grumpy)
-    register("unbuildable", Unbuildable)
-
-
-@hookimpl
-def register_strategies(register):
-    register("fragile", Fragile)
-'''
+FAULTY = source("faulty")
 
 PROMPTS = ["ab", "a long prompt that trips it", "cd"]
 BASE = {"generation": {"max_new_tokens": 3, "seed": 0}}
@@ -180,13 +98,7 @@ def test_a_factory_that_raises_is_reported_before_any_model_loads(install_plugin
 
 
 def test_a_hook_that_registers_then_raises_adds_nothing(install_plugin, registry, capsys):
-    install_plugin("metagen_half", """
-from metagen_hooks import hookimpl
-@hookimpl
-def register_scorers(register):
-    register("half_done", lambda: None)
-    raise RuntimeError("midway")
-""", dist="metagen-half", version="2.0")
+    install_plugin("metagen_half", source("registers_then_raises"), dist="metagen-half", version="2.0")
     reg = registry()
     assert "half_done" not in reg.components["scorers"]
     assert reg.manager.records["metagen_half"].status == "FAILED"
@@ -195,25 +107,14 @@ def register_scorers(register):
 
 
 def test_a_plugin_cannot_replace_a_component_by_registering_it_twice(install_plugin, registry):
-    install_plugin("metagen_twice", """
-from metagen_hooks import hookimpl
-@hookimpl
-def register_scorers(register):
-    register("same", lambda: 1)
-    register("same", lambda: 2)
-""", dist="metagen-twice")
+    install_plugin("metagen_twice", source("registers_twice"), dist="metagen-twice")
     with pytest.raises(DuplicateComponent, match="'same' is registered by plugin 'metagen_twice'"):
         registry().get("scorers", "same")
 
 
 def test_a_third_registration_does_not_win_a_conflict(install_plugin, registry):
     for module in ("metagen_one", "metagen_two", "metagen_three"):
-        install_plugin(module, """
-from metagen_hooks import hookimpl
-@hookimpl
-def register_scorers(register):
-    register("contested", lambda: None)
-""", dist=module.replace("_", "-"))
+        install_plugin(module, source("contested"), dist=module.replace("_", "-"))
     reg = registry()
     with pytest.raises(DuplicateComponent) as caught:
         reg.get("scorers", "contested")
@@ -222,9 +123,9 @@ def register_scorers(register):
 
 
 def test_an_entry_point_name_taken_by_another_distribution_fails_the_second(install_plugin, registry, capsys):
-    install_plugin("metagen_first", "from metagen_hooks import hookimpl\n", dist="metagen-first",
+    install_plugin("metagen_first", source("empty"), dist="metagen-first",
                    entry_name="shared_name")
-    install_plugin("metagen_second", "from metagen_hooks import hookimpl\n", dist="metagen-second",
+    install_plugin("metagen_second", source("empty"), dist="metagen-second",
                    entry_name="shared_name")
     reg = registry()
     record = reg.manager.records["shared_name"]
@@ -234,9 +135,7 @@ def test_an_entry_point_name_taken_by_another_distribution_fails_the_second(inst
 
 @pytest.mark.slow  # a CLI subprocess run to completion: ~50 s
 def test_cli_prints_what_completed_and_exits_non_zero(tiny_dir, tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "faulty_local.py").write_text(FAULTY)
+    plugins = plugins_dir(tmp_path / "plugins", faulty="faulty_local")
     config = tmp_path / "run.toml"
     config.write_text(f'[host]\nmodel = "{tiny_dir}"\n\n[generation]\nmax_new_tokens = 3\n\n'
                       '[[processors]]\nname = "explode"\n')

@@ -3,22 +3,10 @@
 import pytest
 
 from metagen_plugins import PluginError
+from fixture_plugins import source
 from metagen_plugins.registry import DuplicateComponent
 
-GOOD = """
-from metagen_hooks import hookimpl
-
-class Shout:
-    '''Upper-cases nothing; a test scorer.'''
-    def __init__(self, weight: float = 1.0):
-        self.weight = weight
-    def score(self, prompt, candidates):
-        return [self.weight * len(c.text) for c in candidates]
-
-@hookimpl
-def register_scorers(register):
-    register("shout", Shout)
-"""
+GOOD = source("shout")
 
 
 def test_builtin_plugin_is_loaded(registry):
@@ -41,7 +29,7 @@ def test_entry_point_plugin_registers_components(install_plugin, registry):
 
 def test_broken_plugin_is_reported_and_others_keep_working(install_plugin, registry, capsys):
     install_plugin("metagen_shout", GOOD)
-    install_plugin("metagen_broken", "import not_a_module_anywhere\n", dist="metagen-broken", version="0.9")
+    install_plugin("metagen_broken", source("missing_dependency"), dist="metagen-broken", version="0.9")
     reg = registry()
     record = reg.manager.records["metagen_broken"]
     assert record.status == "FAILED"
@@ -52,7 +40,7 @@ def test_broken_plugin_is_reported_and_others_keep_working(install_plugin, regis
 
 
 def test_strict_mode_turns_a_load_failure_into_an_error(install_plugin, registry, monkeypatch):
-    install_plugin("metagen_broken", "raise RuntimeError('boom at import')\n")
+    install_plugin("metagen_broken", source("raises_on_import"))
     monkeypatch.setenv("METAGEN_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="metagen_broken.*boom at import"):
         registry()
@@ -60,12 +48,7 @@ def test_strict_mode_turns_a_load_failure_into_an_error(install_plugin, registry
 
 def test_plugin_raising_inside_its_hook_is_isolated(install_plugin, registry):
     install_plugin("metagen_shout", GOOD)
-    install_plugin("metagen_raiser", """
-from metagen_hooks import hookimpl
-@hookimpl
-def register_strategies(register):
-    raise KeyError("no config here")
-""")
+    install_plugin("metagen_raiser", source("raiser"))
     reg = registry()
     record = reg.manager.records["metagen_raiser"]
     assert record.status == "FAILED"
@@ -85,12 +68,7 @@ def test_duplicate_name_is_an_error_naming_both_distributions(install_plugin, re
 
 
 def test_a_plugin_cannot_replace_a_builtin_component(install_plugin, registry):
-    install_plugin("metagen_hijack", """
-from metagen_hooks import hookimpl
-@hookimpl
-def register_logits_processors(register):
-    register("top_p", lambda top_p: None)
-""", dist="metagen-hijack")
+    install_plugin("metagen_hijack", source("hijack"), dist="metagen-hijack")
     reg = registry()
     with pytest.raises(DuplicateComponent, match="metagen-plugins.*metagen-hijack"):
         reg.get("logits_processors", "top_p")
@@ -105,12 +83,7 @@ def test_disabled_plugin_is_not_loaded(install_plugin, registry, monkeypatch):
 
 
 def test_unknown_hook_is_a_validation_error_naming_plugin_and_hook(install_plugin, registry):
-    install_plugin("metagen_typo", """
-from metagen_hooks import hookimpl
-@hookimpl
-def register_scorer(register):
-    register("x", object)
-""")
+    install_plugin("metagen_typo", source("typo_hook"))
     reg = registry()
     record = reg.manager.records["metagen_typo"]
     assert record.status == "FAILED"
@@ -119,12 +92,7 @@ def register_scorer(register):
 
 
 def test_bad_registration_metadata_fails_the_plugin(install_plugin, registry):
-    install_plugin("metagen_meta", """
-from metagen_hooks import hookimpl
-@hookimpl
-def register_scorers(register):
-    register("x", object, tgl=lambda: {})
-""")
+    install_plugin("metagen_meta", source("bad_metadata"))
     record = registry().manager.records["metagen_meta"]
     assert record.status == "FAILED" and "unknown metadata ['tgl']" in record.error
 

@@ -23,7 +23,8 @@ from metagen_hooks.engines import XARG, server_side  # re-exported: plugins once
 
 from ..components import realised, sampling
 from ..errors import ConfigError, HostError
-from .remote import Failure, RemoteGenerator, RemoteHost, Sample, retry_after, status_kind
+from .completions import INCLUDE_STOP, CompletionsGenerator, request_body
+from .remote import RemoteHost
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 # What vLLM ignores once speculative decoding is on (vllm/v1/sample/logits_processor: custom
@@ -77,7 +78,7 @@ def data_parallel_args(settings: dict[str, Any]) -> list[str]:
     return ["--data-parallel-size", str(size)] if size > 1 else []
 
 
-class VLLMGenerator(RemoteGenerator):
+class VLLMGenerator(CompletionsGenerator):
     """Samples through ``/v1/completions``. A sampled request carries all n samples of a prompt
     (``n``); greedy decoding sends one per request, as vLLM rejects greedy ``n > 1``."""
 
@@ -85,124 +86,13 @@ class VLLMGenerator(RemoteGenerator):
         super().__init__(host, budget, **kwargs)
         self.samples_per_request = sys.maxsize if host.sampling else 1
 
-    async def request(self, text, n, max_new_tokens, stop, seed, replica) -> list[Sample]:
-        import httpx2
-
-        body = self.host.request_body(text, n, max_new_tokens, stop, seed)
-        client = self.host.http_client(replica.url)
-        try:
-            response = await client.post("/v1/completions", json=body)
-        except httpx2.HTTPError as exc:
-            raise self.classify(exc, replica.url) from None
-        if response.status_code >= 400:
-            raise _status_failure(response)
-        try:
-            data = response.json()
-            return _samples(data, n)
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise Failure("protocol", f"malformed /v1/completions answer ({type(exc).__name__}: {exc}): "
-                                      f"{response.text[:300]!r}") from None
-
-    async def stream_request(self, text, max_new_tokens, stop, seed, replica, on_text) -> list[Sample]:
-        """One sample, streamed (``"stream": true``): ``on_text`` gets each chunk's text as the
-        server sends it; the pieces are assembled into the same answer ``request`` reads."""
-        import httpx2
-
-        body = {**self.host.request_body(text, 1, max_new_tokens, stop, seed), "stream": True,
-                "stream_options": {"include_usage": True}}
-        choice: dict[str, Any] = {"index": 0, "text": "", "token_ids": [], "logprobs": {"token_logprobs": []},
-                                  "finish_reason": None, "stop_reason": None}
-        usage = None
-        try:
-            async with self.host.http_client(replica.url).stream("POST", "/v1/completions", json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise _status_failure(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise Failure("server", f"the stream ended with an error: {chunk['error']}")
-                    usage = chunk.get("usage") or usage
-                    for part in chunk.get("choices") or []:
-                        piece = part.get("text") or ""
-                        choice["text"] += piece
-                        choice["token_ids"] += part.get("token_ids") or []
-                        choice["logprobs"]["token_logprobs"] += (part.get("logprobs") or {}).get("token_logprobs") or []
-                        for key in ("finish_reason", "stop_reason"):
-                            choice[key] = part.get(key) or choice[key]
-                        if piece:
-                            on_text(piece)
-        except httpx2.HTTPError as exc:
-            raise self.classify(exc, replica.url) from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise Failure("protocol", f"malformed /v1/completions stream ({type(exc).__name__}: {exc})") from None
-        if choice["finish_reason"] is None:
-            raise Failure("protocol", "the /v1/completions stream ended without a finish reason")
-        return _samples({"choices": [choice], "usage": usage or {}}, 1)
-
-    def classify(self, exc: BaseException, url: str | None = None) -> Failure:
-        import httpx2
-
-        if isinstance(exc, httpx2.TimeoutException):
-            return Failure("timeout", f"{type(exc).__name__}: {exc or 'no answer in time'}")
-        if isinstance(exc, (httpx2.ConnectError, httpx2.NetworkError, httpx2.RemoteProtocolError)):
-            return Failure("connection", f"{type(exc).__name__}: {exc or 'the connection failed'} "
-                                         f"(is the vLLM server at {url or self.host.url} running?)")
-        if isinstance(exc, httpx2.HTTPError):
-            return Failure("protocol", f"{type(exc).__name__}: {exc}")
-        return Failure("connection", f"{type(exc).__name__}: {exc}")
-
-
-def _status_failure(response) -> Failure:
-    """An HTTP error answer as a Failure, keeping the server's own message."""
-    try:
-        error = response.json()
-        message = error.get("error", {}).get("message") if isinstance(error.get("error"), dict) else None
-        message = message or error.get("message") or error.get("detail") or json.dumps(error)[:500]
-    except ValueError:
-        message = response.text[:500] or response.reason_phrase
-    status = response.status_code
-    return Failure(status_kind(status), message, status, retry_after(response.headers))
-
-
-def _samples(data: dict[str, Any], n: int) -> list[Sample]:
-    """The choices of a completion answer, in order; a trailing end-of-sequence token (vLLM
-    reports it as finish_reason "stop" with no stop_reason) is dropped, as the transformers
-    host drops it, so token ids, log-probs and text align."""
-    choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-    if len(choices) != n:
-        raise ValueError(f"asked for {n} choices, got {len(choices)}")
-    usage = data.get("usage") or {}
-    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    prompt_tokens = int(usage.get("prompt_tokens") or 0) - cached  # computed; the rest came from the cache
-    samples = []
-    for choice in choices:
-        ids = [int(t) for t in (choice.get("token_ids") or [])]
-        logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
-        logprobs = [float(lp) if lp is not None else float("-inf") for lp in logprobs]
-        generated = len(ids)
-        finish = choice.get("finish_reason") or "length"
-        if finish == "stop" and choice.get("stop_reason") is None and ids:
-            ids, logprobs = ids[:-1], logprobs[: len(ids) - 1]
-        if len(logprobs) != len(ids):
-            logprobs = []  # keep token ids only when the two align
-        samples.append(Sample(text=choice["text"], token_ids=ids, logprobs=logprobs,
-                              finish_reason="stop" if finish == "stop" else "length",
-                              prompt_tokens=prompt_tokens, prompt_tokens_reused=cached, completion_tokens=generated,
-                              meta={"stop_reason": choice.get("stop_reason")} if choice.get("stop_reason") else {}))
-    return samples
-
 
 class VLLMHost(RemoteHost):
     """A vLLM server (``[host] url``), or several replicas of one (``[host] urls``), serving
     ``[host] model`` (its served model name)."""
 
     name = "vllm"
+    server = "vLLM server"  # in connection errors: "is the vLLM server at ... running?"
     generator_class = VLLMGenerator
     requests_per_replica = 256  # vLLM's default --max-num-seqs: sequences one engine step batches
 
@@ -241,26 +131,15 @@ class VLLMHost(RemoteHost):
                 f"transformers host, where assisted generation takes logits processors)")
 
     def request_body(self, text: str, n: int, max_new_tokens: int, stop: list[str], seed: int | None) -> dict:
-        """The JSON body of one ``/v1/completions`` request."""
+        """The JSON body of one ``/v1/completions`` request: the protocol's
+        (:func:`.completions.request_body`, over :data:`NEUTRAL`), with the token ids and stop
+        strings in the answer, and the components that run inside the server in ``vllm_xargs``."""
         params = dict(self.parameters)
         xargs = dict(params.pop("vllm_xargs", {}))
-        limit = min(max_new_tokens, params.pop("max_tokens", max_new_tokens))
-        stops = list(dict.fromkeys([*params.pop("stop", []), *stop]))
-        params.pop("include_stop_str_in_output", None)
-        body: dict[str, Any] = {"prompt": text, "n": n, "max_tokens": limit,
-                                "return_token_ids": True, "include_stop_str_in_output": True}
-        if self.config.host.get("logprobs", True):
-            body["logprobs"] = 0  # the sampled token's log-probability, per token
-        if "model" in self.config.host:
-            body["model"] = self.config.host["model"]
-        body.update(NEUTRAL)
-        body.update(params)
-        if not self.sampling:
-            body["temperature"] = 0.0  # greedy, as on the transformers host without sampling
-        if stops:
-            body["stop"] = stops
-        if seed is not None:
-            body["seed"] = seed
+        logprobs = 0 if self.config.host.get("logprobs", True) else None  # the sampled token's, per token
+        body = request_body(text, n, max_new_tokens, stop, seed, params, settings=self.config.host,
+                            sampling=self.sampling, logprobs=logprobs, defaults=NEUTRAL)
+        body.update({"return_token_ids": True, INCLUDE_STOP: True})
         if self.chat:  # the chat template wrote the special tokens (BOS) already
             body["add_special_tokens"] = False
         if XARG in xargs:
@@ -269,7 +148,9 @@ class VLLMHost(RemoteHost):
             body["vllm_xargs"] = xargs
         return body
 
-    # -- the connection ------------------------------------------------------------------------
+    @staticmethod
+    def path(url: str) -> str:
+        return "/v1/completions"
 
 
 __all__ = ["VLLMHost", "VLLMGenerator", "data_parallel_args", "server_side", "speculation", "XARG"]

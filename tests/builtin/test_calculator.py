@@ -7,9 +7,9 @@ import pytest
 import metagen_plugins
 from metagen_hooks import Candidate
 from metagen_hooks import Budget
-from metagen_plugins.builtin.calculator import (Calculator, UnsafeExpression, claims, evaluate, final_answer,
-                                                repair)
-from metagen_plugins.builtin.calculator_vote import CalculatorVote
+from metagen_plugins.builtin.scorers.calculator import (Calculator, UnsafeExpression, claims, evaluate, final_answer,
+                                                        repair)
+from metagen_plugins.builtin.strategies.calculator_vote import CalculatorVote
 
 
 def found(text):

@@ -4,8 +4,8 @@ import pytest
 
 import metagen_plugins
 from metagen_hooks import Budget, Candidate
-from metagen_plugins.builtin import sandbox
-from metagen_plugins.builtin.program_aided import ProgramAided, printed_answer
+from metagen_plugins import sandbox
+from metagen_plugins.builtin.strategies.program_aided import ProgramAided, printed_answer
 
 ISOLATION = "full" if sandbox.probe("full") is None else "limits"
 

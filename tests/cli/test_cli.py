@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixture_plugins import plugins_dir
 
 BIN = Path(sys.executable).parent / "metagen"
 
@@ -32,7 +33,7 @@ def test_plugins_list_table():
 
 
 def test_plugins_list_json_shows_a_failing_local_plugin(tmp_path):
-    (tmp_path / "broken_one.py").write_text("raise ImportError('needs a missing lib')\n")
+    plugins_dir(tmp_path, "broken_one")
     proc = metagen("--plugins-dir", str(tmp_path), "plugins", "list", "--json")
     records = {r["name"]: r for r in json.loads(proc.stdout)}
     assert records["broken_one"]["status"] == "FAILED"
@@ -42,7 +43,7 @@ def test_plugins_list_json_shows_a_failing_local_plugin(tmp_path):
 
 
 def test_disabled_plugin_shows_as_disabled(tmp_path):
-    (tmp_path / "quiet_one.py").write_text("")
+    plugins_dir(tmp_path, "quiet_one")
     proc = metagen("--plugins-dir", str(tmp_path), "plugins", "list", "--json",
                    env={"METAGEN_DISABLE_PLUGINS": "quiet_one"})
     assert {r["name"]: r["status"] for r in json.loads(proc.stdout)}["quiet_one"] == "disabled"

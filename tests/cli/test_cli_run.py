@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixture_plugins import plugins_dir
 
 
 BIN = Path(sys.executable).parent / "metagen"
@@ -58,6 +59,32 @@ def test_compare_with_a_prompts_file_prints_both_accuracies_and_costs(tiny_dir, 
     assert table[0].split() == ["strategy", "accuracy", "tokens/prompt", "GFLOPs/prompt", "s/prompt"]
     assert table[1].startswith("greedy ") and "/2 (" in table[1]
     assert table[2].startswith("calculator_vote@2 ") and "/2 (" in table[2]
+
+
+def test_compare_validates_each_configuration_once_and_loads_the_model_once(tiny_dir, monkeypatch, capsys):
+    """--compare runs two configurations: each is validated once (the runner takes the
+    validated Config), the model is loaded once, and there is one host per run, no throwaway
+    host built only to load the model."""
+    from metagen_plugins import cli, config, runner
+    from metagen_plugins.hosts import transformers as host_module
+
+    calls = {"validate": 0, "load_model": 0, "hosts": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(config, "validate", counting("validate", config.validate))
+    monkeypatch.setattr(runner, "validate", counting("validate", runner.validate))
+    monkeypatch.setattr(host_module, "load_model", counting("load_model", host_module.load_model))
+    monkeypatch.setattr(host_module.TransformersHost, "__init__",
+                        counting("hosts", host_module.TransformersHost.__init__))
+    assert cli.main(["run", "--model", str(tiny_dir), "-p", "n=2", "--compare", "--quiet",
+                     "--answers", "2", "What is 1 + 1?"]) == 0
+    assert "calculator_vote@2" in capsys.readouterr().out
+    assert calls == {"validate": 2, "load_model": 1, "hosts": 2}
 
 
 @pytest.mark.slow  # three strategies x prompts in a subprocess: ~1 minute
@@ -132,16 +159,7 @@ def test_unreadable_config(tmp_path, make, expected):
 
 
 def test_plugin_raising_inside_generation(tiny_dir, tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "exploding.py").write_text(
-        "from metagen_hooks import hookimpl\n\n"
-        "class Boom:\n"
-        "    def __call__(self, input_ids, scores):\n"
-        "        raise RuntimeError('boom at step %d' % input_ids.shape[1])\n\n"
-        "@hookimpl\n"
-        "def register_logits_processors(register):\n"
-        "    register('boom', Boom)\n")
+    plugins = plugins_dir(tmp_path / "plugins", "exploding")
     config = tmp_path / "c.toml"
     config.write_text(f'[host]\nmodel = "{tiny_dir}"\n\n[generation]\nmax_new_tokens = 4\n\n'
                       '[[processors]]\nname = "boom"\n')

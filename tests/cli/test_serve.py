@@ -22,6 +22,7 @@ import metagen_plugins
 from metagen_plugins.serve import build_app
 from metagen_plugins.serve.schemas import ChatRequest, CompletionRequest
 from serve_helpers import LoopbackServer
+from fixture_plugins import source
 
 PROMPT = "Q: 37+48-19=? A:"
 DEMO = """
@@ -331,29 +332,7 @@ class _Stop:
 
 # -- back-pressure, disconnects, plugin faults ---------------------------------------------------
 
-GATE = '''
-import threading
-from metagen_hooks import Result, hookimpl
-
-opened = threading.Event()
-started = []
-
-
-class Gate:
-    """Generates after the test opens the gate; raises on prompts saying 'explode'."""
-    def run(self, prompt, generator, scorer, budget):
-        started.append(prompt)
-        if "explode" in prompt:
-            raise ZeroDivisionError("the gate strategy exploded")
-        opened.wait(60)
-        [[c]] = generator.sample([prompt], 1, max_new_tokens=3)
-        return Result(prompt=prompt, best=c, candidates=[c])
-
-
-@hookimpl
-def register_strategies(register):
-    register("gate", Gate)
-'''
+GATE = source("gate")
 
 
 @pytest.fixture
@@ -465,7 +444,7 @@ def _toml(sections: dict) -> str:
 
 
 @pytest.mark.slow
-def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_recovers(tmp_path, monkeypatch):
+def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_recovers(tmp_path):
     import os
     import signal
 
@@ -514,8 +493,7 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
             assert sorted(m.id for m in client.models.list()) == ["impatient", "remote"]  # the server goes on
 
             port = int(engine.url.rsplit(":", 1)[1])  # the engine comes back on the same address
-            monkeypatch.setattr(vllm_tests, "free_port", lambda: port)
-            engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm-again.log")
+            engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm-again.log", port=port)
             engine.wait()
             assert client.completions.create(model="remote", prompt=PROMPT).choices[0].text == ok.choices[0].text
     finally:

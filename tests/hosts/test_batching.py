@@ -12,6 +12,7 @@ import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hosts.transformers import TransformersHost
+from fixture_plugins import plugins_dir
 
 PROMPTS = ["the quick brown fox", "jumps over the lazy dog and then some more words",
            "a", "lorem ipsum dolor sit amet, consectetur adipiscing elit", "hello hello hello"]
@@ -94,17 +95,7 @@ def test_a_component_that_raises_fails_its_prompt_alone_while_others_share_the_b
     from metagen_plugins.registry import Registry
     from metagen_plugins.plugins import PluginManager
 
-    (tmp_path / "flaky.py").write_text(
-        "from metagen_hooks import hookimpl\n"
-        "class Flaky:\n"
-        "    def __call__(self, input_ids, scores):\n"
-        "        if input_ids.shape[0] == 3:\n"
-        "            raise RuntimeError('flaky processor gave up')\n"
-        "        return scores\n"
-        "@hookimpl\n"
-        "def register_logits_processors(register):\n"
-        "    register('flaky', Flaky)\n")
-    registry = Registry(PluginManager().load(tmp_path))
+    registry = Registry(PluginManager().load(plugins_dir(tmp_path, "flaky")))
     model, tok = tiny
     config = {"processors": [{"name": "flaky"}], "generation": {"max_new_tokens": 6},
               "strategy": {"name": "best_of_n", "n": 2}, "scorer": {"name": "logprob"}}
@@ -148,7 +139,7 @@ def test_concurrency_setting_is_validated():
 def test_concurrent_calls_share_runs_and_each_gets_its_own_results():
     """Gathered: while one run of the function is busy, calls queue and the next run takes them
     all; every caller gets exactly its items' results, in order."""
-    from metagen_plugins.builtin.gather import Gathered
+    from metagen_plugins.builtin.scorers.gather import Gathered
 
     started, release, runs = threading.Event(), threading.Event(), []
 
@@ -176,7 +167,7 @@ def test_concurrent_calls_share_runs_and_each_gets_its_own_results():
 
 
 def test_an_error_in_a_gathered_run_reaches_its_callers_and_the_next_run_works():
-    from metagen_plugins.builtin.gather import Gathered
+    from metagen_plugins.builtin.scorers.gather import Gathered
 
     def fn(items):
         if "bad" in items:
@@ -191,7 +182,7 @@ def test_an_error_in_a_gathered_run_reaches_its_callers_and_the_next_run_works()
 
 def test_llm_judge_scores_candidates_of_different_lengths_in_one_padded_batch(tiny):
     """The judge's left-padded batch gives each candidate the score it gets alone."""
-    from metagen_plugins.builtin.model_scorers import LLMJudge
+    from metagen_plugins.builtin.scorers.model_scorers import LLMJudge
     from metagen_hooks import Candidate
 
     model, tok = tiny

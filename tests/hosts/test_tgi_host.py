@@ -13,6 +13,7 @@ from metagen_plugins.config import validate
 from metagen_plugins.hosts.remote import RemoteError
 from metagen_plugins.hosts.tgi import TGIHost
 from tgi_server import Fault, TGIServer, snapshot
+from fixture_plugins import source
 
 PROMPT = "Q: 37+48-19=? A:"
 
@@ -108,17 +109,7 @@ def test_components_tgi_cannot_host_fail_before_any_request_naming_where_they_ru
 
 
 def test_a_custom_processor_from_a_plugin_cannot_run_on_tgi(server, install_plugin):
-    install_plugin("my_proc", """
-        from metagen_hooks import hookimpl
-
-        class Halve:
-            def __call__(self, input_ids, scores):
-                return scores / 2
-
-        @hookimpl
-        def register_logits_processors(register):
-            register("halve", Halve)
-    """)
+    install_plugin("my_proc", source("halve"))
     metagen_plugins.get_registry(reload=True)
     with pytest.raises(ConfigError, match=r"logits processor 'halve' \(plugin 'my_proc'.*cannot run on the tgi host; "
                                           r"it runs on transformers"):

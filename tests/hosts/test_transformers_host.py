@@ -1,6 +1,5 @@
 """The transformers host: generate() kwargs and the Generator, on a tiny local model."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ from transformers.generation import logits_process as lp
 
 import metagen_plugins
 from metagen_plugins.hosts.transformers import _FiniteCheck
+from fixture_plugins import plugins_dir
 
 # (config entry, transformers' own processor built the same way)
 EQUIVALENT = [
@@ -186,8 +186,6 @@ def test_quantized_kv_cache(tiny, kv_cache, backend):
 
 # -- the generate() path is as safe as run() -------------------------------------------------
 
-# A fixture plugin, a real file: copied into a test's plugins directory.
-ONLY_TOKEN = (Path(__file__).resolve().parents[1] / "plugins" / "only_token.py").read_text()
 
 
 def _greedy_first_token(model, tok, prompt):
@@ -199,8 +197,7 @@ def test_a_constraint_applies_before_truncation_whatever_the_listed_order(tiny, 
     """top_k = 1 keeps only the model's favourite token; a constraint listed after it that bans
     that token would leave nothing to sample. Constraints apply first, as in transformers."""
     model, tok = tiny
-    (tmp_path / "only.py").write_text(ONLY_TOKEN)
-    registry(plugins_dir=tmp_path)
+    registry(plugins_dir=plugins_dir(tmp_path, only_token="only"))
     favourite = _greedy_first_token(model, tok, "hello")
     allowed = (favourite + 1) % len(tok)
     config = {"processors": [{"name": "top_k", "top_k": 1}, {"name": "only_token", "token_id": allowed}]}
@@ -221,8 +218,7 @@ def test_generate_kwargs_names_the_processor_that_left_no_token(tiny, tmp_path, 
     """A ban not declared as a constraint stays where it is listed; when it empties the row,
     model.generate stops with an error naming it (not inside torch.multinomial)."""
     model, tok = tiny
-    (tmp_path / "only.py").write_text(ONLY_TOKEN)
-    registry(plugins_dir=tmp_path)
+    registry(plugins_dir=plugins_dir(tmp_path, only_token="only"))
     favourite = _greedy_first_token(model, tok, "hello")
     config = {"processors": [{"name": "top_k", "top_k": 1},
                              {"name": "only_token_unmarked", "token_id": (favourite + 1) % len(tok)}]}

@@ -10,16 +10,12 @@ by killing the process group this module started, nothing else.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -28,71 +24,25 @@ import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hosts.remote import RemoteError
+from fixture_plugins import plugins_dir
+from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 SERVER_START_TIMEOUT = 300.0
 PROMPT = "Q: 37+48-19=? A:"
-# float32 and eager mode: the same numbers as the transformers host, and a start in ~30 s
-# and KV blocks of 32 tokens (CPU default 128), so the prefix cache can serve a 128-token context
-SERVER = {"name": "vllm", "model": "demo-arith", "dtype": "float32", "enforce_eager": True,
-          "gpu_memory_utilization": 0.1, "max_model_len": 128, "block_size": 32}
+SERVER = DEMO
 
 
+class Server(VLLMServer):
+    """A vLLM server (tests/fakes/vllm_server.py) whose start failures fail the test, or skip it
+    on a CPU that cannot run what it asks for."""
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A vLLM server started from a metagen configuration's serve-args, in its own process group."""
-
-    def __init__(self, host: dict, log: Path) -> None:
-        self.host = {**host, "url": f"http://127.0.0.1:{free_port()}"}
-        self.url = self.host["url"]
-        self.log = log
-        config = metagen_plugins.validate({"host": self.host}, metagen_plugins.get_registry())
-        from metagen_plugins.deploy.vllm import serve_args
-
-        self.args = [str(VLLM_PYTHON), *serve_args(config)[1:]]
-        with open(log, "w") as out:
-            self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                text = self.log.read_text()
-                tail = text[-3000:]
-                if "FP8 KV cache on CPU requires" in text:  # said by a worker, long before the tail
-                    pytest.skip("this CPU has neither AVX-512 nor AMX, which vLLM's fp8 KV cache needs on CPU")
-                pytest.fail(f"the vLLM server exited with {self.process.returncode}: {' '.join(self.args)}\n{tail}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1.0)
-        self.stop()
-        pytest.fail(f"the vLLM server did not answer /health within {SERVER_START_TIMEOUT:g} s; "
-                    f"log: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        """SIGTERM to the group this module started (server, engine core, workers), then SIGKILL."""
-        if self.process.poll() is not None:
-            return
+    def wait(self) -> "Server":
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+            return super().wait(SERVER_START_TIMEOUT)
+        except ServerFailed as failed:
+            if "FP8 KV cache on CPU requires" in failed.log:  # said by a worker, long before the tail
+                pytest.skip("this CPU has neither AVX-512 nor AMX, which vLLM's fp8 KV cache needs on CPU")
+            pytest.fail(str(failed))
 
     def config(self, **sections) -> dict:
         return {"host": dict(self.host), "generation": {"max_new_tokens": 60}, **sections}
@@ -381,15 +331,7 @@ def test_serve_args_loads_the_plugins_dir(tmp_path, capsys):
     against that plugin (it used to ignore --plugins-dir and call the name unknown)."""
     from metagen_plugins.cli import main
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "served_ban.py").write_text(
-        "from metagen_hooks import hookimpl\nfrom metagen_hooks.engines import server_side\n\n"
-        "class Ban:\n    def __init__(self, token_id: int):\n        self.token_id = token_id\n"
-        "    def __call__(self, input_ids, scores):\n        scores[:, self.token_id] = float('-inf')\n"
-        "        return scores\n\n"
-        "@hookimpl\ndef register_logits_processors(register):\n"
-        "    register('served_ban', Ban, vllm=server_side('served_ban'))\n")
+    plugins = plugins_dir(tmp_path / "plugins", "served_ban")
     config = tmp_path / "vllm.toml"
     config.write_text('[host]\nname = "vllm"\nmodel = "m"\n\n[[processors]]\nname = "served_ban"\ntoken_id = 3\n')
     assert main(["vllm", "serve-args", "--config", str(config)]) == 2

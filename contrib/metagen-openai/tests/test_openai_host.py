@@ -3,13 +3,7 @@ OpenAI-compatible server, vLLM's, started on 127.0.0.1 from the vLLM environment
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +13,10 @@ from metagen_plugins.errors import ConfigError, HostError
 from metagen_openai.host import OpenAIHost, samples
 
 ROOT = Path(__file__).resolve().parents[3]
-VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+sys.path.insert(0, str(ROOT / "tests" / "fakes"))  # the one helper that starts a vLLM server
+
+from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, available  # noqa: E402
+
 PROMPT = "Q: 37+48-19=? A:"
 
 
@@ -97,51 +94,19 @@ def test_answers_with_and_without_token_ids():
 # -- end to end, against vLLM's OpenAI-compatible server -------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """vLLM's server for the demo model (the command `metagen vllm serve-args` prints), in its own
-    process group, stopped at the end by killing that group."""
-    if not VLLM_PYTHON.exists():
+    process group, stopped at the end by killing that group (tests/fakes/vllm_server.py)."""
+    if not available():
         pytest.skip(f"no vLLM environment at {VLLM_PYTHON}: `make test` builds it")
-    from metagen_plugins.deploy.vllm import serve_args
-
-    url = f"http://127.0.0.1:{free_port()}"
-    settings = {"name": "vllm", "url": url, "model": "demo-arith", "dtype": "float32", "enforce_eager": True,
-                "gpu_memory_utilization": 0.1, "max_model_len": 128, "block_size": 32}
-    args = [str(VLLM_PYTHON), *serve_args(metagen_plugins.validate({"host": settings},
-                                                                   metagen_plugins.get_registry()))[1:]]
-    log = tmp_path_factory.mktemp("openai-host") / "vllm.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+    started = VLLMServer(DEMO, tmp_path_factory.mktemp("openai-host") / "vllm.log")
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {process.returncode}: {log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server did not answer /health in 300 s: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                time.sleep(1.0)
-        yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        started.wait()
+    except ServerFailed as failed:
+        pytest.fail(str(failed))
+    with started:
+        yield started.url
 
 
 def config(url: str, **sections) -> dict:

@@ -134,7 +134,7 @@ def watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key: int
 def _tgi_watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key: int = 15485863,
                    seeding_scheme: str = "lefthash", context_width: int = 1) -> dict:
     """TGI's watermark is Kirchenbauer's left-hash scheme with its fixed key and one token of context."""
-    from ..errors import ConfigError
+    from ...errors import ConfigError
 
     fixed = {"hashing_key": (hashing_key, 15485863), "seeding_scheme": (seeding_scheme, "lefthash"),
              "context_width": (context_width, 1)}

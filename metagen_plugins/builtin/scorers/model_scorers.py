@@ -15,8 +15,8 @@ from .gather import Gathered
 def _classifier(path: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..errors import HostError
-    from ..models import resolve
+    from ...errors import HostError
+    from ...models import resolve
 
     path = resolve(path, what="the reward model")
     try:
@@ -104,8 +104,8 @@ class LLMJudge:
         if judge is not None:
             from transformers import AutoTokenizer
 
-            from ..models import load_model_cached
-            from ..models import resolve
+            from ...models import load_model_cached
+            from ...models import resolve
 
             model = load_model_cached(judge, what="the judge")
             tokenizer = AutoTokenizer.from_pretrained(resolve(judge, what="the judge"))

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from metagen_hooks import Candidate
-from metagen_plugins.builtin import sandbox
-from metagen_plugins.builtin.sandbox import CodeTests, Limits, check_program, extract_program, run_python
+from metagen_plugins import sandbox
+from metagen_plugins.builtin.scorers.code_tests import CodeTests
+from metagen_plugins.sandbox import Limits, check_program, extract_program, run_python
 
 FULL = sandbox.probe("full")
 needs_full = pytest.mark.skipif(FULL is not None, reason=f"full isolation unavailable here: {FULL}")

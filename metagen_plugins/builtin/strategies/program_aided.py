@@ -15,7 +15,7 @@ from typing import Literal
 from metagen_hooks import Budget, Candidate, Generator, Result, Scorer
 
 from metagen_hooks.run import Run
-from .sandbox import Limits, extract_program, probe, run_python
+from ...sandbox import Limits, extract_program, probe, run_python
 
 TEMPLATE = ("Write a short Python program that computes the answer to the question below and prints "
             "only the answer.\n\nQuestion: {prompt}")

@@ -114,7 +114,7 @@ class MBR(_Sampled):
     ``chrf``, ``bleu``, ...); with none, answers are compared exactly."""
 
     def run(self, prompt, generator, scorer, budget) -> Result:
-        from .scorers import ExactMatch
+        from ..scorers.pairwise import ExactMatch
 
         utility = scorer if scorer is not None else ExactMatch()
         if not hasattr(utility, "utility"):

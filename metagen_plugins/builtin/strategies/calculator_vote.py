@@ -12,7 +12,7 @@ from __future__ import annotations
 from metagen_hooks import Budget, Candidate, Generator, Result, Scorer
 
 from metagen_hooks import answers, selection
-from .calculator import repair
+from ..scorers.calculator import repair
 from metagen_hooks.run import Run
 
 

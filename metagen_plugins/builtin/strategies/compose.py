@@ -10,8 +10,8 @@ from metagen_hooks import Budget, BudgetExceeded, Candidate, Generator, Result
 
 def _build(entry: dict[str, Any], role: str, registry):
     """A strategy object from a nested ``{"name": ..., params}`` table, validated like any other."""
-    from ..components import build, check_params, params
-    from ..errors import ConfigError
+    from ...components import build, check_params, params
+    from ...errors import ConfigError
 
     if not isinstance(entry, dict) or "name" not in entry:
         raise ValueError(f"{role} must be a table with a 'name', got {entry!r}")

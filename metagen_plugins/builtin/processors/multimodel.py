@@ -45,7 +45,7 @@ class SideModel:
 
 
 def _side(path: str, tokenizer, role: str) -> SideModel:
-    from ..models import load_model_cached
+    from ...models import load_model_cached
 
     model = load_model_cached(path, what=f"the {role}")
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None

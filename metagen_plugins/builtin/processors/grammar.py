@@ -126,7 +126,7 @@ def _tgi(regex: str | None = None, json_schema: dict | str | None = None, lark: 
          json_whitespace: bool = False) -> dict:
     """TGI's ``grammar`` request parameter: {"type": "regex"|"json", "value": ...}. TGI compiles
     it with its own engine (outlines); it has no Lark grammars and chooses JSON whitespace itself."""
-    from ..errors import ConfigError
+    from ...errors import ConfigError
 
     if lark is not None:
         raise ConfigError("logits processor 'grammar': TGI takes a regex or a JSON schema, not a Lark "

@@ -1,0 +1,27 @@
+"""Sequence log-probability under the generating model, from the candidate's own per-token
+log-probs (no second model)."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from metagen_hooks import Candidate
+
+
+class LogProb:
+    """Sequence log-probability under the generating model: ``mean`` (length-normalised) or
+    ``sum`` of the candidate's per-token log-probs."""
+
+    def __init__(self, reduce: Literal["mean", "sum"] = "mean") -> None:
+        self.reduce = reduce
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        out = []
+        for c in candidates:
+            total = sum(c.logprobs)
+            out.append(total / max(1, len(c.logprobs)) if self.reduce == "mean" else total)
+        return out
+
+
+def register_all(register) -> None:
+    register("logprob", LogProb)

@@ -1,0 +1,8 @@
+"""A fixture plugin registering with unknown metadata, ``tgl=`` (tests/test_plugins.py)."""
+
+from metagen_hooks import hookimpl
+
+
+@hookimpl
+def register_scorers(register):
+    register("x", object, tgl=lambda: {})

@@ -1,0 +1,9 @@
+"""A fixture plugin registering the scorer ``contested``; installed under several names, they
+conflict (tests/test_isolation.py)."""
+
+from metagen_hooks import hookimpl
+
+
+@hookimpl
+def register_scorers(register):
+    register("contested", lambda: None)

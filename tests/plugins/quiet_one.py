@@ -1,0 +1,1 @@
+"""A fixture plugin with nothing in it (tests/cli/test_cli.py)."""

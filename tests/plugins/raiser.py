@@ -1,0 +1,8 @@
+"""A fixture plugin whose hook raises (tests/test_plugins.py)."""
+
+from metagen_hooks import hookimpl
+
+
+@hookimpl
+def register_strategies(register):
+    raise KeyError("no config here")

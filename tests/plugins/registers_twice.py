@@ -1,0 +1,9 @@
+"""A fixture plugin registering one name twice (tests/test_isolation.py)."""
+
+from metagen_hooks import hookimpl
+
+
+@hookimpl
+def register_scorers(register):
+    register("same", lambda: 1)
+    register("same", lambda: 2)
