@@ -148,7 +148,8 @@ def timed(fn, pgid: int | None = None) -> tuple[float, float, float]:
 
 
 def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = None) -> tuple[list[dict], dict]:
-    """Start a server, measure both sides at n=1 and n=16, stop it. Returns the table rows and
+    """Start a server, measure both sides at n=1 and n=16, stop it (metagen's host configured as
+    the docs say for a serve-args server: ``neutral_defaults = false``). Returns the table rows and
     {"vllm_vs_plain_n1", "vllm_vs_plain_n16", "vllm_vs_plain" (the worse)}; with no vLLM
     environment, says so and returns no rows and no keys. ``url``: a running server of the demo
     model (served as demo-arith) to use instead of starting one."""
@@ -165,7 +166,9 @@ def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = Non
     engine, host = None, {**SERVER, "url": url}
     if url is None:
         engine = start_server(Path(tempfile.gettempdir()) / f"metagen-throughput-vllm-{os.getpid()}.log")
-        host = engine.host
+        # started from serve-args, with --generation-config vllm: the server adds no sampling
+        # defaults, so the host need not neutralise them (docs/vllm-host.md)
+        host = {**engine.host, "neutral_defaults": False}
         server_pgid = engine.process.pid  # started in its own session: its group id is its pid
     rows, figures = [], {}
     try:

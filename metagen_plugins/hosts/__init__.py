@@ -39,6 +39,7 @@ REMOTE_SETTINGS: dict[str, Any] = {"url": str, "timeout": float, "concurrency": 
 VLLM_SETTINGS: dict[str, Any] = {
     **REMOTE_SETTINGS,
     "logprobs": bool,  # ask for per-token log-probs (default true)
+    "neutral_defaults": bool,  # send neutral sampling values the components do not set (default true)
     "model": str,
     "draft_model": str,
     "kv_cache": str,

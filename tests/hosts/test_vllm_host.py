@@ -372,6 +372,19 @@ def test_request_body_maps_components_natively_and_through_the_plugin():
         {"section": "stopping", "name": "regex", "pattern": "x"}]
 
 
+def test_neutral_defaults_can_be_left_out_for_a_server_without_defaults():
+    """A server started with --generation-config vllm adds no sampling defaults: with
+    neutral_defaults = false only what the configuration sets is sent."""
+    host = offline_host(host={"name": "vllm", "url": "http://127.0.0.1:9", "model": "m", "neutral_defaults": False},
+                        processors=[{"name": "temperature", "temperature": 0.7}])
+    try:
+        body = host.request_body("Q", 2, 10, [], None)
+    finally:
+        host.close()
+    assert body["temperature"] == 0.7
+    assert not {"top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"} & set(body)
+
+
 def test_greedy_requests_carry_one_sample_each():
     host = offline_host()
     try:
