@@ -79,7 +79,9 @@ class Runner:
         each new piece of the text of the strategy's first one-sample request as it is decoded,
         on hosts whose ``streams`` is true (see :attr:`streams`); the pieces add up to that
         candidate's text, and raising from it stops that request. A strategy that samples more
-        than one candidate streams nothing useful: give it only for ``generate``."""
+        than one candidate streams nothing useful: give it only for ``generate``.
+
+        The future's ``budget`` is the prompt's Budget, live: what it has spent so far."""
         if self._closed:
             raise RuntimeError("this Runner is closed")
         check_prompt(0, prompt)
@@ -96,7 +98,11 @@ class Runner:
             extras["conversation"] = [{"role": m["role"], "content": m["content"]} for m in conversation]
         if on_text is not None and self.streams:
             extras["on_text"] = on_text
-        return self._pool.submit(self._run_one, prompt, cfg, raise_errors, extras, self._held.get(threading.get_ident()))
+        budget = Budget(**cfg.budget)
+        future = self._pool.submit(self._run_one, prompt, cfg, raise_errors, extras,
+                                   self._held.get(threading.get_ident()), budget)
+        future.budget = budget
+        return future
 
     @property
     def streams(self) -> bool:
@@ -128,11 +134,11 @@ class Runner:
         return [f.result() for f in futures]
 
     def _run_one(self, prompt: str, cfg: Config, raise_errors: bool, extras: dict[str, Any] | None = None,
-                 gate: threading.Event | None = None) -> Result:
+                 gate: threading.Event | None = None, budget: Budget | None = None) -> Result:
         if gate is not None:
             gate.wait()
         strategy_entry = cfg.strategy or {"name": "generate"}
-        budget = Budget(**cfg.budget)
+        budget = budget if budget is not None else Budget(**cfg.budget)
         if cfg is not self.config:
             extras = {"config": cfg, **(extras or {})}
         generator = self.host.generator(budget, **(extras or {}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -37,6 +38,8 @@ from .schemas import ChatRequest, CompletionRequest, parse
 log = logging.getLogger("metagen.serve")
 MAX_BODY_BYTES = 1 << 20
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
+PROGRESS_EVERY = 1.0  # seconds between progress comments of a streamed search (metagen.progress)
+PROGRESS_KEYS = ("samples", "tokens_generated", "prompt_tokens_computed", "prompt_tokens_reused", "flops")
 
 
 class Server:
@@ -161,6 +164,43 @@ class Server:
             result = answered(waited, config)  # an error here keeps its HTTP status
             return self._streamed(route, profile, config, result, options, include_usage, feed, None, waited)
         return self._streamed(route, profile, config, None, options, include_usage, feed, first.result(), waited)
+
+    def progressing(self, route: str, profile: Profile, config, prompt: str,
+                    conversation: list[dict[str, str]] | None, options: dict[str, Any],
+                    include_usage: bool) -> StreamingResponse:
+        """A search strategy streamed with ``metagen.progress``: the stream starts at once and,
+        until the answer is chosen, sends every ``PROGRESS_EVERY`` seconds what the run has spent
+        so far as an SSE comment (``: metagen progress {...}``), which standard clients ignore;
+        then the answer as usual. Having started, a failure is an error event, not a status."""
+        future = self.start(profile, config, prompt, **({"conversation": conversation} if conversation else {}))
+        waited = asyncio.wrap_future(future)
+        rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        stream = answer.Stream(route, rid, profile.name, include_usage)
+
+        async def events():
+            try:
+                for event in stream.start():
+                    yield event
+                while not waited.done():
+                    await asyncio.wait([waited], timeout=PROGRESS_EVERY)
+                    if not waited.done():
+                        spent = future.budget.spent()
+                        yield f": metagen progress {json.dumps({k: spent[k] for k in PROGRESS_KEYS})}\n\n"
+                try:
+                    final = answered(waited, config)
+                except APIError as exc:
+                    for event in stream.error(exc.body()):
+                        yield event
+                    return
+                ext = answer.extension(final, profile.name, rid, options["candidates"])
+                self.keep(rid, profile, [final])
+                for event in stream.whole(final, ext)[len(stream.start()):]:
+                    yield event
+            finally:
+                if not waited.done() and future.cancel():  # the client left while it was queued
+                    self.metrics.cancelled.labels(profile.name, "queued").inc()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def _streamed(self, route: str, profile: Profile, config, result: Result | None, options: dict[str, Any],
                   include_usage: bool, feed: TextFeed, first: str | None, waited) -> StreamingResponse:
@@ -371,6 +411,9 @@ def create_app(server: Server) -> FastAPI:
                                              options, include_usage)
                 status = 200
                 return response
+            if body.stream and options["progress"]:
+                status = 200
+                return server.progressing(route, profile, config, prompts[0], conversation, options, include_usage)
             results = await server.run(request, route, profile, config, prompts, conversation)
             rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
             exts = [answer.extension(r, profile.name, rid, options["candidates"]) for r in results]

@@ -8,7 +8,8 @@ defines several: each ``[profiles.NAME]`` table is a complete run configuration.
 A request refines its profile with OpenAI's own fields (``max_tokens``, ``seed``, ``stop``,
 ``temperature``, ``top_p``) and the ``metagen`` extension object, whose keys are configuration
 sections (``strategy``, ``scorer``, ``processors``, ``stopping``, ``generation``, ``budget``)
-plus ``candidates`` (return every candidate). The refined configuration goes through the same
+plus ``candidates`` (return every candidate) and ``progress`` (a streamed search sends what it
+has spent so far as SSE comments, which standard clients ignore). The refined configuration goes through the same
 ``validate`` as a config file. The profile's ``[budget]`` limits and ``[generation]
 max_new_tokens`` are caps: a request may lower them, never raise them. A request never names a
 path or a model the operator did not configure.
@@ -93,12 +94,13 @@ def load_profiles(source: str | os.PathLike | None, registry, caps: dict[str, in
 
 
 def refine(profile: Profile, request, registry) -> tuple[Config, dict[str, Any]]:
-    """The configuration one request runs with, and its options (``candidates``); a 400 naming
+    """The configuration one request runs with, and its options (``candidates``, ``progress``); a 400 naming
     the field for anything invalid, before any generation."""
     extension = dict(request.metagen or {})
-    options = {"candidates": extension.pop("candidates", False)}
-    if not isinstance(options["candidates"], bool):
-        raise bad_request("metagen.candidates must be true or false", param="metagen.candidates")
+    options = {"candidates": extension.pop("candidates", False), "progress": extension.pop("progress", False)}
+    for option, value in options.items():
+        if not isinstance(value, bool):
+            raise bad_request(f"metagen.{option} must be true or false", param=f"metagen.{option}")
     for key in extension:
         if key not in REFINABLE:
             hint = (" (the host and [run] are the server's; choose another profile with \"model\")"

@@ -156,3 +156,26 @@ def test_a_conversation_on_a_host_without_a_chat_template_is_400(tmp_path):
             running.client().chat.completions.create(model="remote", messages=[
                 {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
         assert caught.value.body["param"] == "messages"
+
+
+def test_a_streamed_search_can_report_progress_that_standard_clients_ignore(server, monkeypatch):
+    """metagen.progress: SSE comments with what the run has spent so far, while it searches; the
+    openai client skips them and gets the same answer; a raw reader sees them."""
+    from metagen_plugins.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "PROGRESS_EVERY", 0.01)
+    client = server.client()
+    whole = client.completions.create(model="vote", prompt=PROMPT)
+    streamed = list(client.completions.create(model="vote", prompt=PROMPT, stream=True,
+                                              extra_body={"metagen": {"progress": True}}))
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("POST", "/v1/completions", body=json.dumps({
+        "model": "vote", "prompt": "Q: 12+34-5=? A:", "stream": True, "metagen": {"progress": True}}),
+        headers={"Content-Type": "application/json"})
+    lines = connection.getresponse().read().decode().splitlines()
+    progress = [json.loads(line.split("progress ", 1)[1]) for line in lines if line.startswith(": metagen progress")]
+    assert progress and set(progress[-1]) >= {"samples", "tokens_generated", "flops"}
+    assert lines[-2] == "data: [DONE]" or lines[-1] == "data: [DONE]"
+    with pytest.raises(openai.BadRequestError, match="metagen.progress must be true or false"):
+        client.completions.create(model="vote", prompt=PROMPT, stream=True, extra_body={"metagen": {"progress": 1}})
