@@ -133,15 +133,14 @@ class Runner:
                     on_result(future.result())
         return [f.result() for f in futures]
 
-    def _run_one(self, prompt: str, cfg: Config, raise_errors: bool, extras: dict[str, Any] | None = None,
-                 gate: threading.Event | None = None, budget: Budget | None = None) -> Result:
+    def _run_one(self, prompt: str, cfg: Config, raise_errors: bool, extras: dict[str, Any],
+                 gate: threading.Event | None, budget: Budget) -> Result:
         if gate is not None:
             gate.wait()
         strategy_entry = cfg.strategy or {"name": "generate"}
-        budget = budget if budget is not None else Budget(**cfg.budget)
         if cfg is not self.config:
-            extras = {"config": cfg, **(extras or {})}
-        generator = self.host.generator(budget, **(extras or {}))
+            extras = {"config": cfg, **extras}
+        generator = self.host.generator(budget, **extras)
         budget.start()
         try:
             strategy = build(self.registry.get("strategies", strategy_entry["name"]), params(strategy_entry),

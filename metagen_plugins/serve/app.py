@@ -3,14 +3,14 @@
 Request path: authenticate -> read the body (size-capped) -> parse (schemas) -> refine the
 profile (profiles; 400 before any generation) -> admit (runners; 429 beyond the bound) ->
 ``Runner.submit`` in a worker thread -> wait for the Result or the client's disconnect ->
-answer (answer) or map the failure to 400/500/502/504 (failures).
+answer (answer; streamed live or with progress: streaming) or map the failure to 400/500/502/504
+(failures).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -25,11 +25,10 @@ from starlette.exceptions import HTTPException
 
 from metagen_hooks import Result
 
-from . import answer
 from ..errors import ConfigError
-from .errors import APIError, bad_request
-from .failures import api_error
-from .live import TextFeed
+from . import answer, streaming
+from .errors import APIError, ClientGone, bad_request
+from .failures import answered
 from .metrics import Metrics
 from .profiles import Profile, refine
 from .runners import Runners
@@ -38,8 +37,6 @@ from .schemas import ChatRequest, CompletionRequest, parse
 log = logging.getLogger("metagen.serve")
 MAX_BODY_BYTES = 1 << 20
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
-PROGRESS_EVERY = 1.0  # seconds between progress comments of a streamed search (metagen.progress)
-PROGRESS_KEYS = ("samples", "tokens_generated", "prompt_tokens_computed", "prompt_tokens_reused", "flops")
 
 
 class Server:
@@ -123,7 +120,7 @@ class Server:
                 future.cancel()
             raise
         waiting = [asyncio.wrap_future(f) for f in futures]
-        gone = asyncio.ensure_future(_disconnected(request))
+        gone = asyncio.ensure_future(streaming.disconnected(request))
         try:
             await asyncio.wait([gone, asyncio.gather(*waiting, return_exceptions=True)],
                                return_when=asyncio.FIRST_COMPLETED)
@@ -133,115 +130,8 @@ class Server:
             for future in futures:
                 stage = "queued" if future.cancel() else "running"
                 self.metrics.cancelled.labels(profile.name, stage).inc()
-            raise _ClientGone()
+            raise ClientGone()
         return [answered(waited, config) for waited in waiting]
-
-    async def live(self, request: Request, route: str, profile: Profile, config, prompt: str,
-                   conversation: list[dict[str, str]] | None, options: dict[str, Any],
-                   include_usage: bool) -> StreamingResponse:
-        """Plain decoding streamed as it decodes: the response starts with the first tokens
-        (a failure before them keeps its HTTP status); a failure after them ends the stream
-        with an error event; a client that goes away stops the decoding at its next token. On
-        a host that does not stream tokens, the answer is sent whole once it is ready."""
-        feed = TextFeed(asyncio.get_running_loop())
-        extras: dict[str, Any] = {"on_text": feed}
-        if conversation:
-            extras["conversation"] = conversation
-        waited = asyncio.wrap_future(self.start(profile, config, prompt, **extras))
-        first = asyncio.ensure_future(feed.queue.get())
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait([first, waited, gone], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not first.done():
-            first.cancel()
-            if not waited.done():  # the client left before anything was decoded
-                feed.gone.set()
-                stage = "queued" if waited.cancel() else "running"
-                self.metrics.cancelled.labels(profile.name, stage).inc()
-                raise _ClientGone()
-            result = answered(waited, config)  # an error here keeps its HTTP status
-            return self._streamed(route, profile, config, result, options, include_usage, feed, None, waited)
-        return self._streamed(route, profile, config, None, options, include_usage, feed, first.result(), waited)
-
-    def progressing(self, route: str, profile: Profile, config, prompt: str,
-                    conversation: list[dict[str, str]] | None, options: dict[str, Any],
-                    include_usage: bool) -> StreamingResponse:
-        """A search strategy streamed with ``metagen.progress``: the stream starts at once and,
-        until the answer is chosen, sends every ``PROGRESS_EVERY`` seconds what the run has spent
-        so far as an SSE comment (``: metagen progress {...}``), which standard clients ignore;
-        then the answer as usual. Having started, a failure is an error event, not a status."""
-        future = self.start(profile, config, prompt, **({"conversation": conversation} if conversation else {}))
-        waited = asyncio.wrap_future(future)
-        rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        stream = answer.Stream(route, rid, profile.name, include_usage)
-
-        async def events():
-            try:
-                for event in stream.start():
-                    yield event
-                while not waited.done():
-                    await asyncio.wait([waited], timeout=PROGRESS_EVERY)
-                    if not waited.done():
-                        spent = future.budget.spent()
-                        yield f": metagen progress {json.dumps({k: spent[k] for k in PROGRESS_KEYS})}\n\n"
-                try:
-                    final = answered(waited, config)
-                except APIError as exc:
-                    for event in stream.error(exc.body()):
-                        yield event
-                    return
-                ext = answer.extension(final, profile.name, rid, options["candidates"])
-                self.keep(rid, profile, [final])
-                for event in stream.whole(final, ext)[len(stream.start()):]:
-                    yield event
-            finally:
-                if not waited.done() and future.cancel():  # the client left while it was queued
-                    self.metrics.cancelled.labels(profile.name, "queued").inc()
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    def _streamed(self, route: str, profile: Profile, config, result: Result | None, options: dict[str, Any],
-                  include_usage: bool, feed: TextFeed, first: str | None, waited) -> StreamingResponse:
-        rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        stream = answer.Stream(route, rid, profile.name, include_usage)
-
-        async def events():
-            ended = False
-            try:
-                for event in stream.start():
-                    yield event
-                text = first
-                while text is not None:
-                    feed.sent += text
-                    for event in stream.text(text):
-                        yield event
-                    getter = asyncio.ensure_future(feed.queue.get())
-                    await asyncio.wait([getter, waited], return_when=asyncio.FIRST_COMPLETED)
-                    if getter.done():
-                        text = getter.result()
-                    else:
-                        getter.cancel()
-                        text = feed.drain() or None
-                try:
-                    final = result or answered(waited, config)
-                except APIError as exc:
-                    ended = True
-                    for event in stream.error(exc.body()):
-                        yield event
-                    return
-                ext = answer.extension(final, profile.name, rid, options["candidates"])
-                self.keep(rid, profile, [final])
-                ended = True
-                for event in [*stream.text(feed.rest(final.best.text)), *stream.end(final, ext)]:
-                    yield event
-            finally:
-                feed.gone.set()  # a client that left mid-stream stops the decoding
-                if not ended:
-                    self.metrics.cancelled.labels(profile.name, "streaming").inc()
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def _finisher(self, lane, profile: Profile, config, started: float):
         def finished(future: Future) -> None:
@@ -263,32 +153,6 @@ class Server:
 
     def close(self) -> None:
         self.runners.close()
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its answer; nothing is sent."""
-
-
-def answered(waited, config) -> Result:
-    """A finished prompt's Result, or the APIError its failure maps to (also when the strategy
-    chose nothing)."""
-    exc = waited.exception()
-    if exc is not None:
-        raise api_error(exc, config) from exc
-    result = waited.result()
-    if result.best is None:
-        raise APIError(500, f"the {result.strategy} strategy returned no answer"
-                       + "".join(f"; {f.get('message') or f.get('error')}" for f in result.failures),
-                       code="no_answer")
-    return result
-
-
-async def _disconnected(request: Request) -> None:
-    """Return when the client closes the connection (the body has been read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def chat_prompt(messages) -> tuple[str, list[dict[str, str]]]:
@@ -336,8 +200,8 @@ def create_app(server: Server) -> FastAPI:
                    if exc.status_code in (404, 405) else str(exc.detail))
         return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
 
-    @app.exception_handler(_ClientGone)
-    async def _gone(request: Request, exc: _ClientGone):
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone):
         return Response(status_code=499)  # nobody reads it
 
     @app.exception_handler(Exception)
@@ -407,13 +271,14 @@ def create_app(server: Server) -> FastAPI:
             config, options = refine(profile, body, server.registry)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             if body.stream and (config.strategy or {"name": "generate"})["name"] == "generate":
-                response = await server.live(request, route, profile, config, prompts[0], conversation,
-                                             options, include_usage)
+                response = await streaming.live(server, request, route, profile, config, prompts[0],
+                                                conversation, options, include_usage)
                 status = 200
                 return response
             if body.stream and options["progress"]:
                 status = 200
-                return server.progressing(route, profile, config, prompts[0], conversation, options, include_usage)
+                return streaming.progressing(server, route, profile, config, prompts[0], conversation, options,
+                                             include_usage)
             results = await server.run(request, route, profile, config, prompts, conversation)
             rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
             exts = [answer.extension(r, profile.name, rid, options["candidates"]) for r in results]
@@ -429,7 +294,7 @@ def create_app(server: Server) -> FastAPI:
         except APIError as exc:
             status = exc.status
             raise
-        except _ClientGone:
+        except ClientGone:
             status = 499
             raise
         finally:

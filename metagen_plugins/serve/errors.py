@@ -34,3 +34,7 @@ class APIError(Exception):
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer; nothing is sent (logged as 499)."""

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from metagen_hooks import BudgetExceeded
+from metagen_hooks import BudgetExceeded, Result
 
 from ..errors import ConfigError, HostError
 from ..hosts.remote import RemoteError
@@ -34,3 +34,17 @@ def api_error(exc: BaseException, config) -> APIError:
     if isinstance(exc, (ConfigError, HostError)):
         return APIError(400, str(exc), code="invalid_request")
     return APIError(500, failure["message"], code="host_error")
+
+
+def answered(waited, config) -> Result:
+    """A finished prompt's Result (``waited``: its done future), or the APIError its failure
+    maps to (also when the strategy chose nothing)."""
+    exc = waited.exception()
+    if exc is not None:
+        raise api_error(exc, config) from exc
+    result = waited.result()
+    if result.best is None:
+        raise APIError(500, f"the {result.strategy} strategy returned no answer"
+                       + "".join(f"; {f.get('message') or f.get('error')}" for f in result.failures),
+                       code="no_answer")
+    return result
