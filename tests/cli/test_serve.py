@@ -448,11 +448,11 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
     import os
     import signal
 
-    import test_vllm_host as vllm_tests
+    from vllm_server import DEMO, VLLM_PYTHON, VLLMServer, available
 
-    if not vllm_tests.VLLM_PYTHON.exists():
-        pytest.skip(f"no vLLM environment at {vllm_tests.VLLM_PYTHON}: `make test` builds it")
-    engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm.log")
+    if not available():
+        pytest.skip(f"no vLLM environment at {VLLM_PYTHON}: `make test` builds it")
+    engine = VLLMServer(DEMO, tmp_path / "vllm.log")
     try:
         engine.wait()
         path = tmp_path / "remote.toml"  # two profiles: a patient one, and one that times out in 3 s
@@ -493,7 +493,7 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
             assert sorted(m.id for m in client.models.list()) == ["impatient", "remote"]  # the server goes on
 
             port = int(engine.url.rsplit(":", 1)[1])  # the engine comes back on the same address
-            engine = vllm_tests.Server(vllm_tests.SERVER, tmp_path / "vllm-again.log", port=port)
+            engine = VLLMServer(DEMO, tmp_path / "vllm-again.log", port=port)
             engine.wait()
             assert client.completions.create(model="remote", prompt=PROMPT).choices[0].text == ok.choices[0].text
     finally:
