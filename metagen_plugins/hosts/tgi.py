@@ -131,9 +131,22 @@ class TGIGenerator(RemoteGenerator):
         output = await (await self.host.client(replica.url)).text_generation(text, **params)
         return [self._parse(output, client_stops)]
 
-    async def _stream(self, url: str, text: str, params: dict[str, Any], client_stops: list[str]) -> Sample:
+    async def stream_request(self, text, max_new_tokens, stop, seed, replica, on_text) -> list[Sample]:
+        """One sample streamed from ``/generate_stream``, ``on_text`` called with each token's
+        text as it arrives (``best_of``, which TGI cannot stream, is sent whole once done)."""
+        params, client_stops = self.parameters(max_new_tokens, stop, seed)
+        if "best_of" in params:
+            [sample] = await self.request(text, 1, max_new_tokens, stop, seed, replica)
+            if sample.text:
+                on_text(sample.text)
+            return [sample]
+        return [await self._stream(replica.url, text, params, client_stops, on_text)]
+
+    async def _stream(self, url: str, text: str, params: dict[str, Any], client_stops: list[str],
+                      on_text=None) -> Sample:
         """Read ``/generate_stream`` until EOS, the token limit, or a client-side stop string;
-        leaving the ``async with`` closes the connection, so TGI stops generating."""
+        leaving the ``async with`` closes the connection, so TGI stops generating. ``on_text``
+        gets each non-special token's text as it arrives."""
         from huggingface_hub import AsyncInferenceClient
 
         params = {k: v for k, v in params.items() if k != "decoder_input_details"}  # not streamed
@@ -148,6 +161,8 @@ class TGIGenerator(RemoteGenerator):
                         top.append([{k: _get(t, k) for k in ("id", "text", "logprob")} for t in event.top_tokens])
                     if not event.token.special:
                         pieces.append(event.token.text)
+                        if on_text is not None and event.token.text:
+                            on_text(event.token.text)
                     if event.details is not None:
                         finish, prompt_tokens, seed = (event.details.finish_reason, event.details.input_length,
                                                        event.details.seed)

@@ -295,3 +295,19 @@ def test_watermark_on_the_transformers_host_is_transformers_own_processor(tiny):
     assert made.greenlist_size == int(0.5 * model.config.vocab_size) and made.bias == 1.0
     with pytest.raises(ConfigError, match=r"greenlist_ratio must be in \(0, 1\)"):
         build(info, {"greenlist_ratio": 1.5}, context={"model": model})
+
+
+def test_plain_decoding_streams_token_by_token_and_adds_up_to_the_answer(server):
+    """on_text: each token's text as /generate_stream sends it; the pieces are the candidate's
+    text, and the answer equals the one a plain request gets."""
+    server.token_delay = 0.01
+    host = make_host(server)
+    try:
+        pieces: list[str] = []
+        [[streamed]] = host.generator(Budget(), on_text=pieces.append).sample([PROMPT], n=1)
+        assert server.requests[-1][1]["stream"] is True and host.streams
+        [[whole]] = generator(host).sample([PROMPT], n=1)
+    finally:
+        host.close()
+    assert len(pieces) > 1 and "".join(pieces) == streamed.text == whole.text
+    assert streamed.token_ids == whole.token_ids and streamed.logprobs == whole.logprobs
