@@ -182,10 +182,17 @@ def main() -> None:
                      "tokens": cost[name]})
     print(f"demo-arith, {count} held-out problems; N={args.n}, T=0.8; verifier {args.prm}")
     table(rows, ["strategy", "accuracy", "correct", "p_vs_greedy", "tokens"])
+    # A verifier that carries no information, with ties broken by text, picks uniformly among the
+    # *distinct* texts; right answers repeat more than wrong ones, so that is below a random sample.
+    sample_mean = sum(sum(ls) / len(ls) for ls in labels) / count
+    distinct = sum(sum(is_correct(p.prompt, t) for t in set(ts)) / len(set(ts)) for p, ts in zip(problems, texts)) / count
+    print(f"\nexpected accuracy of a random sample {sample_mean:.1%}; of a random one of the distinct texts "
+          f"{distinct:.1%} (what argmax over an uninformative score picks: right texts repeat, wrong ones vary)")
     print("\nthe learned verifier's AUC (right vs wrong final answers)")
     table([{"aggregate": k, **v} for k, v in aucs.items()],
           ["aggregate", "within_problem_auc", "problems_with_both", "pooled_auc"])
-    finish("demo_verifier", {"problems": count, "n": args.n, "prm": args.prm, "rows": rows, "auc": aucs})
+    finish("demo_verifier", {"problems": count, "n": args.n, "prm": args.prm, "rows": rows, "auc": aucs,
+                             "random_sample": sample_mean, "random_distinct_text": distinct})
 
 
 if __name__ == "__main__":

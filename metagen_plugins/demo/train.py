@@ -121,6 +121,64 @@ def greedy_accuracy(model, tokenizer, items) -> float:
     return correct / len(items)
 
 
+def verifier_examples(model, tokenizer, count: int, seed: int, exclude: set[str]):
+    """The main model's own samples (T = 0.8) cut at every step, each prefix labelled by the
+    exact checker: 1 while every step so far is right (and, for a whole solution, the answer)."""
+    import torch
+
+    from .task import check_steps, is_correct, split_steps
+
+    items = [p for p in problems(count, seed + 7, exclude)]
+    torch.manual_seed(seed)
+    texts, labels = [], []
+    for i in range(0, len(items), 100):
+        chunk = [p for p in items[i:i + 100] for _ in range(4)]
+        inputs = tokenizer([p.prompt for p in chunk], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=48, do_sample=True, temperature=0.8, top_k=0,
+                                 pad_token_id=0)
+        for p, text in zip(chunk, tokenizer.batch_decode(out[:, inputs.input_ids.shape[1]:],
+                                                        skip_special_tokens=True)):
+            verdicts = check_steps(p.prompt, text)
+            pieces = text.split(". ")
+            for k in range(len(split_steps(text))):
+                texts.append(p.prompt + ". ".join(pieces[:k + 1]) + ". ")
+                labels.append(float(all(verdicts[:k + 1])))
+            texts.append(p.prompt + text)
+            labels.append(float(is_correct(p.prompt, text) and all(verdicts)))
+    return texts, labels
+
+
+def train_verifier(texts, labels, tokenizer, steps: int, seed: int, init: Path, size: int = 64):
+    """A sequence classifier (one logit) on step prefixes: the demo process reward model. It
+    starts from the main model's weights (``init``), as reward models start from their policy:
+    a classifier trained from scratch at this size learns the problems' difficulty, not whether
+    their arithmetic is right."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification.from_pretrained(init, num_labels=1, pad_token_id=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    rng = random.Random(seed)
+    order = list(range(len(texts)))
+    start = time.perf_counter()
+    for step in range(steps):
+        pick = [order[rng.randrange(len(order))] for _ in range(size)]
+        enc = tokenizer([texts[i] for i in pick], return_tensors="pt", padding=True)
+        target = torch.tensor([labels[i] for i in pick])
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        logits = model(**enc).logits[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"  step {step:4d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s", flush=True)
+    return model.eval()
+
+
 def save(model, tokenizer, path: Path) -> None:
     import json
 
@@ -141,7 +199,7 @@ def main(argv=None) -> None:
                              "80%% at 900 of this schedule), and test-time compute needs headroom")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay, AdamW)")
     parser.add_argument("--draft-steps", type=int, default=600)
-    parser.add_argument("--verifier-steps", type=int, default=600)
+    parser.add_argument("--verifier-steps", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", default="main,draft,prm",
                         help="which models to train (prm samples from the saved main model in --out)")
@@ -173,15 +231,11 @@ def main(argv=None) -> None:
         return
     from transformers import LlamaForCausalLM
 
-    from .verifier_training import train_verifier, verifier_groups
-
     print(f"training demo-arith-prm on the main model's own samples; {args.verifier_steps} steps", flush=True)
     main_model = LlamaForCausalLM.from_pretrained(out / "demo-arith").eval()
-    groups = verifier_groups(main_model, tokenizer, 1500, args.seed, exclude)
-    ends = [m for g in groups for _, marks, _ in g for m in marks]
-    print(f"  {sum(map(len, groups))} solutions of {len(groups)} problems, {len(ends)} step ends, "
-          f"{sum(m[1] for m in ends) / len(ends):.1%} labelled right", flush=True)
-    verifier = train_verifier(groups, args.verifier_steps, args.seed, init=out / "demo-arith")
+    texts, labels = verifier_examples(main_model, tokenizer, 1500, args.seed, exclude)
+    print(f"  {len(texts)} step prefixes, {sum(labels) / len(labels):.1%} labelled right", flush=True)
+    verifier = train_verifier(texts, labels, tokenizer, args.verifier_steps, args.seed, init=out / "demo-arith")
     save(verifier, tokenizer, out / "demo-arith-prm")
 
 
