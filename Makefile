@@ -38,7 +38,7 @@ demo: install
 	$(VENV)/bin/metagen plugins list
 	# The default (calculator_vote: 8 samples, the calculator repairs their arithmetic, majority vote)
 	# vs greedy on SmolLM2-135M-Instruct, on the 20 questions of examples/questions.jsonl.
-	@echo "Running 20 questions (greedy vs calculator_vote@8); the larger measurement is in docs/real-model.md"
+	@echo "Running 20 questions (greedy vs calculator_vote@8). On 200 questions: calculator_vote@8 71.0% vs greedy 29.5% (McNemar p = 2e-16); see docs/real-model.md"
 	$(VENV)/bin/metagen run --compare --prompts examples/questions.jsonl
 
 # The documentation site (mkdocs.yml); --strict fails on any warning (a broken link, a page

