@@ -96,8 +96,9 @@ def test_step_search_on_the_demo_model_stops_at_each_step(demo):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="the shipped demo-arith-prm selects against correctness (issue 15: "
-                   "within-problem AUC 0.56, best-of-16 23% vs a random sample 35% on 60 held-out problems); "
-                   "remove this mark with the retrained verifier")
+                   "its scores ignore the digits; best-of-16 20.0% vs a random sample 33.9% on held-out "
+                   "problems 80-199, within-problem AUC 0.52; docs/real-model.md); remove this mark with "
+                   "a verifier that helps")
 def test_selection_by_the_shipped_prm_beats_a_random_sample(demo):
     """Best-of-8 with the shipped demo PRM must pick right answers more often than a sample
     drawn at random (the mean accuracy of the samples): a verifier that selects against
