@@ -354,7 +354,9 @@ def _print_comparison(args, outputs, expected, pattern) -> None:
             print(f"  {label.ljust(width)}  answer {answer}{_verdict(s)}{extra}\n  {' ' * width}  {text!r}")
         print()
     known = sum(e is not None for e in expected)
-    header = ["strategy", "accuracy", "tokens/prompt", "GFLOPs/prompt", "s/prompt"]
+    # latency: a prompt's mean time from start to answer; prompts run at once overlap, so it is
+    # not the run's wall time divided by the prompts
+    header = ["strategy", "accuracy", "tokens/prompt", "GFLOPs/prompt", "latency s"]
     table = [header]
     for r in rows:
         accuracy = f"{r['correct']}/{known} ({r['accuracy']:.1%})" if r["accuracy"] is not None else "-"

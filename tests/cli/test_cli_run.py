@@ -56,7 +56,7 @@ def test_compare_with_a_prompts_file_prints_both_accuracies_and_costs(tiny_dir, 
     out = metagen("run", "--model", str(tiny_dir), "-p", "n=2", "--compare", "--prompts", str(prompts)).stdout
     assert out.count("prompt: ") == 2 and out.count("  greedy ") == 2
     table = out[out.index("strategy  "):].splitlines()
-    assert table[0].split() == ["strategy", "accuracy", "tokens/prompt", "GFLOPs/prompt", "s/prompt"]
+    assert table[0].split() == ["strategy", "accuracy", "tokens/prompt", "GFLOPs/prompt", "latency", "s"]
     assert table[1].startswith("greedy ") and "/2 (" in table[1]
     assert table[2].startswith("calculator_vote@2 ") and "/2 (" in table[2]
 
