@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -85,3 +87,23 @@ def machine() -> dict:
 
 def finish(name: str, figures: dict) -> None:
     print(json.dumps({"bench": name, **figures, "machine": machine()}))
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> float:
+    """Exact (binomial) McNemar p, two-sided: outcomes ``b`` against ``a`` on the same problems."""
+    wins = sum(y and not x for x, y in zip(a, b))
+    losses = sum(x and not y for x, y in zip(a, b))
+    m = wins + losses
+    if m == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(m, k) for k in range(min(wins, losses) + 1)) / 2 ** m)
+
+
+def weighted_vote(texts: list[str], scores: list[float], extract) -> str | None:
+    """The answer (``extract(text)``) with the largest total score; None when no text has one."""
+    totals: Counter = Counter()
+    for text, score in zip(texts, scores):
+        answer = extract(text)
+        if answer is not None:
+            totals[answer] += score
+    return totals.most_common(1)[0][0] if totals else None

@@ -23,7 +23,7 @@ verifier that only knows which problems are hard.
 
 from __future__ import annotations
 
-from _common import arguments, finish, table
+from _common import arguments, finish, mcnemar, table, weighted_vote
 
 import math
 import random
@@ -41,16 +41,6 @@ STEP = {"step_tokens": 16, "max_steps": 5}
 def sampled(**extra) -> dict:
     return {"processors": [{"name": "temperature", "temperature": 0.8}],
             "generation": {"max_new_tokens": 48, "seed": 0}, **extra}
-
-
-def mcnemar(a: list[bool], b: list[bool]) -> float:
-    """Exact (binomial) McNemar p, two-sided: b against a on the same problems."""
-    wins = sum(y and not x for x, y in zip(a, b))
-    losses = sum(x and not y for x, y in zip(a, b))
-    m = wins + losses
-    if m == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(m, k) for k in range(min(wins, losses) + 1)) / 2 ** m)
 
 
 def auc(right: list[float], wrong: list[float]) -> float:
@@ -79,15 +69,6 @@ def pick_best(scores: list[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
-def weighted_vote(texts: list[str], scores: list[float]) -> str | None:
-    totals: Counter = Counter()
-    for t, s in zip(texts, scores):
-        answer = extract(t)
-        if answer is not None:
-            totals[answer] += s
-    return totals.most_common(1)[0][0] if totals else None
-
-
 def verifier_rows(problems, texts: list[list[str]], prm_path: str) -> tuple[dict, dict]:
     """Correctness per problem of each selection rule over the recorded samples, and the
     verifier's AUCs, for one learned verifier checkpoint."""
@@ -101,7 +82,7 @@ def verifier_rows(problems, texts: list[list[str]], prm_path: str) -> tuple[dict
         n = len(texts[0])
         correct[f"best_of_{n}[prm, {aggregate}]"] = [ls[pick_best(ss)] for ls, ss in zip(labels, scores)]
         correct[f"weighted_majority@{n}[prm, {aggregate}]"] = [
-            weighted_vote(ts, ss) == str(p.answer) for p, ts, ss in zip(problems, texts, scores)]
+            weighted_vote(ts, ss, extract) == str(p.answer) for p, ts, ss in zip(problems, texts, scores)]
         within, count = within_problem_auc(labels, scores)
         aucs[aggregate] = {"within_problem_auc": within, "problems_with_both": count,
                            "pooled_auc": pooled_auc(labels, scores)}

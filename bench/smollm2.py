@@ -27,10 +27,9 @@ can be reported at any point and resumed:
 
 from __future__ import annotations
 
-from _common import arguments, finish, table
+from _common import arguments, finish, mcnemar, table
 
 import json
-import math
 import sys
 import time
 from collections import Counter
@@ -152,17 +151,6 @@ def selections(n: int):
 
 def answer_of(records_row_text: str | None) -> str | None:
     return answers.extract(records_row_text, DEFAULT_PATTERN) if records_row_text is not None else None
-
-
-def mcnemar(a: list[bool], b: list[bool]) -> float:
-    """Exact (binomial) McNemar p, two-sided: b against a on the same questions."""
-    wins = sum(y and not x for x, y in zip(a, b))
-    losses = sum(x and not y for x, y in zip(a, b))
-    m = wins + losses
-    if m == 0:
-        return 1.0
-    tail = sum(math.comb(m, k) for k in range(min(wins, losses) + 1)) / 2 ** m
-    return min(1.0, 2 * tail)
 
 
 def report(records: list[dict], args) -> None:

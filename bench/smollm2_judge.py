@@ -17,7 +17,7 @@ text) and the same question as a user turn of the model's chat template. It repo
 
 from __future__ import annotations
 
-from _common import arguments, finish, table
+from _common import arguments, finish, mcnemar, table, weighted_vote
 
 import json
 import sys
@@ -28,7 +28,7 @@ from metagen_hooks import Candidate
 from metagen_plugins.demo.questions import questions
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from demo_verifier import mcnemar, pick_best, pooled_auc, within_problem_auc  # noqa: E402
+from demo_verifier import pick_best, pooled_auc, within_problem_auc  # noqa: E402
 from smollm2 import answer_of  # noqa: E402
 
 QUESTION = "Question: {prompt}\nProposed answer: {answer}\nIs the proposed answer correct? Answer Yes or No."
@@ -43,15 +43,6 @@ def chat_template(tokenizer) -> str:
         tokenize=False, add_generation_prompt=True)
     text = text.replace("{", "{{").replace("}", "}}")
     return text.replace(marker_p, "{prompt}").replace(marker_a, "{answer}")
-
-
-def weighted_vote(texts: list[str], scores: list[float]) -> str | None:
-    totals: Counter = Counter()
-    for t, s in zip(texts, scores):
-        answer = answer_of(t)
-        if answer is not None:
-            totals[answer] += s
-    return totals.most_common(1)[0][0] if totals else None
 
 
 def main() -> None:
@@ -92,7 +83,7 @@ def main() -> None:
         print(f"  judged with the {name} template", file=sys.stderr, flush=True)
         correct[f"best_of_{n}[llm_judge, {name}]"] = [ls[pick_best(ss)] for ls, ss in zip(labels, scores)]
         correct[f"weighted_majority@{n}[llm_judge, {name}]"] = [
-            weighted_vote(ts, ss) == r["answer"] for r, ts, ss in zip(records, texts, scores)]
+            weighted_vote(ts, ss, answer_of) == r["answer"] for r, ts, ss in zip(records, texts, scores)]
         within, both = within_problem_auc(labels, scores)
         aucs.append({"template": name, "within_problem_auc": within, "questions_with_both": both,
                      "pooled_auc": pooled_auc(labels, scores),
