@@ -107,6 +107,8 @@ def refine(profile: Profile, request, registry) -> tuple[Config, dict[str, Any]]
                     if key in ("host", "run") else "")
             raise bad_request(f"metagen.{key}: a request refines only {', '.join(REFINABLE)}{hint}",
                               param=f"metagen.{key}")
+    if not extension and not _sets_openai_fields(request):
+        return profile.config, options  # nothing to refine: the profile as it is
     data = copy.deepcopy(profile.data)
     for section, value in extension.items():
         _check_loading(profile, value, f"metagen.{section}")
@@ -127,6 +129,12 @@ def refine(profile: Profile, request, registry) -> tuple[Config, dict[str, Any]]
         raise bad_request(str(exc), param="metagen" if extension else None, code="invalid_config") from None
     _check_caps(profile.config, config)
     return config, options
+
+
+def _sets_openai_fields(request) -> bool:
+    """Whether the request sets any of the OpenAI sampling fields a profile takes."""
+    return any(getattr(request, name, None) is not None
+               for name in ("max_completion_tokens", "max_tokens", "seed", "temperature", "top_p")) or bool(request.stop)
 
 
 def _openai_fields(data: dict[str, Any], request) -> None:

@@ -90,7 +90,7 @@ class Runners:
     def lane(self, profile: Profile, config: Config) -> tuple[Lane, Config | None]:
         """The lane for ``profile`` run with ``config``, and the config to pass to submit."""
         lane = self.lanes[profile.lane_key]
-        if config_key(config) == config_key(lane.runner.config):
+        if config is lane.runner.config or config_key(config) == config_key(lane.runner.config):
             return lane, None
         if config.host_name == "transformers":
             return lane, config
