@@ -373,7 +373,7 @@ class TransformersGenerator:
         for a prompt's own search avoids it; with 0, no cache, everything is computed and charged)."""
         prefix = len(tokens) - 1
         hit = min(prefix, max((_common(tokens, seen) for seen in self._seen), default=0))
-        for new, _ in results or [([], [])]:
+        for new, _ in results:
             self._seen.append(tuple(tokens) + tuple(new[:-1]))  # what has KV: all but the last token
         steps = max((len(new) for new, _ in results), default=0)
         return (prefix - hit) + rows, hit + prefix * (rows - 1), int(prefix > hit) + steps
