@@ -3,6 +3,7 @@ Generator that shares one prefill among the N samples of a prompt."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 from typing import Any, Callable, Sequence
@@ -287,7 +288,7 @@ class TransformersGenerator:
         self.pad_id = host.pad_id
         self.prefix_cache = host.prefix_cache
         self._prompt_tokens: dict[str, list[int]] = {}
-        self._seen: list[tuple[int, ...]] = []  # token sequences this generator computed KV for
+        self._seen: list[tuple[int, ...]] = []  # token sequences this generator computed KV for, sorted
         self._calls = 0  # numbers this generator's requests, for their rows' random streams
         seed = config.generation.get("seed")
         # Unseeded runs draw their streams from torch's global generator (torch.manual_seed works).
@@ -372,9 +373,11 @@ class TransformersGenerator:
         recomputation is real but not charged either (``[host] prefix_cache_bytes`` large enough
         for a prompt's own search avoids it; with 0, no cache, everything is computed and charged)."""
         prefix = len(tokens) - 1
-        hit = min(prefix, max((_common(tokens, seen) for seen in self._seen), default=0))
+        # in sorted order, the longest common prefix with ``tokens`` is a neighbour's
+        at = bisect.bisect_left(self._seen, tuple(tokens))
+        hit = min(prefix, max((_common(tokens, seen) for seen in self._seen[max(0, at - 1):at + 1]), default=0))
         for new, _ in results:
-            self._seen.append(tuple(tokens) + tuple(new[:-1]))  # what has KV: all but the last token
+            bisect.insort(self._seen, tuple(tokens) + tuple(new[:-1]))  # what has KV: all but the last token
         steps = max((len(new) for new, _ in results), default=0)
         return (prefix - hit) + rows, hit + prefix * (rows - 1), int(prefix > hit) + steps
 
