@@ -138,17 +138,23 @@ def _sets_openai_fields(request) -> bool:
 
 
 def _openai_fields(data: dict[str, Any], request) -> None:
-    """OpenAI's sampling fields as configuration: max_tokens, seed, stop, temperature, top_p."""
+    """OpenAI's sampling fields as configuration: max_tokens, seed, stop, temperature, top_p.
+    A section the ``metagen`` extension gave the wrong type is left as it is, for ``validate``
+    to name."""
     generation = data.setdefault("generation", {})
+    if not isinstance(generation, dict):
+        return
     limit = getattr(request, "max_completion_tokens", None) or request.max_tokens
     if limit is not None:
         generation["max_new_tokens"] = limit
     if request.seed is not None:
         generation["seed"] = request.seed
+    stopping, processors = data.get("stopping") or [], data.get("processors") or []
+    if not isinstance(stopping, list) or not isinstance(processors, list):
+        return
     if request.stop:
         stops = [request.stop] if isinstance(request.stop, str) else list(request.stop)
-        data["stopping"] = [*(data.get("stopping") or []), {"name": "stop_strings", "stop": stops}]
-    processors = list(data.get("processors") or [])
+        data["stopping"] = [*stopping, {"name": "stop_strings", "stop": stops}]
     if request.temperature == 0:
         generation["do_sample"] = False
     elif request.temperature is not None:

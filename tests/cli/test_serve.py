@@ -174,6 +174,9 @@ def test_profiles_table_shares_one_host_and_requests_refine_it(server):
      "names a model or file"),
     ({"n": 3}, "n", "one chosen completion"),
     ({"logprobs": 2}, "logprobs", "not supported"),
+    # a section of the wrong type beside an OpenAI field (found by the hypothesis test: was a 500)
+    ({"metagen": {"processors": 1}, "temperature": 0.5}, "metagen", "[[processors]]"),
+    ({"metagen": {"generation": 5}, "seed": 1}, "metagen", "[generation]"),
 ])
 def test_bad_refinements_are_400_before_any_generation(server, extra, param, words):
     client = server.client()
