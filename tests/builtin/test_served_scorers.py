@@ -215,3 +215,95 @@ def test_the_scorers_are_configured_by_name():
     with pytest.raises(ConfigError, match="aggregate"):
         metagen_plugins.validate({"scorer": {"name": "served_process_reward_model", "url": "http://x:8000",
                                              "served_model": "m", "aggregate": "mean"}}, metagen_plugins.get_registry())
+
+
+# -- against real vLLM servers (tests/fakes/vllm_server.py) ----------------------------------------
+
+SERVER_START_TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="module")
+def vllm_servers(tmp_path_factory):
+    """The demo PRM served as a classifier (``--runner pooling``) and the demo model served for
+    generation, both started at once (their startups overlap) and stopped at the end by killing
+    the process groups started here."""
+    from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer
+
+    if not VLLM_PYTHON.exists():
+        pytest.skip(f"no vLLM environment at {VLLM_PYTHON}: `make test` builds it (make .venv-vllm/.installed)")
+    logs = tmp_path_factory.mktemp("vllm-rm-logs")
+    started = {"prm": VLLMServer({**DEMO, "model": "demo-arith-prm"}, logs / "prm.log", ("--runner", "pooling")),
+               "generator": VLLMServer(DEMO, logs / "generator.log")}
+    try:
+        for server in started.values():
+            try:
+                server.wait(SERVER_START_TIMEOUT)
+            except ServerFailed as failed:
+                pytest.fail(str(failed))
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def in_process(name: str, **params):
+    return build({"name": name, "path": "demo-arith-prm", **params})
+
+
+@pytest.mark.slow
+def test_served_scores_equal_the_in_process_scorers_on_the_same_checkpoint(vllm_servers):
+    url = vllm_servers["prm"].url
+    prompts = [PROMPT, "Q: 6*7+5=? A:", "Q: 90-45+3=? A:"]
+    candidates = CANDIDATES + [Candidate(PROMPT, " 37+48=85. 85-19=66. 66+0=66. #### 66"), Candidate(PROMPT, "")]
+    for aggregate in ("min", "last", "prod"):
+        here = in_process("process_reward_model", aggregate=aggregate)
+        there = build({"name": "served_process_reward_model", "url": url, "served_model": "demo-arith-prm",
+                       "aggregate": aggregate, "batch_size": 4})
+        for prompt in prompts:
+            steps_here, steps_there = here.score_steps(prompt, candidates), there.score_steps(prompt, candidates)
+            assert [len(s) for s in steps_there] == [len(s) for s in steps_here]
+            for a, b in zip(steps_here, steps_there):
+                assert b == pytest.approx(a, abs=1e-5)
+            assert there.score(prompt, candidates) == pytest.approx(here.score(prompt, candidates), abs=1e-5)
+        there.close()
+    here = in_process("outcome_reward_model")
+    there = build({"name": "served_outcome_reward_model", "url": url, "served_model": "demo-arith-prm"})
+    for prompt in prompts:
+        assert there.score(prompt, candidates) == pytest.approx(here.score(prompt, candidates), abs=1e-5)
+    # the real server's refusals, named: a text beyond --max-model-len fails alone, a wrong model
+    with pytest.raises(HostError, match="served_outcome_reward_model: .*maximum context length"):
+        there.score(PROMPT, [Candidate(PROMPT, " 1+1" * 60)])
+    there.close()
+    wrong = build({"name": "served_outcome_reward_model", "url": url, "served_model": "demo-arith"})
+    with pytest.raises(HostError, match=r"does not serve a model named 'demo-arith' \(parameter 'served_model'\); "
+                                        r"it serves 'demo-arith-prm'"):
+        wrong.score(PROMPT, CANDIDATES)
+    wrong.close()
+    generative = build({"name": "served_outcome_reward_model", "url": vllm_servers["generator"].url,
+                        "served_model": "demo-arith"})
+    with pytest.raises(HostError, match="has no /classify route"):
+        generative.score(PROMPT, CANDIDATES)
+    generative.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [{"name": "best_of_n", "n": 4},
+                                      {"name": "step_beam_search", "beam_width": 2, "expansions": 2}])
+def test_a_strategy_on_the_vllm_host_uses_the_served_reward_model(vllm_servers, strategy):
+    """Generation on one vLLM server, verification on another: the strategy's scores are the
+    in-process PRM's scores of the same candidates."""
+    config = {"host": dict(vllm_servers["generator"].host), "generation": {"max_new_tokens": 60, "seed": 0},
+              "processors": [{"name": "temperature", "temperature": 0.8}], "strategy": strategy,
+              "scorer": {"name": "served_process_reward_model", "url": vllm_servers["prm"].url,
+                         "served_model": "demo-arith-prm"}}
+    prompts = [PROMPT, "Q: 6*7+5=? A:", "Q: 90-45+3=? A:"]
+    results = metagen_plugins.run(config, prompts)
+    here = in_process("process_reward_model")
+    for prompt, result in zip(prompts, results):
+        assert not result.failures and result.candidates
+        steps = here.score_steps(prompt, result.candidates)
+        expected = here.score(prompt, result.candidates) if strategy["name"] == "best_of_n" else [s[-1] for s in steps]
+        assert result.scores == pytest.approx(expected, abs=1e-5)  # beam search aggregates by "last"
+        assert result.best.text == result.candidates[max(range(len(result.scores)),
+                                                         key=result.scores.__getitem__)].text
+        assert result.budget.spent()["scorer_calls"] >= 1

@@ -12,7 +12,9 @@ it against a real server).
 
 Requests are async (``httpx2``) on an event loop of the scorer's own: the texts of every prompt
 scored at the same time (merged by :class:`~.gather.Gathered`) go out in chunks of
-``batch_size``, up to ``concurrency`` at once, which the engine batches together. A chunk the
+``batch_size``, up to ``concurrency`` at once, which the engine batches together. Each such
+merged call opens its own client and closes it when done: nothing stays open between calls, as
+nothing closes a scorer. A chunk the
 server rejects (HTTP 400, e.g. a text longer than its ``--max-model-len``) is retried text by
 text, so one bad prompt fails alone.
 """
@@ -59,7 +61,6 @@ class ServedClassifier:
         self.scorer, self.url, self.model = scorer, url.rstrip("/"), model
         self.batch_size, self.concurrency, self.timeout, self.api_key = batch_size, concurrency, timeout, api_key
         self._loop: EventLoopThread | None = None
-        self._client = None
 
     # -- synchronous face --------------------------------------------------------------------
 
@@ -71,12 +72,9 @@ class ServedClassifier:
         return self._loop.run(self._classify_all(texts))
 
     def close(self) -> None:
-        """Close the HTTP client and stop the event loop (a later call starts them again)."""
+        """Stop the event loop (a later call starts it again)."""
         loop, self._loop = self._loop, None
         if loop is not None:
-            if self._client is not None:
-                loop.run(self._client.aclose())
-                self._client = None
             loop.close()
 
     # -- requests ----------------------------------------------------------------------------
@@ -84,20 +82,22 @@ class ServedClassifier:
     def _http(self):
         import httpx2
 
-        if self._client is None:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-            self._client = httpx2.AsyncClient(
-                base_url=self.url, headers=headers, timeout=httpx2.Timeout(self.timeout), transport=self.transport,
-                limits=httpx2.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency))
-        return self._client
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx2.AsyncClient(
+            base_url=self.url, headers=headers, timeout=httpx2.Timeout(self.timeout), transport=self.transport,
+            limits=httpx2.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency))
 
     async def _classify_all(self, texts: list[str]) -> list[float | HostError]:
+        async with self._http() as client:
+            return await self._chunks(client, texts)
+
+    async def _chunks(self, client, texts: list[str]) -> list[float | HostError]:
         limit = asyncio.Semaphore(self.concurrency)
 
         async def chunk(part: list[str]) -> list[float | HostError]:
             async with limit:
                 try:
-                    return await self._classify(part)
+                    return await self._classify(client, part)
                 except _Rejected as rejected:
                     if len(part) == 1:
                         return [rejected.error]
@@ -106,12 +106,12 @@ class ServedClassifier:
         parts = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
         return [value for values in await asyncio.gather(*(chunk(p) for p in parts)) for value in values]
 
-    async def _classify(self, texts: list[str]) -> list[float]:
+    async def _classify(self, client, texts: list[str]) -> list[float]:
         """One ``/classify`` request: each text's probability of its last class."""
         import httpx2
 
         try:
-            response = await self._http().post(ROUTE, json={"model": self.model, "input": texts})
+            response = await client.post(ROUTE, json={"model": self.model, "input": texts})
         except httpx2.TimeoutException:
             raise HostError(f"{self.scorer}: the vLLM server at {self.url} did not answer within "
                             f"{self.timeout:g} s (parameter 'timeout')") from None
@@ -120,15 +120,15 @@ class ServedClassifier:
                             f"({type(exc).__name__}: {exc}): is it running? Start it with "
                             f"`vllm serve <checkpoint> --runner pooling`, or fix parameter 'url'") from None
         if response.status_code >= 400:
-            raise await self._failure(response)
+            raise await self._failure(client, response)
         return parse_classification(response, len(texts), self.scorer)
 
-    async def _failure(self, response) -> Exception:
+    async def _failure(self, client, response) -> Exception:
         """The error for an error answer: a wrong route or model named as such, a rejected text
         as :class:`_Rejected` (retried alone), anything else with the server's message."""
         message = error_message(response)
         if response.status_code == 404 and "does not exist" in message:
-            served = await self._served_models()
+            served = await self._served_models(client)
             return HostError(f"{self.scorer}: the vLLM server at {self.url} does not serve a model named "
                              f"{self.model!r} (parameter 'served_model'); it serves {served}")
         if response.status_code in (404, 405):
@@ -140,9 +140,9 @@ class ServedClassifier:
         return HostError(f"{self.scorer}: the vLLM server at {self.url} failed (HTTP "
                          f"{response.status_code}): {message}")
 
-    async def _served_models(self) -> str:
+    async def _served_models(self, client) -> str:
         try:
-            answer = await self._http().get("/v1/models")
+            answer = await client.get("/v1/models")
             names = [m["id"] for m in answer.json()["data"]]
         except Exception:  # only for the message: say what we could not find out
             return "models it did not list (GET /v1/models failed)"
