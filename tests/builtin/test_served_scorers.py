@@ -189,7 +189,7 @@ def test_server_down_names_the_url():
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     orm = build({"name": "served_outcome_reward_model", "url": url, "served_model": "prm", "timeout": 5.0})
-    with pytest.raises(HostError, match=rf"cannot reach the vLLM server at {url} .*is it running\?.*parameter 'url'"):
+    with pytest.raises(HostError, match=rf"cannot reach the vLLM server at {url} .*is it running .*--runner pooling\)\? Else fix parameter 'url'"):
         orm.score(PROMPT, CANDIDATES)
     orm.close()
 

@@ -101,10 +101,17 @@ class ServedClassifier:
                 except _Rejected as rejected:
                     if len(part) == 1:
                         return [rejected.error]
-            return [value for text in part for value in await chunk([text])]  # find the bad text(s)
+            return await every([[text] for text in part])  # find the bad text(s)
 
-        parts = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
-        return [value for values in await asyncio.gather(*(chunk(p) for p in parts)) for value in values]
+        async def every(parts: list[list[str]]) -> list[float | HostError]:
+            # all requests finish before an error is raised: none left running on a closed client
+            done = await asyncio.gather(*(chunk(p) for p in parts), return_exceptions=True)
+            for values in done:
+                if isinstance(values, BaseException):
+                    raise values
+            return [value for values in done for value in values]
+
+        return await every([texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)])
 
     async def _classify(self, client, texts: list[str]) -> list[float]:
         """One ``/classify`` request: each text's probability of its last class."""
@@ -117,8 +124,8 @@ class ServedClassifier:
                             f"{self.timeout:g} s (parameter 'timeout')") from None
         except httpx2.HTTPError as exc:
             raise HostError(f"{self.scorer}: cannot reach the vLLM server at {self.url} "
-                            f"({type(exc).__name__}: {exc}): is it running? Start it with "
-                            f"`vllm serve <checkpoint> --runner pooling`, or fix parameter 'url'") from None
+                            f"({type(exc).__name__}: {exc}): is it running (the reward model served with "
+                            f"--runner pooling)? Else fix parameter 'url'") from None
         if response.status_code >= 400:
             raise await self._failure(client, response)
         return parse_classification(response, len(texts), self.scorer)
@@ -134,7 +141,7 @@ class ServedClassifier:
         if response.status_code in (404, 405):
             return HostError(f"{self.scorer}: the server at {self.url} has no {ROUTE} route (HTTP "
                              f"{response.status_code}): it must be a vLLM server running the reward model "
-                             f"as a classifier, `vllm serve <checkpoint> --runner pooling`; check parameter 'url'")
+                             f"as a classifier (--runner pooling); check parameter 'url'")
         if response.status_code == 400:
             return _Rejected(HostError(f"{self.scorer}: the vLLM server at {self.url} rejected the text: {message}"))
         return HostError(f"{self.scorer}: the vLLM server at {self.url} failed (HTTP "
