@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -29,6 +28,7 @@ from metagen_hooks import Budget, Candidate
 
 from ..components import realised
 from ..errors import HostError
+from ..event_loop import EventLoopThread
 from .replicas import Replica, Replicas, check_limits, replica_urls
 
 RETRYABLE = ("connection", "timeout", "server", "rate_limit")
@@ -94,24 +94,6 @@ class Sample:
     prompt_tokens_reused: int = 0  # prompt tokens it took from its prefix cache instead, if it says
     completion_tokens: int = 0  # tokens it generated (when token_ids are not returned)
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-class EventLoopThread:
-    """An asyncio loop running in a daemon thread; :meth:`run` waits for a coroutine on it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="metagen-remote", daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def close(self) -> None:
-        # Finish async generators a client left early (e.g. a stream closed at a stop string).
-        asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result(timeout=5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
 
 
 class _Stopped(Exception):

@@ -3,7 +3,7 @@ LLM judge (a generative verifier)."""
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from metagen_hooks import Candidate
 
@@ -55,17 +55,14 @@ class OutcomeRewardModel:
         return self._reward([prompt + c.text for c in candidates])
 
 
-class ProcessRewardModel:
-    """A process reward model (Lightman et al., 2023; Uesato et al., 2022): the classifier scores
-    every step prefix (steps end at ``delimiter``); a candidate's score aggregates its step
-    scores by ``last``, ``min`` or ``prod``."""
+class StepRewards:
+    """What a process reward model does with its classifier, wherever the classifier runs: score
+    every step prefix of a candidate (steps end at ``delimiter``) with ``self._reward`` (texts ->
+    P(good)) and aggregate a candidate's step scores by ``last``, ``min`` or ``prod``."""
 
-    def __init__(self, path: str, delimiter: str = ". ", aggregate: Literal["last", "min", "prod"] = "min",
-                 batch_size: int = 64) -> None:
-        self.model, self.tokenizer = _classifier(path)
-        self.delimiter, self.aggregate, self.batch_size = delimiter, aggregate, batch_size
-        # Prompts scored at the same time (the runner's workers) share forward passes.
-        self._reward = Gathered(lambda texts: _reward(self.model, self.tokenizer, texts, self.batch_size))
+    delimiter: str
+    aggregate: str
+    _reward: Callable[[list[str]], list[float]]
 
     def _prefixes(self, text: str) -> list[str]:
         pieces = text.split(self.delimiter)
@@ -88,6 +85,19 @@ class ProcessRewardModel:
 
     def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
         return [aggregate_steps(s, self.aggregate) for s in self.score_steps(prompt, candidates)]
+
+
+class ProcessRewardModel(StepRewards):
+    """A process reward model (Lightman et al., 2023; Uesato et al., 2022): the classifier scores
+    every step prefix (steps end at ``delimiter``); a candidate's score aggregates its step
+    scores by ``last``, ``min`` or ``prod``."""
+
+    def __init__(self, path: str, delimiter: str = ". ", aggregate: Literal["last", "min", "prod"] = "min",
+                 batch_size: int = 64) -> None:
+        self.model, self.tokenizer = _classifier(path)
+        self.delimiter, self.aggregate, self.batch_size = delimiter, aggregate, batch_size
+        # Prompts scored at the same time (the runner's workers) share forward passes.
+        self._reward = Gathered(lambda texts: _reward(self.model, self.tokenizer, texts, self.batch_size))
 
 
 class LLMJudge:
