@@ -7,11 +7,8 @@ and records each candidate, score and selection in the trace.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal
 
-from metagen_hooks import Budget, Generator, Result, Scorer
-
-from metagen_hooks import answers, selection
+from metagen_hooks import Budget, Generator, Result, Scorer, answers, selection
 from metagen_hooks.run import Run
 
 
