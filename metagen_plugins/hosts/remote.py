@@ -151,13 +151,16 @@ class RemoteGenerator:
 
     def sample(self, prompts: Sequence[str], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return self._fan_out([(p, self.host.format(p, self.conversation), None) for p in prompts], n,
-                             max_new_tokens, stop)
+        return self._fan_out([(p, self._format(p), None) for p in prompts], n, max_new_tokens, stop)
 
     def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return self._fan_out([(p.prompt, self.host.format(p.prompt, self.conversation) + p.text, p) for p in prefixes],
+        return self._fan_out([(p.prompt, self._format(p.prompt) + p.text, p) for p in prefixes],
                              n, max_new_tokens, stop)
+
+    def _format(self, prompt: str) -> str:
+        # a host written before conversations existed overrides format(prompt) alone
+        return self.host.format(prompt, self.conversation) if self.conversation else self.host.format(prompt)
 
     # -- fan-out, retries, partial failure -----------------------------------------------------
 
