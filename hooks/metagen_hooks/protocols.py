@@ -93,7 +93,14 @@ class Strategy(Protocol):
 @runtime_checkable
 class Host(Protocol):
     """What a host's factory returns (see ``register_hosts``): one engine deployment or loaded
-    model for a run, making a Generator per prompt."""
+    model for a run, making a Generator per prompt.
+
+    Optional, for chat services (``Runner.submit``, ``metagen serve``): a host whose
+    ``conversations`` attribute is true takes ``generator(..., conversation=[{"role",
+    "content"}, ...])``, earlier chat turns its prompts continue; one whose ``streams`` is true
+    takes ``generator(..., on_text=callback)``, called with each new piece of the text of the
+    generator's first one-sample request as it is decoded. A host without them is never given
+    these arguments."""
 
     def generator(self, budget: Budget, config=None) -> Generator:
         """A Generator that charges ``budget``; ``config`` is a per-prompt configuration with the
