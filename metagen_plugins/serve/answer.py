@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any, Iterable
 
 from metagen_hooks import Result
+
+
+def response_id(route: str) -> str:
+    """A new answer's id, prefixed as OpenAI's are: ``chatcmpl-`` or ``cmpl-``."""
+    return f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
 
 
 def usage(results: Iterable[Result]) -> dict[str, Any]:

@@ -13,14 +13,13 @@ import asyncio
 import hmac
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from metagen_hooks import Result
@@ -280,14 +279,13 @@ def create_app(server: Server) -> FastAPI:
                 return streaming.progressing(server, route, profile, config, prompts[0], conversation, options,
                                              include_usage)
             results = await server.run(request, route, profile, config, prompts, conversation)
-            rid = f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+            rid = answer.response_id(route)
             exts = [answer.extension(r, profile.name, rid, options["candidates"]) for r in results]
             server.keep(rid, profile, results)
             status = 200
             if body.stream:
                 chunks = answer.Stream(route, rid, profile.name, include_usage).whole(results[0], exts[0])
-                return StreamingResponse(iter(chunks), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache"})
+                return streaming.response(iter(chunks))
             if route == "chat":
                 return answer.chat_completion(rid, profile.name, results[0], exts[0])
             return answer.completion(rid, profile.name, results, exts)

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import threading
-import uuid
 from typing import Any
 
 from fastapi import Request
@@ -71,12 +70,9 @@ async def disconnected(request: Request) -> None:
             return
 
 
-def _response(events) -> StreamingResponse:
+def response(events) -> StreamingResponse:
+    """Server-sent events (an iterable or async iterable of ``data:`` blocks) as the response."""
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _rid(route: str) -> str:
-    return f"{'chatcmpl' if route == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
 
 
 async def live(server, request: Request, route: str, profile, config, prompt: str,
@@ -105,7 +101,7 @@ async def live(server, request: Request, route: str, profile, config, prompt: st
             server.metrics.cancelled.labels(profile.name, stage).inc()
             raise ClientGone()
         answered(waited, config)  # an error here keeps its HTTP status
-    rid = _rid(route)
+    rid = answer.response_id(route)
     stream = answer.Stream(route, rid, profile.name, include_usage)
 
     async def events():
@@ -142,7 +138,7 @@ async def live(server, request: Request, route: str, profile, config, prompt: st
             if not ended:
                 server.metrics.cancelled.labels(profile.name, "streaming").inc()
 
-    return _response(events())
+    return response(events())
 
 
 def progressing(server, route: str, profile, config, prompt: str, conversation: list[dict[str, str]] | None,
@@ -153,7 +149,7 @@ def progressing(server, route: str, profile, config, prompt: str, conversation: 
     then the answer as usual. Having started, a failure is an error event, not a status."""
     future = server.start(profile, config, prompt, **({"conversation": conversation} if conversation else {}))
     waited = asyncio.wrap_future(future)
-    rid = _rid(route)
+    rid = answer.response_id(route)
     stream = answer.Stream(route, rid, profile.name, include_usage)
 
     async def events():
@@ -179,4 +175,4 @@ def progressing(server, route: str, profile, config, prompt: str, conversation: 
             if not waited.done() and future.cancel():  # the client left while it was queued
                 server.metrics.cancelled.labels(profile.name, "queued").inc()
 
-    return _response(events())
+    return response(events())
