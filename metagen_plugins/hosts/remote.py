@@ -29,6 +29,7 @@ from metagen_hooks import Budget, Candidate
 from ..components import realised
 from ..errors import HostError
 from ..event_loop import EventLoopThread
+from .chat import chat_enabled, chat_format
 from .replicas import Replica, Replicas, check_limits, replica_urls
 
 RETRYABLE = ("connection", "timeout", "server", "rate_limit")
@@ -300,10 +301,9 @@ def chat_template(settings: dict[str, Any], host: str) -> tuple[Any, bool]:
         tokenizer = load_tokenizer(resolve(settings["tokenizer"], what="[host] tokenizer"))
     except ImportError as exc:
         raise HostError(f"[host] tokenizer needs transformers ({exc}): pip install 'metagen-plugins[transformers]'") from None
-    has = bool(getattr(tokenizer, "chat_template", None))
-    if wanted is True and not has:
+    if wanted is True and not chat_enabled("auto", tokenizer):
         raise HostError(f"[host] chat_template = true, but the tokenizer {settings['tokenizer']!r} has no chat template")
-    return tokenizer, has if wanted == "auto" else bool(wanted)
+    return tokenizer, chat_enabled(wanted, tokenizer)
 
 
 class RemoteHost:
@@ -411,14 +411,10 @@ class RemoteHost:
         """The text sent as the prompt: as it is, or, with ``[host] tokenizer`` and a chat
         template, the ``conversation``'s turns and the prompt as the last user turn, formatted
         here with the served model's template (what the engine's own chat route would do)."""
-        if not self.chat:
-            if conversation:
-                raise HostError(f"the {self.name} host formats a conversation with a chat template, which is "
-                                f"off here: set [host] tokenizer to the served model's tokenizer (a local path or "
-                                f"a built-in model name) so prompts are formatted with its chat template")
-            return prompt
-        return self.tokenizer.apply_chat_template(
-            [*conversation, {"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        return chat_format(self.tokenizer, self.chat, prompt, conversation,
+                           f"the {self.name} host formats a conversation with a chat template, which is off "
+                           f"here: set [host] tokenizer to the served model's tokenizer (a local path or a "
+                           f"built-in model name) so prompts are formatted with its chat template")
 
     @property
     def streams(self) -> bool:

@@ -20,6 +20,7 @@ from ..errors import ConfigError, HostError
 from ..models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
 from ..text_stop import stop_strings
 from .batching import Engine, Request, Prefix, request_generator
+from .chat import chat_enabled, chat_format
 from .detokenize import TextDeltas
 from .prefix_cache import PrefixCache, extend_cache, sliceable
 from .shared_prefix import SharedPrefixLayer, decoding, shared_cache, supported
@@ -110,8 +111,7 @@ class TransformersHost:
         self.model = model
         self.tokenizer = tokenizer
         self.shared_prefix = settings.get("shared_prefix_attention", True) and supported(model)
-        chat = settings.get("chat_template", "auto")
-        self.chat = bool(getattr(tokenizer, "chat_template", None)) if chat == "auto" else chat
+        self.chat = chat_enabled(settings.get("chat_template", "auto"), tokenizer)
         self.params = sum(p.numel() for p in model.parameters())
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -137,14 +137,10 @@ class TransformersHost:
         """The text the model sees: the prompt as a user turn of the chat template, when on,
         after the ``conversation``'s earlier turns (``{"role", "content"}`` dicts: a system
         message, earlier user and assistant turns)."""
-        if not self.chat:
-            if conversation:
-                raise HostError("a conversation of several messages is formatted with the model's chat "
-                                "template, which is off here ([host] chat_template = false, or the tokenizer "
-                                "has none): send one message, or turn the chat template on")
-            return prompt
-        return self.tokenizer.apply_chat_template(
-            [*conversation, {"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        return chat_format(self.tokenizer, self.chat, prompt, conversation,
+                           "a conversation of several messages is formatted with the model's chat template, "
+                           "which is off here ([host] chat_template = false, or the tokenizer has none): send "
+                           "one message, or turn the chat template on")
 
     def generator(self, budget: Budget, config: Config | None = None, *,
                   conversation: Sequence[dict[str, str]] = (),
