@@ -1,24 +1,29 @@
-"""Does the demo's learned verifier (demo-arith-prm) help? Selection and search with it on
-held-out demo problems, against greedy, a random sample and the exact step checker.
+"""Do the demo's learned verifiers help? Selection and search with them on held-out demo
+problems, against greedy, a random sample and the exact step checker. The two verifiers:
+
+- `verifier`: the `step_likelihood` scorer over demo-arith-verifier (a causal LM, the main network
+  trained to the end of its schedule), scoring each step by its probability (aggregate `min`);
+- `prm`: the `process_reward_model` scorer over demo-arith-prm (a sequence classifier trained on
+  the policy's own step prefixes), aggregates `min` and `last`.
 
 On held-out problems (by default the last 120 of the 200, which no test uses) it runs, through
 metagen_plugins.run():
 
 - greedy decoding, and N samples at T = 0.8 (the `parallel` strategy), recorded once; the
   selection rules are applied to these same samples: a random sample (the samples' mean
-  accuracy), best-of-N with the learned verifier (`process_reward_model`, aggregates `min` and
-  `last`), weighted majority with it, self-consistency, best-of-N with the exact step checker,
-  and pass@N (an oracle: some sample is right);
-- step-level beam search with the learned verifier (4 beams x 4 expansions, the size of
-  best-of-16), and with the step checker.
+  accuracy), best-of-N and weighted majority with each verifier, self-consistency, best-of-N
+  with the exact step checker, and pass@N (an oracle: some sample is right);
+- step-level beam search (4 beams x 4 expansions, the size of best-of-16) with each verifier and
+  with the step checker.
 
 It reports accuracy, the exact McNemar p against greedy, the tokens generated per problem, and
-the verifier's within-problem AUC: for each problem with both right and wrong samples, the
+each verifier's within-problem AUC: for each problem with both right and wrong samples, the
 probability that a right sample outscores a wrong one (ties count half), averaged over those
 problems. That is the quantity selection needs; the pooled AUC over all samples also rewards a
 verifier that only knows which problems are hard.
 
-    python bench/demo_verifier.py [--quick] [--problems 120] [--n 16] [--prm demo-arith-prm]
+    python bench/demo_verifier.py [--quick] [--problems 120] [--n 16] [--verifier demo-arith-verifier]
+                                  [--prm demo-arith-prm]
 """
 
 from __future__ import annotations
@@ -69,23 +74,23 @@ def pick_best(scores: list[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
-def verifier_rows(problems, texts: list[list[str]], prm_path: str) -> tuple[dict, dict]:
-    """Correctness per problem of each selection rule over the recorded samples, and the
-    verifier's AUCs, for one learned verifier checkpoint."""
+def verifier_rows(problems, texts: list[list[str]], scorers: dict[str, dict]) -> tuple[dict, dict]:
+    """Correctness per problem of each selection rule over the recorded samples, and the AUCs,
+    for each learned verifier (label -> scorer configuration)."""
     registry = metagen_plugins.get_registry()
     labels = [[is_correct(p.prompt, t) for t in ts] for p, ts in zip(problems, texts)]
     correct, aucs = {}, {}
-    for aggregate in ("min", "last"):
-        prm = metagen_plugins.build(registry.get("scorers", "process_reward_model"),
-                                    {"path": prm_path, "aggregate": aggregate})
-        scores = [prm.score(p.prompt, [_candidate(p.prompt, t) for t in ts]) for p, ts in zip(problems, texts)]
+    for label, entry in scorers.items():
+        scorer = metagen_plugins.build(registry.get("scorers", entry["name"]),
+                                       {k: v for k, v in entry.items() if k != "name"})
+        scores = [scorer.score(p.prompt, [_candidate(p.prompt, t) for t in ts]) for p, ts in zip(problems, texts)]
         n = len(texts[0])
-        correct[f"best_of_{n}[prm, {aggregate}]"] = [ls[pick_best(ss)] for ls, ss in zip(labels, scores)]
-        correct[f"weighted_majority@{n}[prm, {aggregate}]"] = [
+        correct[f"best_of_{n}[{label}]"] = [ls[pick_best(ss)] for ls, ss in zip(labels, scores)]
+        correct[f"weighted_majority@{n}[{label}]"] = [
             weighted_vote(ts, ss, extract) == str(p.answer) for p, ts, ss in zip(problems, texts, scores)]
         within, count = within_problem_auc(labels, scores)
-        aucs[aggregate] = {"within_problem_auc": within, "problems_with_both": count,
-                           "pooled_auc": pooled_auc(labels, scores)}
+        aucs[label] = {"within_problem_auc": within, "problems_with_both": count,
+                       "pooled_auc": pooled_auc(labels, scores)}
     return correct, aucs
 
 
@@ -99,7 +104,9 @@ def main() -> None:
     def extra(parser):
         parser.add_argument("--problems", type=int, default=None, help="held-out problems (default 120, quick 20)")
         parser.add_argument("--n", type=int, default=16, help="samples per problem")
-        parser.add_argument("--prm", default="demo-arith-prm", help="the learned verifier (name or directory)")
+        parser.add_argument("--prm", default="demo-arith-prm", help="the sequence-classifier PRM (name or directory)")
+        parser.add_argument("--verifier", default="demo-arith-verifier",
+                            help="the step_likelihood verifier (name or directory)")
 
     args = arguments(__doc__, extra)
     count = args.problems or (20 if args.quick else 120)
@@ -136,17 +143,24 @@ def main() -> None:
     checker = [[float(is_correct(p.prompt, t) and all(check_steps(p.prompt, t))) for t in ts]
                for p, ts in zip(problems, texts)]
     correct[f"best_of_{args.n}[step_checker]"] = [ls[pick_best(ss)] for ls, ss in zip(labels, checker)]
-    learned, aucs = verifier_rows(problems, texts, args.prm)
+    prm = {"name": "process_reward_model", "path": args.prm}
+    verifier = {"name": "step_likelihood", "path": args.verifier, "aggregate": "min"}
+    learned, aucs = verifier_rows(problems, texts, {"prm, min": {**prm, "aggregate": "min"},
+                                                    "prm, last": {**prm, "aggregate": "last"},
+                                                    "verifier": verifier})
     correct.update(learned)
     for name in correct:
         cost.setdefault(name, sample_tokens)
     print("  samples scored", file=sys.stderr, flush=True)
     width = math.isqrt(args.n)
-    beam = {"name": "step_beam_search", "beam_width": width, "expansions": width, "aggregate": "last", **STEP}
-    for label, scorer in ((f"step_beam_search {width}x{width}[prm]",
-                           {"name": "process_reward_model", "path": args.prm, "aggregate": "last"}),
-                          (f"step_beam_search {width}x{width}[step_checker]", {"name": "step_checker"})):
-        results = run(sampled(strategy=beam, scorer=scorer))
+    beam = {"name": "step_beam_search", "beam_width": width, "expansions": width, **STEP}
+    # A beam's score is its last step's (a PRM's P(good so far)) or its weakest step's (the
+    # verifier's P(step), which says nothing of the steps before).
+    for label, scorer, aggregate in ((f"step_beam_search {width}x{width}[prm]", {**prm, "aggregate": "last"}, "last"),
+                                     (f"step_beam_search {width}x{width}[verifier]", verifier, "min"),
+                                     (f"step_beam_search {width}x{width}[step_checker]", {"name": "step_checker"},
+                                      "last")):
+        results = run(sampled(strategy={**beam, "aggregate": aggregate}, scorer=scorer))
         correct[label] = [bool(r.best) and is_correct(p.prompt, r.best.text) for p, r in zip(problems, results)]
         cost[label] = tokens(results)
         print(f"  {label} done", file=sys.stderr, flush=True)
@@ -161,7 +175,8 @@ def main() -> None:
                      "p_vs_greedy": None if name == "greedy" or "oracle" in name
                      else mcnemar(correct["greedy"], outcome),
                      "tokens": cost[name]})
-    print(f"demo-arith, {count} held-out problems; N={args.n}, T=0.8; verifier {args.prm}")
+    print(f"demo-arith, {count} held-out problems; N={args.n}, T=0.8; verifier = step_likelihood over "
+          f"{args.verifier}; prm = process_reward_model {args.prm}")
     table(rows, ["strategy", "accuracy", "correct", "p_vs_greedy", "tokens"])
     # A verifier that carries no information, with ties broken by text, picks uniformly among the
     # *distinct* texts; right answers repeat more than wrong ones, so that is below a random sample.
@@ -169,10 +184,11 @@ def main() -> None:
     distinct = sum(sum(is_correct(p.prompt, t) for t in set(ts)) / len(set(ts)) for p, ts in zip(problems, texts)) / count
     print(f"\nexpected accuracy of a random sample {sample_mean:.1%}; of a random one of the distinct texts "
           f"{distinct:.1%} (what argmax over an uninformative score picks: right texts repeat, wrong ones vary)")
-    print("\nthe learned verifier's AUC (right vs wrong final answers)")
-    table([{"aggregate": k, **v} for k, v in aucs.items()],
-          ["aggregate", "within_problem_auc", "problems_with_both", "pooled_auc"])
-    finish("demo_verifier", {"problems": count, "n": args.n, "prm": args.prm, "rows": rows, "auc": aucs,
+    print("\nthe learned verifiers' AUC (right vs wrong final answers)")
+    table([{"scorer": k, **v} for k, v in aucs.items()],
+          ["scorer", "within_problem_auc", "problems_with_both", "pooled_auc"])
+    finish("demo_verifier", {"problems": count, "n": args.n, "prm": args.prm, "verifier": args.verifier,
+                             "rows": rows, "auc": aucs,
                              "random_sample": sample_mean, "random_distinct_text": distinct})
 
 

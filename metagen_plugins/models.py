@@ -39,7 +39,7 @@ BUILTIN_MODELS = {
 
 PACKAGED_MODELS = {
     name: Path(__file__).resolve().parent / "demo" / "checkpoints" / name
-    for name in ("demo-arith", "demo-arith-draft", "demo-arith-prm")
+    for name in ("demo-arith", "demo-arith-draft", "demo-arith-verifier", "demo-arith-prm")
 }
 """The demo task's models, trained here by ``python -m metagen_plugins.demo.train`` and shipped
 in the package (a few MB)."""

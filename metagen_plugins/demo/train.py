@@ -3,12 +3,21 @@
     python -m metagen_plugins.demo.train [--out DIR] [--stages main,draft,prm]
 
 Writes ``DIR/demo-arith`` (a 4-layer Llama, ~1.8M parameters), ``DIR/demo-arith-draft``
-(1 layer, same tokenizer, for speculative decoding) and ``DIR/demo-arith-prm`` (a process reward
-model: a sequence classifier started from the main model and trained on its own samples cut at
-every step, labelled by the exact step checker) as ordinary ``from_pretrained`` checkpoints
-with a character-level tokenizer, and prints greedy accuracy on the held-out problems. The main
-model stops early on purpose (``--stop-at``): greedy accuracy stays moderate, leaving headroom
-for test-time compute.
+(1 layer, same tokenizer, for speculative decoding), ``DIR/demo-arith-verifier`` and
+``DIR/demo-arith-prm`` as ordinary ``from_pretrained`` checkpoints with a character-level
+tokenizer, and prints greedy accuracy on the held-out problems. The main model stops early on
+purpose (``--stop-at``): greedy accuracy stays moderate, leaving headroom for test-time compute.
+
+The two verifiers:
+
+- ``demo-arith-verifier``, the one that helps: the main network trained on from its checkpoint to
+  the end of its schedule, used by the ``step_likelihood`` scorer (its probability of each step).
+  It knows more arithmetic than the policy it checks, as a verifier must: checking ``37+48=85``
+  takes the same skill as writing it.
+- ``demo-arith-prm``, kept as a sequence classifier for reward-model plumbing (in process and
+  served by vLLM): started from the main model and trained on its own samples cut at every step,
+  labelled by the exact step checker. It learns which problems are hard, not whether a step's
+  digits are right, and selects below a random sample (docs/real-model.md).
 """
 
 from __future__ import annotations
@@ -72,18 +81,22 @@ def batch(tokenizer, items):
 
 
 def train(config, tokenizer, steps: int, seed: int, exclude: set[str], lr: float = 1e-3, size: int = 64,
-          evaluate=None, stop_at: int | None = None):
+          evaluate=None, stop_at: int | None = None, resume: tuple[Path, int] | None = None,
+          bf16: bool = True):
     """AdamW with a cosine schedule over ``steps``; training ends at ``stop_at`` (default: the
-    end of the schedule). Returns the model in eval mode."""
+    end of the schedule). ``resume = (checkpoint, step)`` goes on from a checkpoint saved at
+    ``step`` of the same schedule (with a fresh optimizer) instead of starting from ``config``.
+    ``bf16`` trains under bfloat16 autocast, which is fast only on CPUs with bfloat16 arithmetic
+    (about 10x slower than float32 on one without). Returns the model in eval mode."""
     import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config) if resume is None else LlamaForCausalLM.from_pretrained(resume[0]).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     rng = random.Random(seed)
     start = time.perf_counter()
-    for step in range(min(steps, stop_at or steps)):
+    for step in range(resume[1] if resume else 0, min(steps, stop_at or steps)):
         items = []
         while len(items) < size:
             p = random_problem(rng)
@@ -92,7 +105,7 @@ def train(config, tokenizer, steps: int, seed: int, exclude: set[str], lr: float
         ids, mask, target = batch(tokenizer, items)
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=ids, attention_mask=mask, labels=target).loss
         optimizer.zero_grad()
         loss.backward()
@@ -199,10 +212,12 @@ def main(argv=None) -> None:
                              "80%% at 900 of this schedule), and test-time compute needs headroom")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay, AdamW)")
     parser.add_argument("--draft-steps", type=int, default=600)
-    parser.add_argument("--verifier-steps", type=int, default=1200)
+    parser.add_argument("--verifier-steps", type=int, default=1200, help="demo-arith-prm's training steps")
+    parser.add_argument("--verifier-seed", type=int, default=1,
+                        help="demo-arith-verifier's data seed (it goes on from demo-arith to --steps in float32)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stages", default="main,draft,prm",
-                        help="which models to train (prm samples from the saved main model in --out)")
+    parser.add_argument("--stages", default="main,draft,verifier,prm",
+                        help="which models to train (verifier and prm start from the saved main model in --out)")
     parser.add_argument("--heads", type=int, default=6, help="attention heads of the main model (hidden 192)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spin-waiting is ruinous on a busy 2-core box
@@ -227,6 +242,15 @@ def main(argv=None) -> None:
         print(f"{name}: {params / 1e6:.2f}M parameters, greedy accuracy {accuracy:.1%} on "
               f"{len(evaluation)} held-out problems", flush=True)
         save(model, tokenizer, out / name)
+    if "verifier" in stages:
+        # bfloat16 autocast is ~10x slower than float32 on a CPU without bfloat16 arithmetic.
+        print(f"training demo-arith-verifier: demo-arith from step {args.stop_at} to {args.steps} of its schedule",
+              flush=True)
+        verifier = train(model_config(len(tokenizer), 4, 192, args.heads, 512), tokenizer, args.steps,
+                         args.verifier_seed, exclude, lr=args.lr, resume=(out / "demo-arith", args.stop_at), bf16=False)
+        print(f"demo-arith-verifier: greedy accuracy {greedy_accuracy(verifier, tokenizer, evaluation):.1%} on "
+              f"{len(evaluation)} held-out problems (it verifies; the policy is demo-arith)", flush=True)
+        save(verifier, tokenizer, out / "demo-arith-verifier")
     if "prm" not in stages:
         return
     from transformers import LlamaForCausalLM

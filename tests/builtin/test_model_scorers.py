@@ -1,5 +1,7 @@
 """Reward-model and judge scorers over local transformers checkpoints (tiny random ones here)."""
 
+import math
+
 import pytest
 import torch
 
@@ -83,3 +85,48 @@ def test_a_score_does_not_depend_on_what_else_is_in_the_batch(classifier_dir):
     alone = orm.score("Q: 1+2=? A:", [short])[0]
     beside = orm.score("Q: 1+2=? A:", [short, long])[0]
     assert beside == pytest.approx(alone, abs=1e-5)
+
+
+def _logprob(model, tok, text: str, prompt: str) -> float:
+    """log P(text after prompt | prompt) under a causal LM, one unpadded row."""
+    ids = tok(text, return_tensors="pt").input_ids
+    start = len(tok(prompt).input_ids)
+    with torch.no_grad():
+        logprobs = model(ids).logits[0].float().log_softmax(-1)
+    return sum(logprobs[i - 1, ids[0, i]].item() for i in range(start, ids.shape[1]))
+
+
+def test_step_likelihood_is_the_verifiers_probability_of_each_step(tiny, tiny_dir):
+    """Each step's score is P(step | prompt and the steps before it) under the verifier; min, last
+    and prod aggregate them, and prod is the whole text's probability."""
+    model, tok = tiny
+    prompt = "Q: 1+2=? A:"
+    cands = [Candidate(prompt, " 1+2=3. #### 3"), Candidate(prompt, " 1+2=4. 4+1=5. #### 5")]
+    verifier = build({"name": "step_likelihood", "path": str(tiny_dir)})
+    steps = verifier.score_steps(prompt, cands)
+    assert [len(s) for s in steps] == [2, 3]
+    for cand, got in zip(cands, steps):
+        pieces = cand.text.split(". ")
+        texts = [". ".join(pieces[:k + 1]) + (". " if k < len(pieces) - 1 else "") for k in range(len(pieces))]
+        expected = [math.exp(_logprob(model, tok, prompt + now, prompt + before))
+                    for before, now in zip([""] + texts, texts)]
+        assert got == pytest.approx(expected, rel=1e-4)
+    assert verifier.score(prompt, cands) == [min(s) for s in steps]
+    whole = build({"name": "step_likelihood", "path": str(tiny_dir), "aggregate": "prod"}).score(prompt, cands[:1])[0]
+    assert whole == pytest.approx(math.exp(_logprob(model, tok, prompt + cands[0].text, prompt)), rel=1e-4)
+
+
+def test_step_likelihood_does_not_depend_on_the_batch(tiny_dir):
+    """Right-padded rows: a candidate scored beside a longer one gets the same step scores."""
+    verifier = build({"name": "step_likelihood", "path": str(tiny_dir), "batch_size": 8})
+    short = Candidate("Q: 1+2=? A:", " 1+2=3. #### 3")
+    long = Candidate("Q: 1+2=? A:", " 1+2=4. 4+1=5. 5+5=10. 10+10=20. #### 20")
+    alone = verifier.score_steps(short.prompt, [short])[0]
+    assert verifier.score_steps(short.prompt, [long, short])[1] == pytest.approx(alone, rel=1e-5)
+
+
+def test_step_likelihood_errors_name_the_parameter(tmp_path, tiny_dir):
+    with pytest.raises(ValueError, match="step_likelihood: delimiter must not be empty"):
+        build({"name": "step_likelihood", "path": str(tiny_dir), "delimiter": ""})
+    with pytest.raises(metagen_plugins.HostError, match="the step_likelihood verifier = .*neither a local directory"):
+        build({"name": "step_likelihood", "path": str(tmp_path / "none")})

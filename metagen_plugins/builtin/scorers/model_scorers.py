@@ -1,8 +1,9 @@
-"""Scorers backed by local transformers checkpoints: outcome and process reward models, and an
-LLM judge (a generative verifier)."""
+"""Scorers backed by local transformers checkpoints: outcome and process reward models, and two
+generative verifiers: an LLM judge, and a causal LM's likelihood of each step."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal, Sequence
 
 from metagen_hooks import Candidate
@@ -156,7 +157,82 @@ class LLMJudge:
         return out
 
 
+class StepLikelihood:
+    """A generative process verifier: a causal language model (``path``: a local checkpoint or a
+    model name) reads prompt + candidate, and each step (steps end at ``delimiter``) scores the
+    verifier's probability of that step's tokens given everything before them; a candidate's
+    score aggregates its step scores by ``min`` (default), ``last`` or ``prod`` (the whole text's
+    probability).
+
+    A verifier trained on right solutions puts little probability on a wrong claim (``37+48=86``)
+    wherever it stands in the text, which is what selection needs; a sequence classifier trained
+    on the policy's own samples can instead learn only which problems are hard (see
+    docs/real-model.md). The verifier is a model of its own, not the policy: the policy's
+    likelihood of its own samples prefers its own mistakes."""
+
+    def __init__(self, path: str, delimiter: str = ". ", aggregate: Literal["last", "min", "prod"] = "min",
+                 batch_size: int = 32) -> None:
+        from transformers import AutoTokenizer
+
+        from ...models import load_model_cached, resolve
+
+        if not delimiter:
+            raise ValueError("step_likelihood: delimiter must not be empty (it is what ends a step, e.g. \". \")")
+        self.model = load_model_cached(path, what="the step_likelihood verifier")
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve(path, what="the step_likelihood verifier"))
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"step_likelihood: the verifier {path!r} has no fast tokenizer, which the "
+                             "scorer needs to place tokens in steps (character offsets)")
+        self.delimiter, self.aggregate, self.batch_size = delimiter, aggregate, batch_size
+        # Prompts scored at the same time (the runner's workers) share forward passes.
+        self._steps = Gathered(self._step_probabilities)
+
+    def score_steps(self, prompt: str, candidates: Sequence[Candidate]) -> list[list[float]]:
+        return self._steps([(prompt, c.text) for c in candidates])
+
+    def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
+        return [aggregate_steps(s, self.aggregate) for s in self.score_steps(prompt, candidates)]
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the steps of ``text``; a step keeps its delimiter."""
+        spans, start = [], 0
+        while start < len(text):
+            end = text.find(self.delimiter, start)
+            end = len(text) if end < 0 else end + len(self.delimiter)
+            spans.append((start, end))
+            start = end
+        return spans
+
+    def _step_probabilities(self, items: list[tuple[str, str]]) -> list[list[float]]:
+        """Per item, the probability of each step that holds at least one token of its own.
+        Rows are right-padded, so every real token sees the positions and context it would alone."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = []
+        for first in range(0, len(items), self.batch_size):
+            chunk = items[first:first + self.batch_size]
+            encoded = [self.tokenizer(prompt + text, return_offsets_mapping=True) for prompt, text in chunk]
+            length = max(len(e.input_ids) for e in encoded)
+            ids = torch.tensor([e.input_ids + [pad] * (length - len(e.input_ids)) for e in encoded])
+            mask = torch.tensor([[1] * len(e.input_ids) + [0] * (length - len(e.input_ids)) for e in encoded])
+            with torch.no_grad():
+                logprobs = self.model(ids, attention_mask=mask).logits.float().log_softmax(-1)
+            for row, ((prompt, text), e) in enumerate(zip(chunk, encoded)):
+                sums = {}
+                spans = self._spans(text)
+                for i in range(1, len(e.input_ids)):
+                    begin = e.offset_mapping[i][0] - len(prompt)
+                    if begin < 0 or e.offset_mapping[i][1] <= e.offset_mapping[i][0]:
+                        continue  # a prompt token, or a special token the tokenizer added
+                    step = next(k for k, (a, b) in enumerate(spans) if a <= begin < b)
+                    sums[step] = sums.get(step, 0.0) + logprobs[row, i - 1, e.input_ids[i]].item()
+                out.append([math.exp(sums[k]) for k in sorted(sums)])
+        return out
+
+
 def register_all(register) -> None:
     register("outcome_reward_model", OutcomeRewardModel)
     register("process_reward_model", ProcessRewardModel)
     register("llm_judge", LLMJudge)
+    register("step_likelihood", StepLikelihood)
