@@ -52,6 +52,9 @@ def main() -> None:
         parser.add_argument("--n", type=int, default=8, help="samples per question")
         parser.add_argument("--temperature", type=float, default=0.7)
         parser.add_argument("--pal", action="store_true", help="also run program_aided (N programs per question)")
+        parser.add_argument("--runs", default=None,
+                            help="comma-separated model runs to make, of greedy, samples, pal (default: greedy,samples "
+                                 "and pal with --pal); the report leaves out, and names, the rows of runs not made")
         parser.add_argument("--shard", default="0/1", help="I/K: run every K-th question from the I-th")
         parser.add_argument("--batch", type=int, default=16,
                             help="questions run at once (batched); per-question budgets stay exact")
@@ -84,7 +87,7 @@ def measure(args) -> None:
     greedy = evaluate.greedy(base)
     sampled = {**base, "strategy": {"name": "parallel", "n": args.n}}
     pal = {**base, "strategy": {"name": "program_aided", "n": args.n, "template": PAL_TEMPLATE},
-           "stopping": [{"name": "stop_strings", "stop": ["\n```"]}],
+           "stopping": [{"name": "regex", "pattern": CLOSED_FENCE}],
            "generation": {**base["generation"], "max_new_tokens": 80}}
 
     from metagen_plugins.hosts.transformers import load_model, load_tokenizer
@@ -94,7 +97,8 @@ def measure(args) -> None:
     model, tokenizer = load_model(path), load_tokenizer(path)
     measure.records = []
     start = time.perf_counter()
-    runs = [("greedy", greedy), ("samples", sampled)] + ([("pal", pal)] if args.pal else [])
+    configs = {"greedy": greedy, "samples": sampled, "pal": pal}
+    runs = [(label, configs[label]) for label in selected_runs(args)]
     for first in range(0, len(items), args.batch):
         chunk = items[first:first + args.batch]
         records = [{"index": i, "kind": q.kind, "answer": q.answer, "seed": args.seed, "n": args.n,
@@ -110,14 +114,32 @@ def measure(args) -> None:
                                  "flops": spent["flops"], "wall_time": spent["wall_time"]}
                 if label == "pal":
                     record[label]["answer"] = answers.extract(result.best.text, r"(.+)") if result.best else None
-                    record[label]["printed"] = [c.meta.get("program_aided", {}).get("answer")
-                                                for c in result.candidates]
+                    reports = [c.meta.get("program_aided", {}) for c in result.candidates]
+                    record[label]["printed"] = [r.get("answer") for r in reports]
+                    record[label]["status"] = [r.get("status") for r in reports]
+                    record[label]["reason"] = [r.get("reason") for r in reports]
         measure.records.extend(records)
         if args.records:
             with open(args.records, "a", encoding="utf-8") as out:
                 out.writelines(json.dumps(record) + "\n" for record in records)
         print(f"  [{args.shard}] {first + len(chunk)}/{len(items)} questions ({time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
+
+CLOSED_FENCE = r"```[^\n]*\n[\s\S]*?\n```"
+"""Where a PAL sample stops: once it has closed a fenced code block. (A stop string "\\n```" would
+also match the opening fence and cut every "Here is the program:\\n```python" before its code.)"""
+
+
+def selected_runs(args) -> list[str]:
+    """The model runs --runs (or --pal) asks for, in a fixed order; greedy is always made (every row's
+    McNemar p is against it)."""
+    wanted = args.runs.split(",") if args.runs else ["greedy", "samples"] + (["pal"] if args.pal else [])
+    unknown = sorted(set(wanted) - {"greedy", "samples", "pal"})
+    if unknown:
+        raise SystemExit(f"smollm2.py: --runs {args.runs!r}: unknown run(s) {', '.join(unknown)}; "
+                         "choose among greedy, samples, pal")
+    return ["greedy"] + [label for label in ("samples", "pal") if label in wanted]
+
 
 DEFAULT_PATTERN = r"\A(?:[^=]*?=|.*?answer(?: is)?:?|\s*)\s*(-?\d+)"
 """The answer pattern of `metagen run`'s SmolLM2 configuration (the first equation's result)."""
@@ -164,7 +186,10 @@ def report(records: list[dict], args) -> None:
     cost: dict[str, tuple[str, float]] = {}
     correct["greedy"] = [answer_of(r["greedy"]["texts"][0]) == r["answer"] for r in records]
     cost["greedy"] = ("greedy", 1.0)
+    made = {label for label in ("samples", "pal") if all(label in r for r in records)}
     for name, source, strategy, params, scorer, used in selections(n):
+        if source not in made and source != "greedy":
+            continue
         info = registry.get("strategies", strategy)
         built = metagen_plugins.build(info, {**params, **({"answer_pattern": DEFAULT_PATTERN}
                                                           if strategy != "best_of_n" else {})})
@@ -175,14 +200,16 @@ def report(records: list[dict], args) -> None:
             outcome.append(bool(result.best) and answer_of(result.best.text) == r["answer"])
         correct[name] = outcome
         cost[name] = (source, used / max(1, len(records[0][source]["texts"])))
-    oracle = f"pass@{n} (oracle)"
-    correct[oracle] = [r["answer"] in [answer_of(t) for t in r["samples"]["texts"]] for r in records]
-    cost[oracle] = ("samples", 1.0)
-    if all("pal" in r for r in records):
+    if "samples" in made:
+        oracle = f"pass@{n} (oracle)"
+        correct[oracle] = [r["answer"] in [answer_of(t) for t in r["samples"]["texts"]] for r in records]
+        cost[oracle] = ("samples", 1.0)
+    if "pal" in made:
         correct[f"program_aided@{n}"] = [r["pal"]["answer"] == r["answer"] for r in records]
         cost[f"program_aided@{n}"] = ("pal", 1.0)
         correct[f"pal pass@{n} (oracle)"] = [r["answer"] in r["pal"]["printed"] for r in records]
         cost[f"pal pass@{n} (oracle)"] = ("pal", 1.0)
+    missing = [label for label in ("samples", "pal") if label not in made]
 
     def mean(source, key):
         return sum(r[source][key] for r in records) / count
@@ -190,7 +217,7 @@ def report(records: list[dict], args) -> None:
     # FLOPs per generated token, from greedy vs the samples on the same prompts: a rule using k of
     # the N samples is charged the shared prompt prefill once plus k/N of the generated tokens.
     per_token = ((mean("samples", "flops") - mean("greedy", "flops"))
-                 / max(1e-9, mean("samples", "tokens") - mean("greedy", "tokens")))
+                 / max(1e-9, mean("samples", "tokens") - mean("greedy", "tokens"))) if "samples" in made else 0.0
     rows = []
     for name, outcome in correct.items():
         source, share = cost[name]
@@ -205,6 +232,8 @@ def report(records: list[dict], args) -> None:
                      "tokens": tokens, "flops": flops, "wall_time": wall})
     print(f"SmolLM2-135M-Instruct, {count} arithmetic/word questions (seed {records[0]['seed']}); "
           f"N={n}, T={temperature}")
+    if missing:
+        print(f"not run on these questions (their rows are left out): {', '.join(missing)}")
     shown = [{**r, "GFLOPs": r["flops"] / 1e9} for r in rows]
     table(shown, ["strategy", "accuracy", "correct", "p_vs_greedy", "tokens", "GFLOPs"])
 
