@@ -30,6 +30,7 @@ from __future__ import annotations
 from _common import arguments, finish, mcnemar, table
 
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -67,9 +68,23 @@ def main() -> None:
     paths = args.from_records or ([args.records] if args.records else [])
     if not args.from_records:
         measure(args)
-    records = sorted((json.loads(line) for p in paths for line in open(p, encoding="utf-8") if line.strip()),
-                     key=lambda r: r["index"]) if paths else measure.records
+    records = merged(json.loads(line) for p in paths for line in open(p, encoding="utf-8") if line.strip()) \
+        if paths else measure.records
     report(records, args)
+
+
+def merged(lines) -> list[dict]:
+    """Records by question, those of one question (from runs made separately, e.g. --runs greedy,pal
+    then --runs greedy,samples) merged into one; the runs must agree on the question set-up."""
+    by_index: dict[int, dict] = {}
+    for record in lines:
+        known = by_index.setdefault(record["index"], record)
+        for key in ("answer", "seed", "n", "temperature"):
+            if known[key] != record[key]:
+                raise SystemExit(f"smollm2.py: records of question {record['index']} disagree on {key} "
+                                 f"({known[key]!r} vs {record[key]!r}); report them separately")
+        known.update(record)
+    return [by_index[i] for i in sorted(by_index)]
 
 
 def measure(args) -> None:
@@ -171,6 +186,55 @@ def selections(n: int):
     return rules
 
 
+NUMBER = r"(-?\d[\d,]*(?:\.\d+)?)"
+"""A number anywhere in what a program printed (the last one is its answer)."""
+
+
+def combined_vote(record: dict, k: int) -> str | None:
+    """The majority over the calculator-repaired answers of the first ``k`` samples and the
+    printed numbers of the first ``k`` programs (ties: the answer given first, samples first)."""
+    from metagen_plugins.builtin.scorers.calculator import repair
+
+    given = [answer_of(repair(t)[0]) for t in record["samples"]["texts"][:k]] + record["pal"]["numbers"][:k]
+    votes = Counter(a for a in given if a is not None)
+    return max(votes, key=lambda a: (votes[a], -given.index(a))) if votes else None
+
+
+def failure_modes(records: list[dict]) -> list[dict]:
+    """How every PAL sample ended, one reason each, checked in this order: right answer (the last
+    printed number), no code block at all, a block cut at the token limit, a syntax error, another
+    exception, a sandbox limit, printed nothing, printed no number, printed a wrong number."""
+    counts: Counter = Counter()
+    for r in records:
+        pal = r["pal"]
+        for text, status, reason, printed, number in zip(pal["texts"], pal["status"], pal["reason"],
+                                                         pal["printed"], pal["numbers"]):
+            reason = reason or ""
+            if number == r["answer"]:
+                outcome = ("right answer, printed alone" if printed == r["answer"]
+                           else "right answer, inside other text")
+            elif "```" not in text:
+                outcome = "no code block (prose or an equation)"
+            elif text.count("```") % 2:
+                outcome = "code block never closed (token limit)"
+            elif status == "error" and ("SyntaxError" in reason or "IndentationError" in reason):
+                outcome = "syntax error"
+            elif status == "error":
+                kind = re.search(r"\b([A-Z]\w*(?:Error|Exception|Exit))\b", reason)
+                outcome = f"exception: {kind.group(1) if kind else reason}"
+            elif status != "ok":
+                outcome = f"sandbox: {status}"
+            elif printed is None:
+                outcome = "printed nothing"
+            elif number is None:
+                outcome = "printed no number"
+            else:
+                outcome = "printed a wrong number"
+            counts[outcome] += 1
+    total = sum(counts.values())
+    return [{"outcome": k, "samples": v, "share": f"{v / total:.1%}"} for k, v in counts.most_common()]
+
+
 def answer_of(records_row_text: str | None) -> str | None:
     return answers.extract(records_row_text, DEFAULT_PATTERN) if records_row_text is not None else None
 
@@ -209,9 +273,30 @@ def report(records: list[dict], args) -> None:
         cost[f"program_aided@{n}"] = ("pal", 1.0)
         correct[f"pal pass@{n} (oracle)"] = [r["answer"] in r["pal"]["printed"] for r in records]
         cost[f"pal pass@{n} (oracle)"] = ("pal", 1.0)
+        # The same programs again (re-run in the sandbox by the strategy's own class), each answer
+        # now the last number the program printed: "The answer is 11 books" votes with "11".
+        numeric = metagen_plugins.build(registry.get("strategies", "program_aided"),
+                                        {"n": n, "answer_pattern": NUMBER})
+        outcomes = [numeric.run("", Replay(r["pal"]["texts"]), None, Budget()) for r in records]
+        for r, result in zip(records, outcomes):
+            r["pal"]["numbers"] = [c.meta["program_aided"]["answer"] for c in result.candidates]
+        correct[f"program_aided@{n}[number]"] = [bool(res.best) and res.best.text == r["answer"]
+                                                 for r, res in zip(records, outcomes)]
+        cost[f"program_aided@{n}[number]"] = ("pal", 1.0)
+        correct[f"pal[number] pass@{n} (oracle)"] = [r["answer"] in r["pal"]["numbers"] for r in records]
+        cost[f"pal[number] pass@{n} (oracle)"] = ("pal", 1.0)
+    if "pal" in made and "samples" in made:
+        # Both kinds of evidence in one vote at the same sample count: the calculator-repaired
+        # answers of the first k plain samples and the printed numbers of the first k programs.
+        for k in sorted({max(1, n // 2), n}):
+            name = f"calculator_vote@{k} + program_aided@{k}[number]"
+            correct[name] = [combined_vote(r, k) == r["answer"] for r in records]
+            cost[name] = ("both", k / n)
     missing = [label for label in ("samples", "pal") if label not in made]
 
     def mean(source, key):
+        if source == "both":
+            return mean("samples", key) + mean("pal", key)
         return sum(r[source][key] for r in records) / count
 
     # FLOPs per generated token, from greedy vs the samples on the same prompts: a rule using k of
@@ -222,8 +307,11 @@ def report(records: list[dict], args) -> None:
     for name, outcome in correct.items():
         source, share = cost[name]
         tokens = mean(source, "tokens") * share
-        prefill = mean(source, "flops") - per_token * mean(source, "tokens")
-        flops = mean(source, "flops") if share == 1 else prefill + per_token * tokens
+        if source == "both":  # each run's own prefill once plus k/N of its generated tokens
+            flops = sum(mean(s, "flops") - per_token * mean(s, "tokens") * (1 - share) for s in ("samples", "pal"))
+        else:
+            prefill = mean(source, "flops") - per_token * mean(source, "tokens")
+            flops = mean(source, "flops") if share == 1 else prefill + per_token * tokens
         wall = mean(source, "wall_time") * share
         oracle_row = "oracle" in name
         rows.append({"strategy": name, "prompts": count, "accuracy": sum(outcome) / count,
@@ -244,6 +332,10 @@ def report(records: list[dict], args) -> None:
                       **{name: sum(correct[name][i] for i in at) for name in correct if "oracle" not in name}})
     print("\nby question kind (correct / questions)")
     table(kinds, ["kind", "questions", *[k for k in correct if "oracle" not in k]])
+
+    if "pal" in made:
+        print(f"\nwhat the {n} PAL programs per question did (samples; first matching reason)")
+        table(failure_modes(records), ["outcome", "samples", "share"])
 
     about = {"task": f"SmolLM2-135M-Instruct, {count} arithmetic/word questions (seed {records[0]['seed']})",
              "questions": count, "seed": records[0]["seed"], "n": n, "temperature": temperature}
