@@ -42,8 +42,18 @@ from metagen_plugins import evaluate
 from metagen_hooks import answers
 from metagen_plugins.demo.questions import questions
 
-PAL_TEMPLATE = ("Write a short Python program that computes the answer to the question below and prints "
-                "only the answer.\n\nQuestion: {prompt}")
+PAL_TEMPLATES = {
+    "plain": ("Write a short Python program that computes the answer to the question below and prints "
+              "only the answer.\n\nQuestion: {prompt}"),
+    # PAL proper is few-shot (Gao et al., 2023); two worked examples, in wordings and names the
+    # questions never use, show the form: the computation in code, the number alone printed.
+    "examples": ("Write a short Python program that computes the answer to the question and prints only "
+                 "the answer.\n\nQuestion: Sara has 9 pens. She buys 4 more. How many pens does Sara have "
+                 "now?\n```python\npens = 9 + 4\nprint(pens)\n```\n\nQuestion: A box holds 15 eggs. 6 "
+                 "break. How many eggs are not broken?\n```python\neggs = 15 - 6\nprint(eggs)\n```\n\n"
+                 "Question: {prompt}"),
+}
+"""The PAL run's code prompts (--pal-template); ``{prompt}`` is the question."""
 
 
 def main() -> None:
@@ -53,6 +63,8 @@ def main() -> None:
         parser.add_argument("--n", type=int, default=8, help="samples per question")
         parser.add_argument("--temperature", type=float, default=0.7)
         parser.add_argument("--pal", action="store_true", help="also run program_aided (N programs per question)")
+        parser.add_argument("--pal-template", default="plain", choices=sorted(PAL_TEMPLATES),
+                            help="the PAL code prompt: plain (an instruction) or examples (two worked examples)")
         parser.add_argument("--runs", default=None,
                             help="comma-separated model runs to make, of greedy, samples, pal (default: greedy,samples "
                                  "and pal with --pal); the report leaves out, and names, the rows of runs not made")
@@ -70,6 +82,8 @@ def main() -> None:
         measure(args)
     records = merged(json.loads(line) for p in paths for line in open(p, encoding="utf-8") if line.strip()) \
         if paths else measure.records
+    if args.from_records and args.questions:  # the first --questions questions of the records
+        records = [r for r in records if r["index"] < args.questions]
     report(records, args)
 
 
@@ -83,6 +97,10 @@ def merged(lines) -> list[dict]:
             if known[key] != record[key]:
                 raise SystemExit(f"smollm2.py: records of question {record['index']} disagree on {key} "
                                  f"({known[key]!r} vs {record[key]!r}); report them separately")
+        if "pal" in known and "pal" in record and known is not record and \
+                known.get("pal_template", "plain") != record.get("pal_template", "plain"):
+            raise SystemExit(f"smollm2.py: question {record['index']} has PAL runs with different templates; "
+                             "report them separately")
         known.update(record)
     return [by_index[i] for i in sorted(by_index)]
 
@@ -101,7 +119,7 @@ def measure(args) -> None:
     pattern = DEFAULT_PATTERN
     greedy = evaluate.greedy(base)
     sampled = {**base, "strategy": {"name": "parallel", "n": args.n}}
-    pal = {**base, "strategy": {"name": "program_aided", "n": args.n, "template": PAL_TEMPLATE},
+    pal = {**base, "strategy": {"name": "program_aided", "n": args.n, "template": PAL_TEMPLATES[args.pal_template]},
            "stopping": [{"name": "regex", "pattern": CLOSED_FENCE}],
            "generation": {**base["generation"], "max_new_tokens": 80}}
 
@@ -117,7 +135,7 @@ def measure(args) -> None:
     for first in range(0, len(items), args.batch):
         chunk = items[first:first + args.batch]
         records = [{"index": i, "kind": q.kind, "answer": q.answer, "seed": args.seed, "n": args.n,
-                    "temperature": args.temperature} for i, q in chunk]
+                    "temperature": args.temperature, "pal_template": args.pal_template} for i, q in chunk]
         for label, cfg in runs:
             # The chunk's prompts run at once (one batched decode loop); each prompt's budget stays
             # its own, and each sequence's seeded random stream does not depend on its batch company.
