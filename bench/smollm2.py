@@ -220,8 +220,9 @@ def combined_vote(record: dict, k: int) -> str | None:
 
 def failure_modes(records: list[dict]) -> list[dict]:
     """How every PAL sample ended, one reason each, checked in this order: right answer (the last
-    printed number), no code block at all, a block cut at the token limit, a syntax error, another
-    exception, a sandbox limit, printed nothing, printed no number, printed a wrong number."""
+    printed number), no code block at all, a syntax error (in a block cut at the token limit, or
+    not), another exception, a sandbox limit, printed nothing, printed no number, printed a wrong
+    number."""
     counts: Counter = Counter()
     for r in records:
         pal = r["pal"]
@@ -233,10 +234,9 @@ def failure_modes(records: list[dict]) -> list[dict]:
                            else "right answer, inside other text")
             elif "```" not in text:
                 outcome = "no code block (prose or an equation)"
-            elif text.count("```") % 2:
-                outcome = "code block never closed (token limit)"
             elif status == "error" and ("SyntaxError" in reason or "IndentationError" in reason):
-                outcome = "syntax error"
+                # a block still open when the sample ended was cut at the token limit
+                outcome = "syntax error: cut at the token limit" if text.count("```") % 2 else "syntax error"
             elif status == "error":
                 kind = re.search(r"\b([A-Z]\w*(?:Error|Exception|Exit))\b", reason)
                 outcome = f"exception: {kind.group(1) if kind else reason}"
