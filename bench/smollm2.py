@@ -11,9 +11,13 @@ Per question it runs, through metagen_plugins.run() with `metagen run`'s model c
   `calculator` verifier, `calculator_vote` (the calculator repairs each sample's arithmetic,
   then the answers vote), and calculator_vote on the first k samples; greedy with the
   calculator is calculator_vote over the greedy text;
-- with --pal, `program_aided` (PAL): N programs run in the sandbox, their printed answers vote.
+- with --pal, `program_aided` (PAL): N programs (up to 80 tokens each, stopped at a closed code
+  fence; --pal-template plain or examples) run in the sandbox, their printed answers vote; the
+  same programs replayed with the answer = the last number printed (program_aided@N[number]);
+  and one vote over the calculator-repaired answers of k samples and the numbers of k programs.
 
-Every row reports accuracy, the exact McNemar p against greedy on the same questions, and the
+Every row reports accuracy, the exact McNemar p against greedy on the same questions (and against
+calculator_vote@N, `metagen run`'s default, as p_vs_default), and the
 generated tokens and FLOPs per question (the cost of the sampling run the row selects from; the
 calculator and the sandbox cost no model FLOPs; a rule using k of the N samples is charged the
 prompt's prefill plus k/N of the generated tokens). Records are appended per question, so a long run
@@ -23,6 +27,7 @@ can be reported at any point and resumed:
                             [--records r.jsonl] [--results docs/smollm2.json] [--plot docs/smollm2.png]
     python bench/smollm2.py --questions 200 --shard 0/2 --records a.jsonl &   # split over processes
     python bench/smollm2.py --from-records a.jsonl b.jsonl --results ... --plot ...
+    python bench/smollm2.py --runs greedy,pal --records p.jsonl   # skip the plain samples
 """
 
 from __future__ import annotations
@@ -321,6 +326,7 @@ def report(records: list[dict], args) -> None:
     # the N samples is charged the shared prompt prefill once plus k/N of the generated tokens.
     per_token = ((mean("samples", "flops") - mean("greedy", "flops"))
                  / max(1e-9, mean("samples", "tokens") - mean("greedy", "tokens"))) if "samples" in made else 0.0
+    default = f"calculator_vote@{n}"  # `metagen run`'s default on SmolLM2
     rows = []
     for name, outcome in correct.items():
         source, share = cost[name]
@@ -335,13 +341,15 @@ def report(records: list[dict], args) -> None:
         rows.append({"strategy": name, "prompts": count, "accuracy": sum(outcome) / count,
                      "correct": None if oracle_row else sum(outcome),
                      "p_vs_greedy": None if name == "greedy" or oracle_row else mcnemar(correct["greedy"], outcome),
+                     "p_vs_default": None if name in (default, "greedy") or oracle_row or default not in correct
+                     else mcnemar(correct[default], outcome),
                      "tokens": tokens, "flops": flops, "wall_time": wall})
     print(f"SmolLM2-135M-Instruct, {count} arithmetic/word questions (seed {records[0]['seed']}); "
           f"N={n}, T={temperature}")
     if missing:
         print(f"not run on these questions (their rows are left out): {', '.join(missing)}")
     shown = [{**r, "GFLOPs": r["flops"] / 1e9} for r in rows]
-    table(shown, ["strategy", "accuracy", "correct", "p_vs_greedy", "tokens", "GFLOPs"])
+    table(shown, ["strategy", "accuracy", "correct", "p_vs_greedy", "p_vs_default", "tokens", "GFLOPs"])
 
     kinds = []
     for kind in sorted({r["kind"] for r in records}):
