@@ -33,6 +33,30 @@ def test_printed_answer(stdout, answer):
     assert printed_answer(stdout) == answer
 
 
+@pytest.mark.parametrize("stdout, answer", [
+    ("The answer is 11 books remaining\n", "11"), ("11\n", "11"), ("Answer: 19.0\n", "19"),
+    ("a = 3\nb = 4\n", "4"), ("no number here\n", None), ("", None),
+])
+def test_printed_answer_with_a_pattern_takes_its_last_match(stdout, answer):
+    assert printed_answer(stdout, r"(-?\d[\d,]*(?:\.\d+)?)") == answer
+
+
+def test_an_answer_pattern_merges_a_number_printed_in_a_sentence_with_the_bare_number():
+    programs = [
+        "```python\nbooks = 18 - 7\nprint(f'The answer is {books} books remaining')\n```",  # 11 in a sentence
+        "```python\nprint(18 - 7)\n```",  # 11
+        "```python\nprint(18 + 7)\n```",  # 25
+        "```python\nprint('Max has 25 books left.')\n```",  # 25 in a sentence
+        "```python\nprint(11.0)\n```",  # 11
+    ]
+    plain = ProgramAided(n=5, isolation=ISOLATION).run("Q", Programs(programs), None, Budget())
+    assert plain.best.meta["votes"] == {"The answer is 11 books remaining": 1, "11": 2, "25": 1,
+                                        "Max has 25 books left.": 1}
+    numeric = ProgramAided(n=5, isolation=ISOLATION, answer_pattern=r"(-?\d+(?:\.\d+)?)")
+    result = numeric.run("Q", Programs(programs), None, Budget())
+    assert result.best.text == "11" and result.best.meta["votes"] == {"11": 3, "25": 2}
+
+
 def test_programs_vote_by_what_they_print_not_by_their_text():
     programs = [
         "```python\napples = 12\nmore = 7\nprint(apples + more)\n```",  # 19
@@ -77,5 +101,7 @@ def test_bad_parameters_are_named():
         ProgramAided(n=0)
     with pytest.raises(ValueError, match="program_aided: answer_format"):
         ProgramAided(answer_format="{result}")
+    with pytest.raises(ValueError, match="program_aided: answer_pattern '\\(' is not a regular expression"):
+        ProgramAided(answer_pattern="(")
     registry = metagen_plugins.get_registry()
     assert registry.get("strategies", "program_aided") is not None

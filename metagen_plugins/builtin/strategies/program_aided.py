@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from typing import Literal
 
-from metagen_hooks import Budget, Candidate, Generator, Result, Scorer
+from metagen_hooks import Budget, Candidate, Generator, Result, Scorer, answers
 
 from metagen_hooks.run import Run
 from ...sandbox import Limits, extract_program, probe, run_python
@@ -22,9 +22,13 @@ TEMPLATE = ("Write a short Python program that computes the answer to the questi
 """The default code prompt; ``{prompt}`` is the user's question."""
 
 
-def printed_answer(stdout: str) -> str | None:
+def printed_answer(stdout: str, pattern: str | None = None) -> str | None:
     """What a program answered: the last line it printed, a number normalised (``19.0`` -> ``19``,
-    ``1,024`` -> ``1024``), or None when it printed nothing."""
+    ``1,024`` -> ``1024``), or None when it printed nothing. With ``pattern``, the last match of
+    that regular expression in everything it printed (its first group, if any), so that
+    ``print(f"The answer is {x} books")`` and ``print(x)`` cast the same vote."""
+    if pattern is not None:
+        return answers.extract(stdout, pattern)
     lines = [line.strip() for line in stdout.splitlines() if line.strip()]
     if not lines:
         return None
@@ -42,13 +46,17 @@ class ProgramAided:
     """PAL-style self-consistency (registered as ``program_aided``): ``n`` programs sampled from
     ``template`` (``{prompt}`` = the question), each run in the sandbox (``isolation`` "full" =
     namespaces, needs root; "limits" = resource limits only), and the printed answer with the
-    most votes wins (ties: the answer printed first). The chosen candidate's text is
+    most votes wins (ties: the answer printed first). A program's answer is the last line it
+    printed, or, with ``answer_pattern`` (a regular expression), the last match of the pattern in
+    its output: small models print a sentence around the number more often than the number
+    alone. The chosen candidate's text is
     ``answer_format`` filled with that answer; its ``meta`` holds the program and the vote.
     When no program prints anything, the first sample is returned as it is."""
 
     def __init__(self, n: int = 8, template: str = TEMPLATE, answer_format: str = "{answer}",
                  max_new_tokens: int | None = None, timeout: float = 5.0, cpu_seconds: int = 2,
-                 memory_mb: int = 256, isolation: Literal["full", "limits"] = "full") -> None:
+                 memory_mb: int = 256, isolation: Literal["full", "limits"] = "full",
+                 answer_pattern: str | None = None) -> None:
         if not (isinstance(n, int) and n > 0):
             raise ValueError(f"program_aided: n must be a positive integer, got {n!r}")
         for name, text, fields in (("template", template, ("prompt",)), ("answer_format", answer_format, ("answer",))):
@@ -58,6 +66,12 @@ class ProgramAided:
                 raise ValueError(f"program_aided: {name} may use only {{{fields[0]}}}: {exc}") from None
         if "{prompt}" not in template:
             raise ValueError("program_aided: template must contain {prompt} (where the question goes)")
+        if answer_pattern is not None:
+            try:
+                re.compile(answer_pattern)
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"program_aided: answer_pattern {answer_pattern!r} is not a regular "
+                                 f"expression: {exc}") from None
         if isolation not in ("full", "limits"):
             raise ValueError(f"program_aided: isolation must be 'full' or 'limits', got {isolation!r}")
         for name, value in (("timeout", timeout), ("cpu_seconds", cpu_seconds), ("memory_mb", memory_mb)):
@@ -69,7 +83,7 @@ class ProgramAided:
                              "Run as root on Linux for full isolation, or set isolation = \"limits\" "
                              "(resource limits only) for trusted models")
         self.n, self.template, self.answer_format = n, template, answer_format
-        self.max_new_tokens, self.isolation = max_new_tokens, isolation
+        self.max_new_tokens, self.isolation, self.answer_pattern = max_new_tokens, isolation, answer_pattern
         self.limits = Limits(wall_seconds=timeout, cpu_seconds=cpu_seconds, memory_bytes=memory_mb * 2**20,
                              output_bytes=16 * 1024, processes=8)
 
@@ -77,7 +91,7 @@ class ProgramAided:
         """Run the program in ``text``; its printed answer (or None) and what happened."""
         program = extract_program(text)
         outcome = run_python({"main.py": program}, "main.py", self.limits, self.isolation)
-        answer = printed_answer(outcome.stdout) if outcome.ok else None
+        answer = printed_answer(outcome.stdout, self.answer_pattern) if outcome.ok else None
         return answer, {"program": program, "status": outcome.status, "reason": outcome.reason, "answer": answer}
 
     def run(self, prompt: str, generator: Generator, scorer: Scorer | None, budget: Budget) -> Result:
