@@ -2,7 +2,7 @@
 
 - :func:`arithmetic`: harder arithmetic generated from a seed, so that a 0.5B instruction
   model's greedy accuracy sits between the floor and the ceiling (40-70% measured here):
-  multi-digit products, three-operand expressions, and two- and three-step word problems;
+  two-digit products, three-operand expressions, and two- and three-step word problems;
   every answer is a whole number.
 - :func:`code_tasks`: small programming tasks written for this bench (``qwen_code_tasks.json``
   beside this file; no licensed offline set exists here): each has a function name, a
@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ARITH_SUFFIX = " Think step by step, then give the final answer as \\boxed{N}."
+ARITH_SUFFIX = " Be brief: write each calculation as an equation, then give the final answer as \\boxed{N}."
 BOXED_PATTERN = r"\\boxed\{\s*\$?(-?[\d,]*\d(?:\.\d+)?)\s*\}"
 """The final answer: the number in the last ``\\boxed{}`` (commas dropped by extraction)."""
 
@@ -50,15 +50,16 @@ def arithmetic(count: int, seed: int = 0) -> list[ArithQuestion]:
 
 
 def _mul(rng: random.Random) -> ArithQuestion:
-    a, b = rng.randint(104, 989), rng.randint(13, 98)
+    a, b = rng.randint(23, 98), rng.randint(13, 97)
     return ArithQuestion(f"What is {a} * {b}?" + ARITH_SUFFIX, str(a * b), "mul")
 
 
 def _expr(rng: random.Random) -> ArithQuestion:
-    a, b = rng.randint(23, 97), rng.randint(12, 89)
-    c = rng.randint(101, min(a * b - 1, 2999))
+    a, b = rng.randint(23, 97), rng.randint(3, 9)
     if rng.random() < 0.5:
+        c = rng.randint(12, a * b - 1)
         return ArithQuestion(f"What is {a} * {b} - {c}?" + ARITH_SUFFIX, str(a * b - c), "expr")
+    c = rng.randint(101, 999)
     return ArithQuestion(f"What is {c} + {a} * {b}?" + ARITH_SUFFIX, str(c + a * b), "expr")
 
 
