@@ -43,7 +43,7 @@ import metagen_plugins
 from metagen_hooks import Budget
 from metagen_hooks import answers
 from metagen_plugins import evaluate
-from qwen_tasks import BOXED_PATTERN, arithmetic, code_tasks
+from qwen_tasks import ANSWER_PATTERN, arithmetic, code_tasks
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 TITLE = "Qwen2.5-Coder-0.5B-Instruct"
@@ -138,8 +138,8 @@ def replay(strategy: str, params: dict, scorer: dict | None, prompt: str, texts:
     return built.run(prompt, Replay(texts), scorer_obj, Budget()).best
 
 
-def boxed(text: str | None) -> str | None:
-    return answers.extract(text, BOXED_PATTERN) if text is not None else None
+def answer(text: str | None) -> str | None:
+    return answers.extract(text, ANSWER_PATTERN) if text is not None else None
 
 
 def report_arith(records: list[dict], args) -> None:
@@ -147,7 +147,7 @@ def report_arith(records: list[dict], args) -> None:
         print("no records")
         return
     n = records[0]["n"]
-    vote = {"answer_pattern": BOXED_PATTERN}
+    vote = {"answer_pattern": ANSWER_PATTERN}
     calc = {"name": "calculator", "params": {}}
     rules = [("greedy + calculator", "greedy", "calculator_vote", {"n": 1, **vote}, None, 1),
              (f"self_consistency@{n}", "samples", "self_consistency", {"n": n, **vote}, None, n),
@@ -155,21 +155,21 @@ def report_arith(records: list[dict], args) -> None:
              (f"weighted_majority@{n}[calculator]", "samples", "weighted_majority", {"n": n, **vote}, calc, n)]
     rules += [(f"calculator_vote@{k}", "samples", "calculator_vote", {"n": k, **vote}, None, k)
               for k in sorted({max(1, n // 4), max(1, n // 2), n})]
-    correct = {"greedy": [boxed(r["greedy"]["texts"][0]) == r["answer"] for r in records]}
+    correct = {"greedy": [answer(r["greedy"]["texts"][0]) == r["answer"] for r in records]}
     cost = {"greedy": ("greedy", 1.0)}
     for name, source, strategy, params, scorer, used in rules:
-        correct[name] = [boxed(getattr(replay(strategy, params, scorer, "", r[source]["texts"]), "text", None))
+        correct[name] = [answer(getattr(replay(strategy, params, scorer, "", r[source]["texts"]), "text", None))
                          == r["answer"] for r in records]
         cost[name] = (source, used / len(records[0][source]["texts"]))
     mean_name, oracle = "sample mean (pass@1)", f"pass@{n} (oracle)"
-    correct[mean_name] = [sum(boxed(t) == r["answer"] for t in r["samples"]["texts"]) / n for r in records]
-    correct[oracle] = [r["answer"] in [boxed(t) for t in r["samples"]["texts"]] for r in records]
+    correct[mean_name] = [sum(answer(t) == r["answer"] for t in r["samples"]["texts"]) / n for r in records]
+    correct[oracle] = [r["answer"] in [answer(t) for t in r["samples"]["texts"]] for r in records]
     cost[mean_name], cost[oracle] = ("samples", 1 / n), ("samples", 1.0)
-    no_answer = sum(boxed(t) is None for r in records for t in r["samples"]["texts"]) / (n * len(records))
+    no_answer = sum(answer(t) is None for r in records for t in r["samples"]["texts"]) / (n * len(records))
     task = f"{TITLE}, {len(records)} harder arithmetic questions (seed {records[0]['seed']})"
     about = {"task": task, "questions": len(records), "seed": records[0]["seed"], "n": n,
              "temperature": records[0]["temperature"], "engine": records[0]["engine"],
-             "samples_without_boxed_answer": no_answer}
+             "samples_without_answer": no_answer}
     rows = cost_rows(records, correct, cost, descriptive={mean_name, oracle})
     kinds = []
     for kind in sorted({r["kind"] for r in records}):

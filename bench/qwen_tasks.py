@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ARITH_SUFFIX = " Be brief: write each calculation as an equation, then give the final answer as \\boxed{N}."
-BOXED_PATTERN = r"\\boxed\{\s*\$?(-?[\d,]*\d(?:\.\d+)?)\s*\}"
-"""The final answer: the number in the last ``\\boxed{}`` (commas dropped by extraction)."""
+ANSWER_PATTERN = (r"(?s)(?:\\boxed\{\s*\$?|\A(?!.*\\boxed\{).*(?<![\d,.]))"
+                  r"(-?\d[\d,]*(?:\.\d+)?)")
+"""The final answer: the number in the last ``\\boxed{}``; in a reply with no ``\\boxed{}``, the
+last number (a brief reply is often just ``80 * 19 = 1520``). Commas are dropped by extraction."""
 
 KINDS = ("mul", "expr", "word2", "word3")
 _NAMES = ["Maria", "Tom", "Aisha", "Ben", "Chen", "Lena", "Omar", "Sofia", "Raj", "Emma"]

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from qwen_tasks import BOXED_PATTERN, KINDS, CodeTask, arithmetic, code_tasks  # noqa: E402
+from qwen_tasks import ANSWER_PATTERN, KINDS, CodeTask, arithmetic, code_tasks  # noqa: E402
 
 from metagen_hooks import answers  # noqa: E402
 
@@ -44,10 +44,11 @@ def test_arithmetic_answers_are_the_computed_ones():
         assert int(q.answer) == expected and expected >= 0, q
 
 
-def test_the_boxed_pattern_takes_the_final_answer():
-    text = "First 12 * 3 = 36, so \\boxed{36}? No: \\boxed{1,234}"
-    assert answers.extract(text, BOXED_PATTERN) == "1234"
-    assert answers.extract("no box here: 12", BOXED_PATTERN) is None
+def test_the_answer_is_the_last_boxed_number_else_the_last_number():
+    assert answers.extract("First 12 * 3 = 36, so \\boxed{36}? No: \\boxed{1,234}. Check: 7", ANSWER_PATTERN) == "1234"
+    assert answers.extract("80 * 19 = 1520", ANSWER_PATTERN) == "1520"
+    assert answers.extract("12.5 and then 1,000 left", ANSWER_PATTERN) == "1000"
+    assert answers.extract("no number here", ANSWER_PATTERN) is None
 
 
 REFERENCE = '''
