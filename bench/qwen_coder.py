@@ -3,7 +3,7 @@
 
 ``--task arith``: harder arithmetic generated from a seed (multi-digit products, three-operand
 expressions, two- and three-step word problems; the model reasons step by step and ends with
-``\\boxed{N}``). Greedy decoding, and N samples at temperature T recorded once; the selection
+``\\boxed{N}``; the answer is the last ``\\boxed{}`` number, else the last number). Greedy decoding, and N samples at temperature T recorded once; the selection
 rules then run on these same samples through the strategies' own classes (replaying the recorded
 samples as their Generator): self-consistency, best-of-N and weighted majority with the
 ``calculator`` verifier, and ``calculator_vote`` (the calculator repairs each sample's arithmetic,
