@@ -1,9 +1,10 @@
 """Meta-generation on a second real model, Qwen2.5-Coder-0.5B-Instruct (the built-in model name
 ``qwen2.5-coder-0.5b-instruct``), on two tasks (bench/qwen_tasks.py):
 
-``--task arith``: harder arithmetic generated from a seed (multi-digit products, three-operand
-expressions, two- and three-step word problems; the model reasons step by step and ends with
-``\\boxed{N}``; the answer is the last ``\\boxed{}`` number, else the last number). Greedy decoding, and N samples at temperature T recorded once; the selection
+``--task arith``: harder arithmetic generated from a seed (two-digit products, three-operand
+expressions, two- and three-step word problems; the model is asked for brief equations and a
+``\\boxed{N}``; the answer is the last ``\\boxed{}`` number, else the last number). Greedy
+decoding, and N samples at temperature T recorded once; the selection
 rules then run on these same samples through the strategies' own classes (replaying the recorded
 samples as their Generator): self-consistency, best-of-N and weighted majority with the
 ``calculator`` verifier, and ``calculator_vote`` (the calculator repairs each sample's arithmetic,
@@ -101,8 +102,10 @@ def measure(args) -> list[dict]:
     runs = [("greedy", evaluate.greedy(base)), ("samples", {**base, "strategy": {"name": "parallel", "n": args.n}})]
     objects, server = {}, None
     if args.engine == "vllm":
+        # eager mode: the compiled start had not finished in 600 s here; long replies on a slow
+        # machine need more than the remote host's default 60-s request timeout
         host = {"name": "vllm", "model": MODEL, "dtype": "bfloat16", "max_model_len": 2048,
-                "gpu_memory_utilization": 0.1}
+                "gpu_memory_utilization": 0.1, "enforce_eager": True, "timeout": 3600}
         server = start_vllm(host, Path(tempfile.gettempdir()) / f"qwen_coder_{args.task}_vllm.log",
                             ("--no-enable-chunked-prefill",))
         runs = [(label, {**config, "host": server.host}) for label, config in runs]
