@@ -107,3 +107,84 @@ def weighted_vote(texts: list[str], scores: list[float], extract) -> str | None:
         if answer is not None:
             totals[answer] += score
     return totals.most_common(1)[0][0] if totals else None
+
+
+# -- recorded samples: measured once, every selection rule replayed on the same texts -------------
+
+
+class Replay:
+    """A Generator that returns recorded samples: a selection strategy run on them is the same
+    code as online, on exactly the samples the other rows saw."""
+
+    def __init__(self, texts: list[str]) -> None:
+        from metagen_hooks import Budget
+
+        self.texts, self.budget = texts, Budget()
+
+    def sample(self, prompts, n=1, *, max_new_tokens=None, stop=None):
+        from metagen_hooks import Candidate
+
+        return [[Candidate(p, t, finish_reason="stop") for t in self.texts[:n]] for p in prompts]
+
+    def extend(self, prefixes, n=1, *, max_new_tokens=None, stop=None):
+        raise NotImplementedError("recorded samples cannot be extended")
+
+
+def record_runs(runs: list[tuple[str, dict]], prompts: list[str], **objects) -> list[dict]:
+    """Per prompt, ``{label: {texts, tokens, flops, wall_time}}`` for each ``(label, config)`` in
+    ``runs``, each run over all ``prompts`` at once (one batched decode loop; each prompt's budget
+    stays its own, and each sequence's seeded random stream does not depend on its batch company)."""
+    import metagen_plugins
+
+    out: list[dict] = [{} for _ in prompts]
+    for label, config in runs:
+        results = metagen_plugins.run(config, prompts, concurrency=len(prompts), **objects)
+        for record, result in zip(out, results):
+            spent = result.budget.spent()
+            record[label] = {"texts": [c.text for c in result.candidates], "tokens": spent["tokens_generated"],
+                             "flops": spent["flops"], "wall_time": spent["wall_time"]}
+    return out
+
+
+def read_records(paths: list[str]) -> list[dict]:
+    """The records in the JSON-lines files ``paths``, by ``index`` (a missing file has none)."""
+    rows = [json.loads(line) for p in paths if Path(p).exists() for line in open(p, encoding="utf-8")
+            if line.strip()]
+    return sorted(rows, key=lambda r: r["index"])
+
+
+def append_records(path: str | None, records: list[dict]) -> None:
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def cost_rows(records: list[dict], correct: dict[str, list], cost: dict[str, tuple[str, float]],
+              descriptive: set[str] = frozenset(), baseline: str = "greedy") -> list[dict]:
+    """One results row per rule in ``correct`` (per record: True/False, or a fraction for a rule
+    that is a mean such as pass@1): accuracy, the exact McNemar p against ``baseline`` (not for
+    the ``descriptive`` rows: oracles and means), and the mean generated tokens, FLOPs and wall
+    time per record of the run the rule selects from (``cost[name] = (run label, share)``).
+
+    FLOPs per generated token come from the baseline run vs the ``"samples"`` run on the same
+    prompts: a rule using a share k/N of the N samples is charged the prompt's prefill once plus
+    k/N of the generated tokens."""
+    count = len(records)
+
+    def mean(source, key):
+        return sum(r[source][key] for r in records) / count
+
+    per_token = ((mean("samples", "flops") - mean(baseline, "flops"))
+                 / max(1e-9, mean("samples", "tokens") - mean(baseline, "tokens")))
+    rows = []
+    for name, outcome in correct.items():
+        source, share = cost[name]
+        tokens = mean(source, "tokens") * share
+        prefill = mean(source, "flops") - per_token * mean(source, "tokens")
+        flops = mean(source, "flops") if share == 1 else prefill + per_token * tokens
+        exact = name not in descriptive
+        rows.append({"strategy": name, "prompts": count, "accuracy": sum(outcome) / count,
+                     "correct": sum(outcome) if exact else None,
+                     "p_vs_greedy": mcnemar(correct[baseline], outcome) if exact and name != baseline else None,
+                     "tokens": tokens, "flops": flops, "wall_time": mean(source, "wall_time") * share})
+    return rows

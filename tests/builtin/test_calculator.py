@@ -23,6 +23,13 @@ def found(text):
     ("Tom has 5 apples + 3 apples = 8 apples.", [("5 + 3", "8", True)]),
     ("$4 x 3 = $12, so he pays 12", [("4 * 3", "12", True)]),
     ("3 \u00d7 4 = 13", [("3 * 4", "13", False)]),
+    # LaTeX, as instruction models write it (Qwen2.5-Coder): operators, \text{} units, \( \) and \[ \]
+    (r"\[77 \times 15 = 1105\]", [("77 * 15", "1105", False)]),
+    (r"\( 968 \cdot 62 = 60016 \)", [("968 * 62", "60016", True)]),
+    (r"\[ 837 \div 3 = 279 \]", [("837 / 3", "279", True)]),
+    (r"so \(2986 + 83 \times 44 = 6708\)", [("2986 + 83 * 44", "6708", False)]),
+    (r"\[ 1100 \text{ dollars} - 1000 \text{ dollars} = 100 \text{ dollars} \]", [("1100 - 1000", "100", True)]),
+    (r"\timesx 3 = 4", []),
     ("1,200 + 300 = 1,500", [("1200 + 300", "1500", True)]),
     ("2 * (3 + 4) = 14", [("2 * ( 3 + 4 )", "14", True)]),
     ("10 / 3 = 3.33", [("10 / 3", "3.33", True)]),  # a written decimal is rounded to its places
@@ -108,6 +115,7 @@ def test_registered_and_selects_the_checked_candidate():
     ("12 + 7 = 19, so 19", "12 + 7 = 19, so 19"),  # nothing false
     ("7 / 0 = 1", "7 / 0 = 1"),  # nothing to put there
     ("12 + 7 = 20 + x", "12 + 7 = 19 + x"),
+    (r"\[ 968 \times 62 = 60015 \] so \(\boxed{60015}\)", r"\[ 968 \times 62 = 60016 \] so \(\boxed{60016}\)"),
 ])
 def test_repair_writes_the_computed_results(text, repaired):
     assert repair(text)[0] == repaired

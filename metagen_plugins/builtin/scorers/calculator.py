@@ -31,11 +31,15 @@ from metagen_hooks import Candidate
 
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
 _OPERATOR = {"+": "+", "-": "-", "\u2212": "-", "\u2013": "-", "*": "*", "x": "*", "X": "*", "\u00d7": "*",
-             "\u22c5": "*", "\u00b7": "*", "/": "/", "\u00f7": "/", "(": "(", ")": ")"}
+             "\u22c5": "*", "\u00b7": "*", "/": "/", "\u00f7": "/", "(": "(", ")": ")",
+             "\\times": "*", "\\cdot": "*", "\\div": "/"}
 _TOKEN = re.compile(
     rf"(?P<num>{_NUMBER})(?P<pct>%)?"
     r"|(?P<op>[+\-\u2212\u2013*\u00d7\u22c5\u00b7/\u00f7()])"
     r"|(?P<times>(?<![A-Za-z])[xX](?![A-Za-z]))"
+    r"|(?P<latexop>\\(?:times|cdot|div)(?![A-Za-z]))"
+    r"|(?P<latexword>\\(?:text|mathrm|mbox)\{[^{}]*\})"
+    r"|(?P<latexdelim>\\[()\[\]])"
     r"|(?P<eq>==|=)"
     r"|(?P<cur>[$\u20ac\u00a3])"
     r"|(?P<word>[A-Za-z][A-Za-z'\u2019]*)"
@@ -131,7 +135,7 @@ def _segments(text: str) -> list[list[tuple[str, str, int, int]]]:
                 runs.append([])
             runs[-1].append(("num", value, match.start(), match.end()))
             pending_words = 0
-        elif kind in ("op", "times"):
+        elif kind in ("op", "times", "latexop"):
             symbol = _OPERATOR[match.group(kind)]
             run = runs[-1]
             if kind == "times" and not (run and run[-1][0] == "num"):
@@ -144,7 +148,7 @@ def _segments(text: str) -> list[list[tuple[str, str, int, int]]]:
         elif kind == "eq":
             runs[-1].append(("eq", "=", match.start(), match.end()))
             pending_words = 0
-        elif kind == "word":
+        elif kind in ("word", "latexword"):  # LaTeX's \text{dollars} is a word too
             run = runs[-1]
             if match.group().lower() == "of" and run and run[-1][0] == "num" and run[-1][1].endswith("/100)"):
                 run.append(("op", "*", match.start(), match.end()))  # "25% of 80" is 25/100 * 80
