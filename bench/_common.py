@@ -148,8 +148,8 @@ def record_runs(runs: list[tuple[str, dict]], prompts: list[str], **objects) -> 
 
 def read_records(paths: list[str]) -> list[dict]:
     """The records in the JSON-lines files ``paths``, by ``index`` (a missing file has none)."""
-    rows = [json.loads(line) for p in paths if Path(p).exists() for line in open(p, encoding="utf-8")
-            if line.strip()]
+    rows = [json.loads(line) for p in paths if Path(p).exists()
+            for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
     return sorted(rows, key=lambda r: r["index"])
 
 
