@@ -32,7 +32,7 @@ can be reported at any point and resumed:
 
 from __future__ import annotations
 
-from _common import arguments, finish, mcnemar, table
+from _common import Replay, arguments, finish, mcnemar, table
 
 import json
 import re
@@ -42,7 +42,7 @@ from collections import Counter
 from pathlib import Path
 
 import metagen_plugins
-from metagen_hooks import Budget, Candidate
+from metagen_hooks import Budget
 from metagen_plugins import evaluate
 from metagen_hooks import answers
 from metagen_plugins.demo.questions import questions
@@ -181,20 +181,6 @@ def selected_runs(args) -> list[str]:
 
 DEFAULT_PATTERN = r"\A(?:[^=]*?=|.*?answer(?: is)?:?|\s*)\s*(-?\d+)"
 """The answer pattern of `metagen run`'s SmolLM2 configuration (the first equation's result)."""
-
-
-class Replay:
-    """A Generator that returns recorded samples: a selection strategy run on them is the same
-    code as online, on exactly the samples the other rows saw."""
-
-    def __init__(self, texts: list[str]) -> None:
-        self.texts, self.budget = texts, Budget()
-
-    def sample(self, prompts, n=1, *, max_new_tokens=None, stop=None):
-        return [[Candidate(p, t, finish_reason="stop") for t in self.texts[:n]] for p in prompts]
-
-    def extend(self, prefixes, n=1, *, max_new_tokens=None, stop=None):
-        raise NotImplementedError("recorded samples cannot be extended")
 
 
 def selections(n: int):
