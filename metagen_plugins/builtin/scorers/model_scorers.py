@@ -218,6 +218,8 @@ class StepLikelihood:
             mask = torch.tensor([[1] * len(e.input_ids) + [0] * (length - len(e.input_ids)) for e in encoded])
             with torch.no_grad():
                 logprobs = self.model(ids, attention_mask=mask).logits.float().log_softmax(-1)
+            # token_logprobs[row][i - 1] = log P(token i | tokens before it)
+            token_logprobs = logprobs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].tolist()
             for row, ((prompt, text), e) in enumerate(zip(chunk, encoded)):
                 sums = {}
                 spans = self._spans(text)
@@ -226,7 +228,7 @@ class StepLikelihood:
                     if begin < 0 or e.offset_mapping[i][1] <= e.offset_mapping[i][0]:
                         continue  # a prompt token, or a special token the tokenizer added
                     step = next(k for k, (a, b) in enumerate(spans) if a <= begin < b)
-                    sums[step] = sums.get(step, 0.0) + logprobs[row, i - 1, e.input_ids[i]].item()
+                    sums[step] = sums.get(step, 0.0) + token_logprobs[row][i - 1]
                 out.append([math.exp(sums[k]) for k in sorted(sums)])
         return out
 
