@@ -28,6 +28,16 @@ def _classifier(path: str):
     return model, tokenizer
 
 
+def _causal_lm(path: str, what: str):
+    """A causal LM and its tokenizer from a local checkpoint or a model name (``what`` names it in
+    errors); the model is shared with every other user of the same checkpoint."""
+    from transformers import AutoTokenizer
+
+    from ...models import load_model_cached, resolve
+
+    return load_model_cached(path, what=what), AutoTokenizer.from_pretrained(resolve(path, what=what))
+
+
 def _reward(model, tokenizer, texts: list[str], batch_size: int) -> list[float]:
     """P(good) for each text: sigmoid of a single logit, or softmax's last class of several."""
     import torch
@@ -113,13 +123,7 @@ class LLMJudge:
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"template may use only {{prompt}} and {{answer}}: {exc}") from None
         if judge is not None:
-            from transformers import AutoTokenizer
-
-            from ...models import load_model_cached
-            from ...models import resolve
-
-            model = load_model_cached(judge, what="the judge")
-            tokenizer = AutoTokenizer.from_pretrained(resolve(judge, what="the judge"))
+            model, tokenizer = _causal_lm(judge, "the judge")
         if model is None or tokenizer is None:
             raise ValueError("llm_judge needs a judge: set judge = \"/path/to/model\" or run on the "
                              "transformers host, whose model judges")
@@ -172,14 +176,9 @@ class StepLikelihood:
 
     def __init__(self, path: str, delimiter: str = ". ", aggregate: Literal["last", "min", "prod"] = "min",
                  batch_size: int = 32) -> None:
-        from transformers import AutoTokenizer
-
-        from ...models import load_model_cached, resolve
-
         if not delimiter:
             raise ValueError("step_likelihood: delimiter must not be empty (it is what ends a step, e.g. \". \")")
-        self.model = load_model_cached(path, what="the step_likelihood verifier")
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve(path, what="the step_likelihood verifier"))
+        self.model, self.tokenizer = _causal_lm(path, "the step_likelihood verifier")
         if not self.tokenizer.is_fast:
             raise ValueError(f"step_likelihood: the verifier {path!r} has no fast tokenizer, which the "
                              "scorer needs to place tokens in steps (character offsets)")
