@@ -16,6 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fakes"))  # vllm_server
 
 
+CLOSED_FENCE = r"```[^\n]*\n[\s\S]*?\n```"
+"""Where a PAL sample stops: once it has closed a fenced code block. (A stop string "\\n```" would
+also match the opening fence and cut every "Here is the program:\\n```python" before its code.)"""
+
+NUMBER = r"(-?\d[\d,]*(?:\.\d+)?)"
+"""A number anywhere in what a program printed (the last one is its answer)."""
+
+
 def arguments(description: str, extra=None) -> argparse.Namespace:
     """--quick and --threads, plus whatever ``extra(parser)`` adds; sets torch's threads."""
     parser = argparse.ArgumentParser(description=description)

@@ -9,7 +9,13 @@ rules then run on these same samples through the strategies' own classes (replay
 samples as their Generator): self-consistency, best-of-N and weighted majority with the
 ``calculator`` verifier, and ``calculator_vote`` (the calculator repairs each sample's arithmetic,
 then the answers vote) on the first k samples; greedy with the calculator is calculator_vote over
-the greedy text.
+the greedy text. The model often answers with a Python block followed by an ``output`` block it
+made up; the "code run" rows run each reply's Python block in the sandbox and take the last
+number it prints instead of the reply's own answer (a reply without code keeps its answer).
+``--runs ...,pal`` adds ``program_aided`` (PAL): N programs per question from its code prompt
+(the question without the ``\boxed{}`` instruction), stopped at a closed code fence, run in the
+sandbox, the last printed numbers voting; its records may go to a file of their own and are
+merged by question.
 
 ``--task code``: 27 small programming tasks written for this bench (bench/qwen_code_tasks.json),
 each with 2 visible tests shown in the prompt and 3-6 hidden tests that are not. Greedy, and N
@@ -27,12 +33,14 @@ can be reported at any point and resumed:
                                [--engine float32|bfloat16|vllm] [--records r.jsonl]
                                [--results docs/qwen_arith.json] [--plot docs/qwen_arith.png]
     python bench/qwen_coder.py --task code [--records c.jsonl] ...
-    python bench/qwen_coder.py --task arith --from-records r.jsonl --results ... --plot ...
+    python bench/qwen_coder.py --task arith --runs pal --records p.jsonl    # PAL programs only
+    python bench/qwen_coder.py --task arith --from-records r.jsonl [p.jsonl] --results ... --plot ...
 """
 
 from __future__ import annotations
 
-from _common import Replay, append_records, arguments, cost_rows, finish, read_records, record_runs, start_vllm, table
+from _common import (CLOSED_FENCE, NUMBER, Replay, append_records, arguments, cost_rows, finish, read_records,
+                     record_runs, start_vllm, table, weighted_vote)
 
 import json
 import sys
@@ -44,10 +52,15 @@ import metagen_plugins
 from metagen_hooks import Budget
 from metagen_hooks import answers
 from metagen_plugins import evaluate
-from qwen_tasks import ANSWER_PATTERN, arithmetic, code_tasks
+from qwen_tasks import ANSWER_PATTERN, ARITH_SUFFIX, arithmetic, code_tasks
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 TITLE = "Qwen2.5-Coder-0.5B-Instruct"
+PAL_TEMPLATE = ("Write a Python program that computes the answer to this question and prints it. Reply with only "
+                "the program, in a ```python code block.\n\nQuestion: {prompt}")
+"""PAL's code prompt here. With program_aided's default ("Write a short Python program that ... prints
+only the answer") the model answered the first question in prose, without code, in both samples
+tried; asked for only a code block, it writes one."""
 CODE_STOP = ["\n```\n"]
 """A reply's code block ends at its closing fence (the opening one is ```` ```python ````)."""
 
@@ -64,6 +77,8 @@ def main() -> None:
         parser.add_argument("--engine", choices=["float32", "bfloat16", "vllm"], default="float32",
                             help="transformers host in float32 or bfloat16, or a vLLM server (bfloat16)")
         parser.add_argument("--batch", type=int, default=4, help="problems run at once (x N samples)")
+        parser.add_argument("--runs", default="greedy,samples",
+                            help="comma-separated model runs to make, of greedy, samples, pal (arith only)")
         parser.add_argument("--shard", default="0/1", help="I/K: run every K-th problem from the I-th")
         parser.add_argument("--records", help="append per-problem records here (JSON lines); resumes")
         parser.add_argument("--from-records", nargs="+", metavar="FILE", help="report saved records; run nothing")
@@ -72,11 +87,21 @@ def main() -> None:
 
     args = arguments(__doc__, extra)
     if args.from_records:
-        records = read_records(args.from_records)
+        records = merged(read_records(args.from_records))
     else:
-        records = read_records([args.records] if args.records else []) + measure(args)
-        records = sorted({r["index"]: r for r in records}.values(), key=lambda r: r["index"])
+        records = merged(read_records([args.records] if args.records else []) + measure(args))
+    if records and not all("greedy" in r and "samples" in r for r in records):
+        print("recorded; the report needs the greedy and samples runs too: --from-records with their file(s) as well")
+        return
     (report_arith if args.task == "arith" else report_code)(records, args)
+
+
+def merged(records: list[dict]) -> list[dict]:
+    """One record per problem, the runs of its records (made separately, e.g. --runs pal) together."""
+    by_index: dict[int, dict] = {}
+    for record in records:
+        by_index.setdefault(record["index"], {}).update(record)
+    return [by_index[i] for i in sorted(by_index)]
 
 
 def problems(args) -> list[tuple[int, str, dict]]:
@@ -90,7 +115,11 @@ def problems(args) -> list[tuple[int, str, dict]]:
 
 def measure(args) -> list[dict]:
     shard, shards = (int(x) for x in args.shard.split("/"))
-    done = {r["index"] for r in read_records([args.records])} if args.records else set()
+    wanted = args.runs.split(",")
+    if set(wanted) - {"greedy", "samples", "pal"} or ("pal" in wanted and args.task != "arith"):
+        raise SystemExit(f"qwen_coder.py: --runs {args.runs!r}: choose among greedy, samples and (arith) pal")
+    done = {r["index"] for r in merged(read_records([args.records])) if all(label in r for label in wanted)} \
+        if args.records else set()
     items = [p for p in problems(args) if p[0] % shards == shard and p[0] not in done]
     if not items:
         return []
@@ -99,7 +128,13 @@ def measure(args) -> list[dict]:
             "generation": {"max_new_tokens": max_new, "seed": args.seed},
             "processors": [{"name": "temperature", "temperature": args.temperature}],
             "stopping": [] if args.task == "arith" else [{"name": "stop_strings", "stop": CODE_STOP}]}
-    runs = [("greedy", evaluate.greedy(base)), ("samples", {**base, "strategy": {"name": "parallel", "n": args.n}})]
+    pal = {**base,
+           "strategy": {"name": "program_aided", "n": args.n, "template": PAL_TEMPLATE, "answer_pattern": NUMBER},
+           "stopping": [{"name": "regex", "pattern": CLOSED_FENCE}],
+           "generation": {**base["generation"], "max_new_tokens": 256}}
+    runs = [("greedy", evaluate.greedy(base)), ("samples", {**base, "strategy": {"name": "parallel", "n": args.n}}),
+            ("pal", pal)]
+    runs = [(label, config) for label, config in runs if label in wanted]
     objects, server = {}, None
     if args.engine == "vllm":
         # eager mode: the compiled start had not finished in 600 s here; long replies on a slow
@@ -118,7 +153,12 @@ def measure(args) -> list[dict]:
     try:
         for first in range(0, len(items), args.batch):
             chunk = items[first:first + args.batch]
-            recorded = record_runs(runs, [prompt for _, prompt, _ in chunk], **objects)
+            recorded = record_runs([r for r in runs if r[0] != "pal"], [prompt for _, prompt, _ in chunk], **objects)
+            if any(label == "pal" for label, _ in runs):  # PAL's code prompt takes the bare question
+                questions = [prompt.removesuffix(ARITH_SUFFIX) for _, prompt, _ in chunk]
+                for record, of_pal in zip(recorded, record_runs([r for r in runs if r[0] == "pal"], questions,
+                                                                **objects)):
+                    record.update(of_pal)
             records = [{"index": i, **about, **runs_of, "seed": args.seed, "n": args.n,
                         "temperature": args.temperature, "engine": args.engine, "max_new_tokens": max_new}
                        for (i, _, about), runs_of in zip(chunk, recorded)]
@@ -164,6 +204,22 @@ def report_arith(records: list[dict], args) -> None:
         correct[name] = [answer(getattr(replay(strategy, params, scorer, "", r[source]["texts"]), "text", None))
                          == r["answer"] for r in records]
         cost[name] = (source, used / len(records[0][source]["texts"]))
+    run_code = code_runner()
+    correct["greedy, code run"] = [run_code(r["greedy"]["texts"][0]) == r["answer"] for r in records]
+    cost["greedy, code run"] = ("greedy", 1.0)
+    name = f"self_consistency@{n}, code run"
+    correct[name] = [weighted_vote(r["samples"]["texts"], [1.0] * n, run_code) == r["answer"] for r in records]
+    cost[name] = ("samples", 1.0)
+    descriptive = set()
+    if all("pal" in r for r in records):
+        pal = metagen_plugins.build(metagen_plugins.get_registry().get("strategies", "program_aided"),
+                                    {"n": n, "answer_pattern": NUMBER})
+        outcomes = [pal.run("", Replay(r["pal"]["texts"]), None, Budget()) for r in records]
+        correct[f"program_aided@{n}"] = [bool(o.best) and o.best.text == r["answer"] for r, o in zip(records, outcomes)]
+        correct[f"pal pass@{n} (oracle)"] = [r["answer"] in [c.meta["program_aided"]["answer"] for c in o.candidates]
+                                             for r, o in zip(records, outcomes)]
+        cost[f"program_aided@{n}"] = cost[f"pal pass@{n} (oracle)"] = ("pal", 1.0)
+        descriptive.add(f"pal pass@{n} (oracle)")
     mean_name, oracle = "sample mean (pass@1)", f"pass@{n} (oracle)"
     correct[mean_name] = [sum(answer(t) == r["answer"] for t in r["samples"]["texts"]) / n for r in records]
     correct[oracle] = [r["answer"] in [answer(t) for t in r["samples"]["texts"]] for r in records]
@@ -173,14 +229,32 @@ def report_arith(records: list[dict], args) -> None:
     about = {"task": task, "questions": len(records), "seed": records[0]["seed"], "n": n,
              "temperature": records[0]["temperature"], "engine": records[0]["engine"],
              "samples_without_answer": no_answer}
-    rows = cost_rows(records, correct, cost, descriptive={mean_name, oracle})
+    rows = cost_rows(records, correct, cost, descriptive={mean_name, oracle} | descriptive)
     kinds = []
     for kind in sorted({r["kind"] for r in records}):
         at = [i for i, r in enumerate(records) if r["kind"] == kind]
         kinds.append({"kind": kind, "questions": len(at),
-                      **{name: sum(correct[name][i] for i in at) for name in correct if name not in (mean_name, oracle)}})
+                      **{name: sum(correct[name][i] for i in at) for name in correct
+                         if name not in {mean_name, oracle} | descriptive}})
     show(rows, task, about, args, extra=kinds)
     finish("qwen_coder_arith", {"rows": rows, "by_kind": kinds, **about})
+
+
+def code_runner():
+    """``run(text)``: a reply's answer with its Python block run in the sandbox: the last number
+    the block prints, when it has a block that runs and prints one; else the reply's own answer
+    (so a made-up ``output`` block after the code does not count)."""
+    pal = metagen_plugins.build(metagen_plugins.get_registry().get("strategies", "program_aided"),
+                                {"n": 1, "answer_pattern": NUMBER})
+    seen: dict[str, str | None] = {}
+
+    def run(text: str) -> str | None:
+        if text not in seen:
+            printed = pal.execute(text)[0] if "```" in text else None
+            seen[text] = printed if printed is not None else answer(text)
+        return seen[text]
+
+    return run
 
 
 def report_code(records: list[dict], args) -> None:

@@ -32,7 +32,7 @@ can be reported at any point and resumed:
 
 from __future__ import annotations
 
-from _common import Replay, arguments, finish, mcnemar, table
+from _common import CLOSED_FENCE, NUMBER, Replay, arguments, finish, mcnemar, table
 
 import json
 import re
@@ -163,10 +163,6 @@ def measure(args) -> None:
         print(f"  [{args.shard}] {first + len(chunk)}/{len(items)} questions ({time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
 
-CLOSED_FENCE = r"```[^\n]*\n[\s\S]*?\n```"
-"""Where a PAL sample stops: once it has closed a fenced code block. (A stop string "\\n```" would
-also match the opening fence and cut every "Here is the program:\\n```python" before its code.)"""
-
 
 def selected_runs(args) -> list[str]:
     """The model runs --runs (or --pal) asks for, in a fixed order; greedy is always made (every row's
@@ -193,10 +189,6 @@ def selections(n: int):
     for k in sorted({max(1, n // 4), max(1, n // 2), n}):
         rules.append((f"calculator_vote@{k}", "samples", "calculator_vote", {"n": k}, None, k))
     return rules
-
-
-NUMBER = r"(-?\d[\d,]*(?:\.\d+)?)"
-"""A number anywhere in what a program printed (the last one is its answer)."""
 
 
 def combined_vote(record: dict, k: int) -> str | None:

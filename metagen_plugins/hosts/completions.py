@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .remote import Failure, RemoteGenerator, Sample, retry_after, status_kind
+from ..retrying import retry_after, status_kind
+from .remote import Failure, RemoteGenerator, Sample
 
 # A component's request parameter that the host, not the component, decides: whether texts keep
 # the stop string that ended them (so that extending a prefix continues after it).

@@ -20,7 +20,6 @@ interface works the same inside a notebook's running loop.
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -29,10 +28,9 @@ from metagen_hooks import Budget, Candidate
 from ..components import realised
 from ..errors import HostError
 from ..event_loop import EventLoopThread
+from ..retrying import RETRYABLE, delay
 from .chat import chat_enabled, chat_format
 from .replicas import Replica, Replicas, check_limits, replica_urls
-
-RETRYABLE = ("connection", "timeout", "server", "rate_limit")
 
 
 class RemoteError(HostError):
@@ -59,28 +57,6 @@ class Failure(Exception):
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status else ""
         return f"{self.kind}{status}: {self.message}"
-
-
-def status_kind(status: int | None) -> str | None:
-    """The :class:`Failure` kind of an HTTP error status (None for no status): 429 rate_limit,
-    408 timeout, 5xx server, any other error invalid (the engine rejected the request)."""
-    if status is None:
-        return None
-    if status == 429:
-        return "rate_limit"
-    if status == 408:
-        return "timeout"
-    return "server" if status >= 500 else "invalid"
-
-
-def retry_after(headers) -> float | None:
-    """The server's ``Retry-After`` in seconds; None when absent or an HTTP date (then the
-    exponential backoff applies)."""
-    value = headers.get("retry-after") if headers is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -267,9 +243,8 @@ class RemoteGenerator:
             avoid = replica
             if pool.another_is_up(replica):
                 continue  # fail over at once
-            delay = problem.retry_after if problem.retry_after is not None else self.backoff * 2**waits
+            await asyncio.sleep(delay(self.backoff, waits, problem.retry_after))
             waits += 1
-            await asyncio.sleep(delay * (1 + 0.25 * random.random()))
         raise AssertionError("unreachable")
 
     def _candidate(self, prompt: str, parent: Candidate | None, sample: Sample) -> Candidate:

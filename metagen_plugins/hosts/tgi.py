@@ -23,7 +23,8 @@ from typing import Any
 
 from ..components import sampling
 from ..errors import HostError
-from .remote import Failure, RemoteGenerator, RemoteHost, Sample, retry_after, status_kind
+from ..retrying import retry_after, status_kind
+from .remote import Failure, RemoteGenerator, RemoteHost, Sample
 
 # TGI's launcher defaults and accepted values (text-generation-inference, launcher/src/main.rs).
 DEFAULT_MAX_BEST_OF = 2

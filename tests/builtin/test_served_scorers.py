@@ -35,16 +35,20 @@ def reward(text: str) -> float:
 class FakeClassify:
     """A /classify handler for MockTransport: answers each request's texts with :func:`reward`,
     rejects texts containing "TOO LONG" as vLLM rejects a text beyond --max-model-len, and
-    records every request body."""
+    records every request body. With a ``tokenizer`` it also answers /tokenize, and /pooling with
+    task token_classify (token ids in): at every token, :func:`reward` of the text up to it, as a
+    causal classifier gives each prefix what it gives that prefix alone."""
 
-    def __init__(self, model: str = "prm", classes: int = 1, shuffle: bool = False) -> None:
-        self.model, self.classes, self.shuffle = model, classes, shuffle
+    def __init__(self, model: str = "prm", classes: int = 1, shuffle: bool = False, tokenizer=None) -> None:
+        self.model, self.classes, self.shuffle, self.tokenizer = model, classes, shuffle, tokenizer
         self.requests: list[dict] = []
         self.lock = threading.Lock()
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         if request.url.path == "/v1/models":
             return httpx2.Response(200, json={"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        if self.tokenizer is not None and request.url.path in ("/tokenize", "/pooling"):
+            return self.tokens(request.url.path, json.loads(request.content))
         if request.url.path != "/classify":
             return httpx2.Response(404, json={"detail": "Not Found"})
         body = json.loads(request.content)
@@ -65,9 +69,22 @@ class FakeClassify:
         return httpx2.Response(200, json={"object": "list", "model": self.model, "data": rows})
 
 
+    def tokens(self, path: str, body: dict) -> httpx2.Response:
+        with self.lock:
+            self.requests.append({"path": path, **body})
+        if path == "/tokenize":
+            return httpx2.Response(200, json={"tokens": self.tokenizer(body["prompt"])["input_ids"]})
+        assert body["task"] == "token_classify" and all(isinstance(i, int) for row in body["input"] for i in row)
+        rows = [{"index": i, "object": "pooling",
+                 "data": [[reward(self.tokenizer.decode(ids[:k + 1], skip_special_tokens=True))]
+                          for k in range(len(ids))]} for i, ids in enumerate(body["input"])]
+        return httpx2.Response(200, json={"object": "list", "model": self.model, "data": rows})
+
+
 def served(entry: dict, handler) -> object:
     scorer = build(entry)
     scorer.classifier.transport = httpx2.MockTransport(handler)
+    scorer.classifier.backoff = 0.0  # retries at once (test_retries checks the waits)
     return scorer
 
 
@@ -97,6 +114,159 @@ def test_process_model_scores_step_prefixes_as_the_in_process_one_splits_them():
     # nine prefixes in chunks of batch_size 3, twice (score_steps, then score)
     assert sorted(len(r["input"]) for r in handler.requests) == [3] * 6
     prm.close()
+
+
+def test_tokens_mode_reads_each_step_at_its_last_token_in_one_request_per_candidate():
+    """mode = "tokens": one token-id input per candidate to /pooling (token_classify); the step
+    scores are the per-token outputs at each step's last token, so they equal the prefixes mode's
+    scores of the same classifier (the demo tokenizer splits at every step's end)."""
+    from metagen_plugins.models import load_tokenizer, resolve
+
+    tokenizer = load_tokenizer(resolve("demo-arith-prm"))
+    handler = FakeClassify(model="demo-arith-prm", tokenizer=tokenizer)
+    entry = {"name": "served_process_reward_model", "url": "http://vllm:8000", "served_model": "demo-arith-prm",
+             "batch_size": 3}
+    by_prefix, by_token = served(entry, handler), served({**entry, "mode": "tokens"}, handler)
+    candidates = CANDIDATES + [Candidate(PROMPT, "")]
+    for aggregate in ("min", "last", "prod"):
+        by_prefix.aggregate = by_token.aggregate = aggregate
+        handler.requests.clear()
+        steps = by_token.score_steps(PROMPT, candidates)
+        expected = by_prefix.score_steps(PROMPT, candidates)
+        assert [len(s) for s in steps] == [len(s) for s in expected] == [3, 3, 2, 1, 1]
+        assert [x for s in steps for x in s] == pytest.approx([x for s in expected for x in s])
+        pooled = [r for r in handler.requests if r.get("path") == "/pooling"]
+        assert [len(r["input"]) for r in pooled] == [3, 2]  # five candidates, batch_size 3
+        assert [ids for r in pooled for ids in r["input"]] == [tokenizer(PROMPT + c.text)["input_ids"]
+                                                              for c in candidates]
+        # the server's tokenizer is asked once, for the first text scored, to check ours
+        asked = [r["prompt"] for r in handler.requests if r.get("path") == "/tokenize"]
+        assert asked == ([PROMPT + candidates[0].text] if aggregate == "min" else [])
+        assert by_token.score(PROMPT, candidates) == pytest.approx(by_prefix.score(PROMPT, candidates))
+    by_prefix.close()
+    by_token.close()
+
+
+def test_tokens_mode_refuses_a_tokenizer_that_is_not_the_servers():
+    from metagen_plugins.models import load_tokenizer, resolve
+
+    handler = FakeClassify(model="demo-arith-prm", tokenizer=load_tokenizer(resolve("demo-arith-prm")))
+    prm = served({"name": "served_process_reward_model", "url": "http://vllm:8000", "served_model": "demo-arith-prm",
+                  "mode": "tokens", "served_tokenizer": "demo-arith-prm"}, handler)
+    handler.tokenizer = _Shifted(handler.tokenizer)
+    with pytest.raises(HostError, match=r"served_process_reward_model: parameter 'served_tokenizer' is not the served "
+                                        r"model's tokenizer: .*the first difference is at token 1"):
+        prm.score(PROMPT, CANDIDATES)
+    assert not [r for r in handler.requests if r.get("path") == "/pooling"]  # nothing scored at wrong tokens
+    prm.close()
+
+
+class _Shifted:
+    """A tokenizer that differs from the demo's: every id after the first one more."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text):
+        ids = self.tokenizer(text)["input_ids"]
+        return {"input_ids": ids[:1] + [i + 1 for i in ids[1:]]}
+
+
+def test_a_server_for_the_other_pooling_task_names_the_mode_and_the_flag():
+    def token_server(request):  # vLLM started with --pooler-config '{"task": "token_classify"}'
+        return httpx2.Response(501, json={"error": {"message": "The model does not support Classification API",
+                                                    "type": "NotImplementedError", "code": 501}})
+
+    from metagen_plugins.models import load_tokenizer, resolve
+
+    tokenizer = load_tokenizer(resolve("demo-arith-prm"))
+
+    def classify_server(request):  # vLLM started for classify, asked for token_classify
+        if request.url.path == "/tokenize":
+            return httpx2.Response(200, json={"tokens": tokenizer(json.loads(request.content)["prompt"])["input_ids"]})
+        return httpx2.Response(400, json={"error": {"message": "Try switching the model's pooling_task via "
+                                                    "--pooler-config.task token_classify. (parameter=task)",
+                                                    "type": "BadRequestError", "code": 400}})
+
+    entry = {"name": "served_process_reward_model", "url": "http://vllm:8000", "served_model": "demo-arith-prm"}
+    prm = served(entry, token_server)
+    with pytest.raises(HostError, match=r"serves 'demo-arith-prm' for another pooling task .*mode = 'prefixes' "
+                                        r"needs a server started without --pooler-config's task; or set parameter "
+                                        r"'mode' = \"tokens\""):
+        prm.score(PROMPT, CANDIDATES)
+    prm.close()
+    prm = served({**entry, "mode": "tokens"}, classify_server)
+    with pytest.raises(HostError, match=r"mode = 'tokens' needs a server started with --pooler-config "
+                                        r"'\{\"task\": \"token_classify\"\}'"):
+        prm.score(PROMPT, CANDIDATES)
+    prm.close()
+
+
+@pytest.mark.parametrize("failure", ["503", "connection", "429"])
+def test_retries_what_may_pass_and_then_answers(monkeypatch, failure):
+    """A 5xx, a dropped connection or a 429 is sent again (after the backoff, or the server's
+    Retry-After); the answer is the same as if nothing had failed; with retries = 0 the first
+    failure is the error, and a rejected text (400) is never sent twice."""
+    from metagen_plugins import retrying
+    from metagen_plugins.builtin.scorers import served as served_module
+
+    waits, sleep = [], served_module.asyncio.sleep
+
+    async def recorded(seconds, *args):
+        waits.append(seconds)
+        return await sleep(0, *args)
+
+    monkeypatch.setattr(served_module.asyncio, "sleep", recorded)
+    monkeypatch.setattr(retrying.random, "random", lambda: 0.0)  # no jitter
+    good = FakeClassify()
+    calls = []
+
+    def flaky(request):
+        calls.append(request)
+        if len(calls) <= 2:
+            if failure == "connection":
+                raise httpx2.ConnectError("connection refused", request=request)
+            status = int(failure)
+            return httpx2.Response(status, headers={"Retry-After": "3"} if status == 429 else {},
+                                   json={"error": {"message": "busy"}})
+        return good(request)
+
+    orm = build({"name": "served_outcome_reward_model", "url": "http://vllm:8000", "served_model": "prm"})
+    orm.classifier.transport = httpx2.MockTransport(flaky)
+    assert orm.score(PROMPT, CANDIDATES) == pytest.approx([reward(PROMPT + c.text) for c in CANDIDATES])
+    assert len(calls) == 3 and len(good.requests) == 1
+    assert waits == ([3.0, 3.0] if failure == "429" else [0.5, 1.0])  # Retry-After, else 0.5 s doubling
+    orm.close()
+    calls.clear()
+    once = served({"name": "served_outcome_reward_model", "url": "http://vllm:8000", "served_model": "prm",
+                   "retries": 0}, flaky)
+    with pytest.raises(HostError, match="served_outcome_reward_model: "):
+        once.score(PROMPT, CANDIDATES)
+    assert len(calls) == 1
+    once.close()
+
+
+def test_retries_run_out_with_the_count_and_the_parameter_named():
+    calls = []
+
+    def down(request):
+        calls.append(request)
+        return httpx2.Response(503, json={"error": {"message": "engine restarting"}})
+
+    orm = served({"name": "served_outcome_reward_model", "url": "http://vllm:8000", "served_model": "prm",
+                  "retries": 3}, down)
+    with pytest.raises(HostError, match=r"failed \(HTTP 503\): engine restarting \(after 4 attempts; "
+                                        r"parameter 'retries'\)"):
+        orm.score(PROMPT, CANDIDATES)
+    assert len(calls) == 4
+    orm.close()
+    calls.clear()
+    handler = FakeClassify()
+    orm = served({"name": "served_outcome_reward_model", "url": "http://vllm:8000", "served_model": "prm"}, handler)
+    with pytest.raises(HostError, match="maximum context length"):
+        orm.score(PROMPT, [Candidate(PROMPT, " TOO LONG")])
+    assert len(handler.requests) == 1  # a 400 is the text's own fault: not sent again
+    orm.close()
 
 
 def test_concurrent_prompts_share_requests():
@@ -199,6 +369,8 @@ def test_server_down_names_the_url():
     ({"served_model": ""}, "parameter 'served_model' must be the served model's name"),
     ({"batch_size": 0}, "parameter 'batch_size' must be >= 1"),
     ({"timeout": 0.0}, "parameter 'timeout' must be > 0"),
+    ({"retries": -1}, "parameter 'retries' must be >= 0"),
+    ({"mode": "tokens", "served_tokenizer": "/nowhere"}, "mode = \"tokens\" places steps on the served model's tokens"),
 ])
 def test_bad_parameters_fail_at_build(entry, message):
     base = {"name": "served_process_reward_model", "url": "http://127.0.0.1:8000", "served_model": "prm"}
@@ -224,15 +396,19 @@ SERVER_START_TIMEOUT = 300.0
 
 @pytest.fixture(scope="module")
 def vllm_servers(tmp_path_factory):
-    """The demo PRM served as a classifier (``--runner pooling``) and the demo model served for
-    generation, both started at once (their startups overlap) and stopped at the end by killing
+    """The demo PRM served as a classifier (``--runner pooling``), the same served for per-token
+    scores (``--pooler-config '{"task": "token_classify"}'``) and the demo model served for
+    generation, all started at once (their startups overlap) and stopped at the end by killing
     the process groups started here."""
     from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer
 
     if not VLLM_PYTHON.exists():
         pytest.skip(f"no vLLM environment at {VLLM_PYTHON}: `make test` builds it (make .venv-vllm/.installed)")
     logs = tmp_path_factory.mktemp("vllm-rm-logs")
-    started = {"prm": VLLMServer({**DEMO, "model": "demo-arith-prm"}, logs / "prm.log", ("--runner", "pooling")),
+    prm = {**DEMO, "model": "demo-arith-prm"}
+    started = {"prm": VLLMServer(prm, logs / "prm.log", ("--runner", "pooling")),
+               "prm_tokens": VLLMServer(prm, logs / "prm-tokens.log",
+                                        ("--runner", "pooling", "--pooler-config", '{"task": "token_classify"}')),
                "generator": VLLMServer(DEMO, logs / "generator.log")}
     try:
         for server in started.values():
@@ -284,6 +460,36 @@ def test_served_scores_equal_the_in_process_scorers_on_the_same_checkpoint(vllm_
     with pytest.raises(HostError, match="has no /classify route"):
         generative.score(PROMPT, CANDIDATES)
     generative.close()
+
+
+@pytest.mark.slow
+def test_tokens_mode_on_a_real_server_equals_the_in_process_scorer(vllm_servers):
+    """One /pooling request per candidate gives every step's score: the in-process PRM's, which
+    scores each step prefix as a text of its own. A server started for the other task is named."""
+    url = vllm_servers["prm_tokens"].url
+    prompts = [PROMPT, "Q: 6*7+5=? A:", "Q: 90-45+3=? A:"]
+    candidates = CANDIDATES + [Candidate(PROMPT, " 37+48=85. 85-19=66. 66+0=66. #### 66"), Candidate(PROMPT, "")]
+    for aggregate in ("min", "last", "prod"):
+        here = in_process("process_reward_model", aggregate=aggregate)
+        there = build({"name": "served_process_reward_model", "url": url, "served_model": "demo-arith-prm",
+                       "aggregate": aggregate, "mode": "tokens", "batch_size": 4})
+        for prompt in prompts:
+            steps_here, steps_there = here.score_steps(prompt, candidates), there.score_steps(prompt, candidates)
+            assert [len(s) for s in steps_there] == [len(s) for s in steps_here]
+            assert [x for s in steps_there for x in s] == pytest.approx([x for s in steps_here for x in s], abs=1e-5)
+            assert there.score(prompt, candidates) == pytest.approx(here.score(prompt, candidates), abs=1e-5)
+        there.close()
+    by_prefix = build({"name": "served_process_reward_model", "url": url, "served_model": "demo-arith-prm"})
+    with pytest.raises(HostError, match=r"for another pooling task .*mode = 'prefixes' needs a server started "
+                                        r"without --pooler-config's task"):
+        by_prefix.score(PROMPT, CANDIDATES)
+    by_prefix.close()
+    by_token = build({"name": "served_process_reward_model", "url": vllm_servers["prm"].url,
+                      "served_model": "demo-arith-prm", "mode": "tokens"})
+    with pytest.raises(HostError, match=r"for another pooling task .*mode = 'tokens' needs a server started with "
+                                        r"--pooler-config"):
+        by_token.score(PROMPT, CANDIDATES)
+    by_token.close()
 
 
 @pytest.mark.slow

@@ -458,6 +458,7 @@ def test_failures_are_classified(answer, kind, pattern):
 
 
 def test_rate_limits_wait_for_retry_after_then_succeed(monkeypatch):
+    from metagen_plugins import retrying
     from metagen_plugins.hosts import remote
 
     waits, sleep = [], remote.asyncio.sleep
@@ -467,7 +468,7 @@ def test_rate_limits_wait_for_retry_after_then_succeed(monkeypatch):
         return await sleep(delay, *args)
 
     monkeypatch.setattr(remote.asyncio, "sleep", recorded)
-    monkeypatch.setattr(remote.random, "random", lambda: 0.0)  # no jitter
+    monkeypatch.setattr(retrying.random, "random", lambda: 0.0)  # no jitter
     host = offline_host()
     try:
         calls = scripted(host, [(429, {"Retry-After": "0.2"}, {"error": {"message": "slow down"}}), OK])
