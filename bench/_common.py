@@ -72,6 +72,28 @@ def once(fn) -> float:
     return time.perf_counter() - start
 
 
+def group_cpu(pgid: int | None) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group ``pgid``
+    (the server: API server, engine core, workers); 0 when not known. On a shared machine wall
+    times swing with other load; the server's CPU per run says whether one side makes the
+    server work harder."""
+    if pgid is None:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def table(rows: list[dict], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))

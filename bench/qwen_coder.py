@@ -213,7 +213,7 @@ def report_arith(records: list[dict], args) -> None:
     descriptive = set()
     if all("pal" in r for r in records):
         pal = metagen_plugins.build(metagen_plugins.get_registry().get("strategies", "program_aided"),
-                                    {"n": n, "answer_pattern": NUMBER})
+                                    {"n": n, "answer_pattern": NUMBER, "isolation": isolation()})
         outcomes = [pal.run("", Replay(r["pal"]["texts"]), None, Budget()) for r in records]
         correct[f"program_aided@{n}"] = [bool(o.best) and o.best.text == r["answer"] for r, o in zip(records, outcomes)]
         correct[f"pal pass@{n} (oracle)"] = [r["answer"] in [c.meta["program_aided"]["answer"] for c in o.candidates]
@@ -240,12 +240,19 @@ def report_arith(records: list[dict], args) -> None:
     finish("qwen_coder_arith", {"rows": rows, "by_kind": kinds, **about})
 
 
+def isolation() -> str:
+    """The sandbox's full isolation where it is available (root on Linux), else resource limits."""
+    from metagen_plugins.sandbox import probe
+
+    return "full" if probe("full") is None else "limits"
+
+
 def code_runner():
     """``run(text)``: a reply's answer with its Python block run in the sandbox: the last number
     the block prints, when it has a block that runs and prints one; else the reply's own answer
     (so a made-up ``output`` block after the code does not count)."""
     pal = metagen_plugins.build(metagen_plugins.get_registry().get("strategies", "program_aided"),
-                                {"n": 1, "answer_pattern": NUMBER})
+                                {"n": 1, "answer_pattern": NUMBER, "isolation": isolation()})
     seen: dict[str, str | None] = {}
 
     def run(text: str) -> str | None:

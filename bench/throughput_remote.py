@@ -22,7 +22,7 @@ default configuration), and vllm_no_logprobs_vs_plain_n1/_n16 (with `[host] logp
 
 from __future__ import annotations
 
-from _common import finish, start_vllm, table
+from _common import finish, group_cpu, start_vllm, table
 
 import asyncio
 import os
@@ -113,28 +113,6 @@ def accuracy(prompts: list[str], answers: list) -> float:
         picked = vote(answer) if isinstance(answer, list) else extract_answer(answer or "")
         right += picked is not None and int(picked) == parse_question(prompt).answer
     return right / len(prompts)
-
-
-def group_cpu(pgid: int | None) -> float:
-    """CPU seconds (user + system) used so far by the live processes of process group ``pgid``
-    (the server: API server, engine core, workers); 0 when not known. On a shared machine wall
-    times swing with other load; the server's CPU per run says whether one side makes the
-    server work harder."""
-    if pgid is None:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
 
 
 def timed(fn, pgid: int | None = None) -> tuple[float, float, float]:

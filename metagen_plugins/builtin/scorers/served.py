@@ -142,18 +142,24 @@ class ServedClassifier:
         return await every([texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)])
 
     async def _classify(self, client, texts: list) -> list:
-        """One request for ``texts``, sent again while it fails in a way worth retrying (a
-        connection error, a timeout, a 5xx, a 429), ``retries`` times at most: each text's
-        probability of its last class (per token with ``per_token``)."""
+        """One request for ``texts``: each text's probability of its last class (per token with
+        ``per_token``)."""
         body = {"model": self.model, "input": texts, **({"task": "token_classify"} if self.per_token else {})}
+        answer = await self._send(client, self.route, body)
+        return parse_classification(answer, len(texts), self.scorer, self.route, self.per_token)
+
+    async def _send(self, client, route: str, body: dict):
+        """POST ``body`` to ``route``, sent again while it fails in a way worth retrying (a
+        connection error, a timeout, a 5xx, a 429), ``retries`` times at most: the answer, or
+        the last failure raised, saying how many attempts were made."""
         for attempt in range(self.retries + 1):
-            problem, hint = await self._post(client, self.route, body)
-            if not isinstance(problem, Exception):
-                return parse_classification(problem, len(texts), self.scorer, self.route, self.per_token)
-            if getattr(problem, "kind", None) not in RETRYABLE or attempt == self.retries:
+            answer, hint = await self._post(client, route, body)
+            if not isinstance(answer, Exception):
+                return answer
+            if getattr(answer, "kind", None) not in RETRYABLE or attempt == self.retries:
                 if attempt:
-                    problem.args = (f"{problem} (after {attempt + 1} attempts; parameter 'retries')",)
-                raise problem
+                    answer.args = (f"{answer} (after {attempt + 1} attempts; parameter 'retries')",)
+                raise answer
             await asyncio.sleep(delay(self.backoff, attempt, hint))
         raise AssertionError("unreachable")
 
@@ -178,18 +184,12 @@ class ServedClassifier:
 
     async def _tokenize(self, text: str) -> list[int]:
         async with self._http() as client:
-            for attempt in range(self.retries + 1):
-                answer, hint = await self._post(client, "/tokenize", {"model": self.model, "prompt": text})
-                if not isinstance(answer, Exception):
-                    try:
-                        return [int(t) for t in answer.json()["tokens"]]
-                    except (ValueError, KeyError, TypeError) as exc:
-                        raise HostError(f"{self.scorer}: malformed /tokenize answer ({type(exc).__name__}: "
-                                        f"{exc}): {answer.text[:300]!r}") from None
-                if getattr(answer, "kind", None) not in RETRYABLE or attempt == self.retries:
-                    raise answer
-                await asyncio.sleep(delay(self.backoff, attempt, hint))
-        raise AssertionError("unreachable")
+            answer = await self._send(client, "/tokenize", {"model": self.model, "prompt": text})
+        try:
+            return [int(t) for t in answer.json()["tokens"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HostError(f"{self.scorer}: malformed /tokenize answer ({type(exc).__name__}: {exc}): "
+                            f"{answer.text[:300]!r}") from None
 
     async def _failure(self, client, response) -> Exception:
         """The error for an error answer: a wrong route or model named as such, a rejected text
