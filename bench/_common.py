@@ -163,12 +163,19 @@ class Replay:
 def record_runs(runs: list[tuple[str, dict]], prompts: list[str], **objects) -> list[dict]:
     """Per prompt, ``{label: {texts, tokens, flops, wall_time}}`` for each ``(label, config)`` in
     ``runs``, each run over all ``prompts`` at once (one batched decode loop; each prompt's budget
-    stays its own, and each sequence's seeded random stream does not depend on its batch company)."""
+    stays its own, and each sequence's seeded random stream does not depend on its batch company).
+    A run with any failure (e.g. a remote request that timed out) ends the bench, naming it:
+    nothing incomplete is recorded."""
     import metagen_plugins
 
     out: list[dict] = [{} for _ in prompts]
     for label, config in runs:
         results = metagen_plugins.run(config, prompts, concurrency=len(prompts), **objects)
+        failed = [(prompt[:60], result.failures[0]) for prompt, result in zip(prompts, results) if result.failures]
+        if failed:  # a record of the texts that did arrive would pass for a complete run
+            prompt, failure = failed[0]
+            raise SystemExit(f"the {label} run failed on {len(failed)} of {len(prompts)} prompts, e.g. {prompt!r}: "
+                             f"{failure.get('message', failure)}")
         for record, result in zip(out, results):
             spent = result.budget.spent()
             record[label] = {"texts": [c.text for c in result.candidates], "tokens": spent["tokens_generated"],

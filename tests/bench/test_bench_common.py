@@ -53,3 +53,22 @@ def test_cost_rows_charge_a_rule_its_share_of_the_samples():
     assert rows["vote@2"]["tokens"] == 20 and rows["vote@2"]["flops"] == pytest.approx(0.4e9 + 20 * 0.1e9)
     assert rows["mean"]["accuracy"] == pytest.approx(0.4375) and rows["mean"]["correct"] is None
     assert rows["mean"]["p_vs_greedy"] is None and rows["mean"]["wall_time"] == 0.5
+
+
+def test_record_runs_records_each_prompts_run_and_stops_on_a_failed_one():
+    from _common import record_runs
+
+    prompts = ["Q: 2+3=? A:", "Q: 7+8=? A:"]
+    greedy = {"host": {"model": "demo-arith"}, "generation": {"max_new_tokens": 12}}
+    records = record_runs([("greedy", greedy)], prompts)
+    alone = metagen_plugins.run(greedy, prompts)
+    assert [r["greedy"]["texts"] for r in records] == [[c.text for c in a.candidates] for a in alone]
+    assert all(r["greedy"]["tokens"] > 0 for r in records)
+
+    from serve_helpers import free_port
+
+    nowhere = {"host": {"name": "vllm", "url": f"http://127.0.0.1:{free_port()}", "model": "demo-arith",
+                        "retries": 0, "timeout": 5}, "generation": {"max_new_tokens": 12}}
+    with pytest.raises(SystemExit, match=r"the samples run failed on 2 of 2 prompts, e\.g\. 'Q: 2\+3=\? A:': the vllm host "
+                                         r"failed: .*is the vLLM server at .* running"):
+        record_runs([("samples", nowhere)], prompts)
