@@ -426,22 +426,29 @@ def in_process(name: str, **params):
     return build({"name": name, "path": "demo-arith-prm", **params})
 
 
-@pytest.mark.slow
-def test_served_scores_equal_the_in_process_scorers_on_the_same_checkpoint(vllm_servers):
-    url = vllm_servers["prm"].url
+def assert_served_prm_equals_in_process(url: str, **params) -> tuple[list[str], list[Candidate]]:
+    """The served PRM at ``url`` (with ``params``) gives the in-process PRM's step scores and
+    scores, for every aggregate, on prompts and candidates of every length (one empty); returns
+    those prompts and candidates."""
     prompts = [PROMPT, "Q: 6*7+5=? A:", "Q: 90-45+3=? A:"]
     candidates = CANDIDATES + [Candidate(PROMPT, " 37+48=85. 85-19=66. 66+0=66. #### 66"), Candidate(PROMPT, "")]
     for aggregate in ("min", "last", "prod"):
         here = in_process("process_reward_model", aggregate=aggregate)
         there = build({"name": "served_process_reward_model", "url": url, "served_model": "demo-arith-prm",
-                       "aggregate": aggregate, "batch_size": 4})
+                       "aggregate": aggregate, "batch_size": 4, **params})
         for prompt in prompts:
             steps_here, steps_there = here.score_steps(prompt, candidates), there.score_steps(prompt, candidates)
             assert [len(s) for s in steps_there] == [len(s) for s in steps_here]
-            for a, b in zip(steps_here, steps_there):
-                assert b == pytest.approx(a, abs=1e-5)
+            assert [x for s in steps_there for x in s] == pytest.approx([x for s in steps_here for x in s], abs=1e-5)
             assert there.score(prompt, candidates) == pytest.approx(here.score(prompt, candidates), abs=1e-5)
         there.close()
+    return prompts, candidates
+
+
+@pytest.mark.slow
+def test_served_scores_equal_the_in_process_scorers_on_the_same_checkpoint(vllm_servers):
+    url = vllm_servers["prm"].url
+    prompts, candidates = assert_served_prm_equals_in_process(url)
     here = in_process("outcome_reward_model")
     there = build({"name": "served_outcome_reward_model", "url": url, "served_model": "demo-arith-prm"})
     for prompt in prompts:
@@ -467,18 +474,7 @@ def test_tokens_mode_on_a_real_server_equals_the_in_process_scorer(vllm_servers)
     """One /pooling request per candidate gives every step's score: the in-process PRM's, which
     scores each step prefix as a text of its own. A server started for the other task is named."""
     url = vllm_servers["prm_tokens"].url
-    prompts = [PROMPT, "Q: 6*7+5=? A:", "Q: 90-45+3=? A:"]
-    candidates = CANDIDATES + [Candidate(PROMPT, " 37+48=85. 85-19=66. 66+0=66. #### 66"), Candidate(PROMPT, "")]
-    for aggregate in ("min", "last", "prod"):
-        here = in_process("process_reward_model", aggregate=aggregate)
-        there = build({"name": "served_process_reward_model", "url": url, "served_model": "demo-arith-prm",
-                       "aggregate": aggregate, "mode": "tokens", "batch_size": 4})
-        for prompt in prompts:
-            steps_here, steps_there = here.score_steps(prompt, candidates), there.score_steps(prompt, candidates)
-            assert [len(s) for s in steps_there] == [len(s) for s in steps_here]
-            assert [x for s in steps_there for x in s] == pytest.approx([x for s in steps_here for x in s], abs=1e-5)
-            assert there.score(prompt, candidates) == pytest.approx(here.score(prompt, candidates), abs=1e-5)
-        there.close()
+    assert_served_prm_equals_in_process(url, mode="tokens")
     by_prefix = build({"name": "served_process_reward_model", "url": url, "served_model": "demo-arith-prm"})
     with pytest.raises(HostError, match=r"for another pooling task .*mode = 'prefixes' needs a server started "
                                         r"without --pooler-config's task"):
