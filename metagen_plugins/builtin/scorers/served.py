@@ -340,7 +340,7 @@ class ServedProcessRewardModel(_Served, StepRewards):
             if not getattr(self.tokenizer, "is_fast", False):
                 raise ConfigError(f"{name}: the tokenizer {where!r} is not a fast tokenizer: mode = \"tokens\" needs "
                                   f"its character offsets to place steps on tokens; use mode = \"prefixes\"")
-        self._checked = threading.Lock(), []
+        self._check_lock, self._checked = threading.Lock(), False  # the tokenizer check, done once
 
     def score_steps(self, prompt: str, candidates: Sequence[Candidate]) -> list[list[float]]:
         if self.mode == "prefixes" or not candidates:
@@ -368,9 +368,8 @@ class ServedProcessRewardModel(_Served, StepRewards):
     def _check_tokenizer(self, text: str, ids: list[int]) -> None:
         """Once: the server's tokens for ``text`` must be ours, else the steps would be read at
         the wrong tokens (a wrong answer that looks right)."""
-        lock, done = self._checked
-        with lock:
-            if done:
+        with self._check_lock:
+            if self._checked:
                 return
             served = self.classifier.tokenize(text)
             if served != ids:
@@ -379,7 +378,7 @@ class ServedProcessRewardModel(_Served, StepRewards):
                                 f"tokenizer: it makes {len(ids)} tokens of a candidate where the server at "
                                 f"{self.classifier.url} makes {len(served)} (the first difference is at token "
                                 f"{first}); set it to the served model's tokenizer")
-            done.append(True)
+            self._checked = True
 
 
 def register_all(register) -> None:
