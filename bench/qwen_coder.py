@@ -11,7 +11,8 @@ samples as their Generator): self-consistency, best-of-N and weighted majority w
 then the answers vote) on the first k samples; greedy with the calculator is calculator_vote over
 the greedy text. The model often answers with a Python block followed by an ``output`` block it
 made up; the "code run" rows run each reply's Python block in the sandbox and take the last
-number it prints instead of the reply's own answer (a reply without code keeps its answer).
+number it prints instead of the reply's own answer (a reply without code keeps its answer; in
+the "calculator, code run" rows, its calculator-repaired answer).
 ``--runs ...,pal`` adds ``program_aided`` (PAL): N programs per question from its code prompt
 (the question without the ``\boxed{}`` instruction), stopped at a closed code fence, run in the
 sandbox, the last printed numbers voting; its records may go to a file of their own and are
@@ -90,9 +91,12 @@ def main() -> None:
         records = merged(read_records(args.from_records))
     else:
         records = merged(read_records([args.records] if args.records else []) + measure(args))
-    if records and not all("greedy" in r and "samples" in r for r in records):
-        print("recorded; the report needs the greedy and samples runs too: --from-records with their file(s) as well")
-        return
+    complete = [r for r in records if "greedy" in r and "samples" in r]
+    if len(complete) < len(records):  # e.g. PAL runs recorded ahead of the plain ones
+        print(f"{len(records) - len(complete)} of {len(records)} problems lack the greedy or samples run: "
+              f"reported without them" if complete else
+              "recorded; the report needs the greedy and samples runs too: --from-records with their file(s) as well")
+    records = complete
     (report_arith if args.task == "arith" else report_code)(records, args)
 
 
@@ -210,6 +214,15 @@ def report_arith(records: list[dict], args) -> None:
     name = f"self_consistency@{n}, code run"
     correct[name] = [weighted_vote(r["samples"]["texts"], [1.0] * n, run_code) == r["answer"] for r in records]
     cost[name] = ("samples", 1.0)
+    # both tools: a reply's code run where it has code, else its arithmetic repaired by the calculator
+    from metagen_plugins.builtin.scorers.calculator import repair
+
+    run_both = code_runner(lambda text: answer(repair(text)[0]))
+    correct["greedy + calculator, code run"] = [run_both(r["greedy"]["texts"][0]) == r["answer"] for r in records]
+    cost["greedy + calculator, code run"] = ("greedy", 1.0)
+    name = f"calculator_vote@{n}, code run"
+    correct[name] = [weighted_vote(r["samples"]["texts"], [1.0] * n, run_both) == r["answer"] for r in records]
+    cost[name] = ("samples", 1.0)
     descriptive = set()
     if all("pal" in r for r in records):
         pal = metagen_plugins.build(metagen_plugins.get_registry().get("strategies", "program_aided"),
@@ -247,10 +260,12 @@ def isolation() -> str:
     return "full" if probe("full") is None else "limits"
 
 
-def code_runner():
+def code_runner(otherwise=None):
     """``run(text)``: a reply's answer with its Python block run in the sandbox: the last number
-    the block prints, when it has a block that runs and prints one; else the reply's own answer
-    (so a made-up ``output`` block after the code does not count)."""
+    the block prints, when it has a block that runs and prints one; else ``otherwise(text)``,
+    by default the reply's own answer (so a made-up ``output`` block after the code does not
+    count)."""
+    otherwise = otherwise or answer
     pal = metagen_plugins.build(metagen_plugins.get_registry().get("strategies", "program_aided"),
                                 {"n": 1, "answer_pattern": NUMBER, "isolation": isolation()})
     seen: dict[str, str | None] = {}
@@ -258,7 +273,7 @@ def code_runner():
     def run(text: str) -> str | None:
         if text not in seen:
             printed = pal.execute(text)[0] if "```" in text else None
-            seen[text] = printed if printed is not None else answer(text)
+            seen[text] = printed if printed is not None else otherwise(text)
         return seen[text]
 
     return run

@@ -27,6 +27,8 @@ def test_a_reply_without_code_or_whose_code_fails_keeps_its_own_answer():
     assert run("```python\nprint(undefined_name)\n```\nSo \\boxed{7}.") == "7"  # NameError: its own answer
     assert run("```python\nx = 3\n```\nSo \\boxed{3}.") == "3"  # printed nothing
     assert run("no number at all") is None
+    repaired = code_runner(lambda text: "repaired")
+    assert repaired(MADE_UP) == "1520" and repaired("77 * 15 = 1105, so \\boxed{1105}") == "repaired"
 
 
 def test_runs_recorded_apart_are_merged_by_question():
