@@ -426,6 +426,16 @@ def in_process(name: str, **params):
     return build({"name": name, "path": "demo-arith-prm", **params})
 
 
+def assert_refused(entry: dict, message: str) -> None:
+    """Scoring with the served scorer ``entry`` fails with a HostError matching ``message``."""
+    scorer = build(entry)
+    try:
+        with pytest.raises(HostError, match=message):
+            scorer.score(PROMPT, CANDIDATES)
+    finally:
+        scorer.close()
+
+
 def assert_served_prm_equals_in_process(url: str, **params) -> tuple[list[str], list[Candidate]]:
     """The served PRM at ``url`` (with ``params``) gives the in-process PRM's step scores and
     scores, for every aggregate, on prompts and candidates of every length (one empty); returns
@@ -457,16 +467,11 @@ def test_served_scores_equal_the_in_process_scorers_on_the_same_checkpoint(vllm_
     with pytest.raises(HostError, match="served_outcome_reward_model: .*maximum context length"):
         there.score(PROMPT, [Candidate(PROMPT, " 1+1" * 60)])
     there.close()
-    wrong = build({"name": "served_outcome_reward_model", "url": url, "served_model": "demo-arith"})
-    with pytest.raises(HostError, match=r"does not serve a model named 'demo-arith' \(parameter 'served_model'\); "
-                                        r"it serves 'demo-arith-prm'"):
-        wrong.score(PROMPT, CANDIDATES)
-    wrong.close()
-    generative = build({"name": "served_outcome_reward_model", "url": vllm_servers["generator"].url,
-                        "served_model": "demo-arith"})
-    with pytest.raises(HostError, match="has no /classify route"):
-        generative.score(PROMPT, CANDIDATES)
-    generative.close()
+    assert_refused({"name": "served_outcome_reward_model", "url": url, "served_model": "demo-arith"},
+                   r"does not serve a model named 'demo-arith' \(parameter 'served_model'\); "
+                   r"it serves 'demo-arith-prm'")
+    assert_refused({"name": "served_outcome_reward_model", "url": vllm_servers["generator"].url,
+                    "served_model": "demo-arith"}, "has no /classify route")
 
 
 @pytest.mark.slow
@@ -475,17 +480,12 @@ def test_tokens_mode_on_a_real_server_equals_the_in_process_scorer(vllm_servers)
     scores each step prefix as a text of its own. A server started for the other task is named."""
     url = vllm_servers["prm_tokens"].url
     assert_served_prm_equals_in_process(url, mode="tokens")
-    by_prefix = build({"name": "served_process_reward_model", "url": url, "served_model": "demo-arith-prm"})
-    with pytest.raises(HostError, match=r"for another pooling task .*mode = 'prefixes' needs a server started "
-                                        r"without --pooler-config's task"):
-        by_prefix.score(PROMPT, CANDIDATES)
-    by_prefix.close()
-    by_token = build({"name": "served_process_reward_model", "url": vllm_servers["prm"].url,
-                      "served_model": "demo-arith-prm", "mode": "tokens"})
-    with pytest.raises(HostError, match=r"for another pooling task .*mode = 'tokens' needs a server started with "
-                                        r"--pooler-config"):
-        by_token.score(PROMPT, CANDIDATES)
-    by_token.close()
+    prm = {"name": "served_process_reward_model", "served_model": "demo-arith-prm"}
+    assert_refused({**prm, "url": url},
+                   r"for another pooling task .*mode = 'prefixes' needs a server started "
+                   r"without --pooler-config's task")
+    assert_refused({**prm, "url": vllm_servers["prm"].url, "mode": "tokens"},
+                   r"for another pooling task .*mode = 'tokens' needs a server started with --pooler-config")
 
 
 @pytest.mark.slow
