@@ -133,7 +133,8 @@ def measure(args) -> list[dict]:
             "processors": [{"name": "temperature", "temperature": args.temperature}],
             "stopping": [] if args.task == "arith" else [{"name": "stop_strings", "stop": CODE_STOP}]}
     pal = {**base,
-           "strategy": {"name": "program_aided", "n": args.n, "template": PAL_TEMPLATE, "answer_pattern": NUMBER},
+           "strategy": {"name": "program_aided", "n": args.n, "template": PAL_TEMPLATE, "answer_pattern": NUMBER,
+                        "isolation": isolation()},
            "stopping": [{"name": "regex", "pattern": CLOSED_FENCE}],
            "generation": {**base["generation"], "max_new_tokens": 256}}
     runs = [("greedy", evaluate.greedy(base)), ("samples", {**base, "strategy": {"name": "parallel", "n": args.n}}),
