@@ -190,6 +190,21 @@ def read_records(paths: list[str]) -> list[dict]:
     return sorted(rows, key=lambda r: r["index"])
 
 
+def merge_records(records, agree: tuple[str, ...] = ()) -> list[dict]:
+    """One record per problem, in index order: the runs of records made separately (e.g. --runs
+    pal, then --runs greedy,samples) merged into one. Two records of a problem that both have a
+    key of ``agree`` must hold the same value there, else the bench stops naming it."""
+    by_index: dict[int, dict] = {}
+    for record in records:
+        known = by_index.setdefault(record["index"], dict(record))
+        for key in agree:
+            if key in known and key in record and known[key] != record[key]:
+                raise SystemExit(f"records of problem {record['index']} disagree on {key} "
+                                 f"({known[key]!r} vs {record[key]!r}); report them separately")
+        known.update(record)
+    return [by_index[i] for i in sorted(by_index)]
+
+
 def append_records(path: str | None, records: list[dict]) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as out:

@@ -40,8 +40,8 @@ can be reported at any point and resumed:
 
 from __future__ import annotations
 
-from _common import (CLOSED_FENCE, NUMBER, Replay, append_records, arguments, cost_rows, finish, read_records,
-                     record_runs, start_vllm, table, weighted_vote)
+from _common import (CLOSED_FENCE, NUMBER, Replay, append_records, arguments, cost_rows, finish, merge_records,
+                     read_records, record_runs, start_vllm, table, weighted_vote)
 
 import json
 import sys
@@ -88,9 +88,9 @@ def main() -> None:
 
     args = arguments(__doc__, extra)
     if args.from_records:
-        records = merged(read_records(args.from_records))
+        records = merge_records(read_records(args.from_records))
     else:
-        records = merged(read_records([args.records] if args.records else []) + measure(args))
+        records = merge_records(read_records([args.records] if args.records else []) + measure(args))
     complete = [r for r in records if "greedy" in r and "samples" in r]
     if len(complete) < len(records):  # e.g. PAL runs recorded ahead of the plain ones
         print(f"{len(records) - len(complete)} of {len(records)} problems lack the greedy or samples run: "
@@ -98,14 +98,6 @@ def main() -> None:
               "recorded; the report needs the greedy and samples runs too: --from-records with their file(s) as well")
     records = complete
     (report_arith if args.task == "arith" else report_code)(records, args)
-
-
-def merged(records: list[dict]) -> list[dict]:
-    """One record per problem, the runs of its records (made separately, e.g. --runs pal) together."""
-    by_index: dict[int, dict] = {}
-    for record in records:
-        by_index.setdefault(record["index"], {}).update(record)
-    return [by_index[i] for i in sorted(by_index)]
 
 
 def problems(args) -> list[tuple[int, str, dict]]:
@@ -122,8 +114,8 @@ def measure(args) -> list[dict]:
     wanted = args.runs.split(",")
     if set(wanted) - {"greedy", "samples", "pal"} or ("pal" in wanted and args.task != "arith"):
         raise SystemExit(f"qwen_coder.py: --runs {args.runs!r}: choose among greedy, samples and (arith) pal")
-    done = {r["index"] for r in merged(read_records([args.records])) if all(label in r for label in wanted)} \
-        if args.records else set()
+    recorded = merge_records(read_records([args.records])) if args.records else []
+    done = {r["index"] for r in recorded if all(label in r for label in wanted)}
     items = [p for p in problems(args) if p[0] % shards == shard and p[0] not in done]
     if not items:
         return []

@@ -32,7 +32,7 @@ can be reported at any point and resumed:
 
 from __future__ import annotations
 
-from _common import CLOSED_FENCE, NUMBER, Replay, arguments, finish, mcnemar, table
+from _common import CLOSED_FENCE, NUMBER, Replay, arguments, finish, mcnemar, merge_records, table
 
 import json
 import re
@@ -94,20 +94,15 @@ def main() -> None:
 
 def merged(lines) -> list[dict]:
     """Records by question, those of one question (from runs made separately, e.g. --runs greedy,pal
-    then --runs greedy,samples) merged into one; the runs must agree on the question set-up."""
-    by_index: dict[int, dict] = {}
-    for record in lines:
-        known = by_index.setdefault(record["index"], record)
-        for key in ("answer", "seed", "n", "temperature"):
-            if known[key] != record[key]:
-                raise SystemExit(f"smollm2.py: records of question {record['index']} disagree on {key} "
-                                 f"({known[key]!r} vs {record[key]!r}); report them separately")
-        if "pal" in known and "pal" in record and known is not record and \
-                known.get("pal_template", "plain") != record.get("pal_template", "plain"):
+    then --runs greedy,samples) merged into one; the runs must agree on the question set-up, and
+    a question's PAL runs on their template."""
+    records, templates = list(lines), {}
+    for record in records:
+        if "pal" in record and templates.setdefault(record["index"], record.get("pal_template", "plain")) != \
+                record.get("pal_template", "plain"):
             raise SystemExit(f"smollm2.py: question {record['index']} has PAL runs with different templates; "
                              "report them separately")
-        known.update(record)
-    return [by_index[i] for i in sorted(by_index)]
+    return merge_records(records, agree=("answer", "seed", "n", "temperature"))
 
 
 def measure(args) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from qwen_coder import code_runner, merged  # noqa: E402
+from qwen_coder import code_runner  # noqa: E402
+from _common import merge_records  # noqa: E402
 
 MADE_UP = ("Let me compute it.\n```python\nresult = 80 * 19\nprint(result)\n```\n```output\n1440\n```\n"
            "The answer is \\boxed{1440}.")
@@ -34,5 +35,14 @@ def test_a_reply_without_code_or_whose_code_fails_keeps_its_own_answer():
 def test_runs_recorded_apart_are_merged_by_question():
     records = [{"index": 1, "answer": "5", "greedy": {"texts": ["5"]}}, {"index": 0, "pal": {"texts": ["p"]}},
                {"index": 1, "pal": {"texts": ["q"]}}, {"index": 0, "answer": "4", "samples": {"texts": ["4"]}}]
-    assert merged(records) == [{"index": 0, "pal": {"texts": ["p"]}, "answer": "4", "samples": {"texts": ["4"]}},
+    assert merge_records(records) == [{"index": 0, "pal": {"texts": ["p"]}, "answer": "4", "samples": {"texts": ["4"]}},
                                {"index": 1, "answer": "5", "greedy": {"texts": ["5"]}, "pal": {"texts": ["q"]}}]
+
+
+def test_records_of_one_problem_that_disagree_on_its_set_up_stop_the_merge():
+    import pytest
+
+    apart = [{"index": 0, "n": 8, "greedy": {}}, {"index": 0, "n": 4, "pal": {}}]
+    with pytest.raises(SystemExit, match=r"records of problem 0 disagree on n \(8 vs 4\)"):
+        merge_records(apart, agree=("n",))
+    assert merge_records(apart) == [{"index": 0, "n": 4, "greedy": {}, "pal": {}}]
