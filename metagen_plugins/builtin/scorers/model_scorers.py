@@ -31,11 +31,9 @@ def _classifier(path: str):
 def _causal_lm(path: str, what: str):
     """A causal LM and its tokenizer from a local checkpoint or a model name (``what`` names it in
     errors); the model is shared with every other user of the same checkpoint."""
-    from transformers import AutoTokenizer
+    from ...models import load_model_cached, load_tokenizer, resolve
 
-    from ...models import load_model_cached, resolve
-
-    return load_model_cached(path, what=what), AutoTokenizer.from_pretrained(resolve(path, what=what))
+    return load_model_cached(path, what=what), load_tokenizer(resolve(path, what=what))
 
 
 def _reward(model, tokenizer, texts: list[str], batch_size: int) -> list[float]:
