@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ARITH_SUFFIX = " Be brief: write each calculation as an equation, then give the final answer as \\boxed{N}."
-ANSWER_PATTERN = (r"(?s)(?:\\boxed\{\s*\$?|\A(?!.*\\boxed\{).*(?<![\d,.]))"
-                  r"(-?\d[\d,]*(?:\.\d+)?)")
-"""The final answer: the number in the last ``\\boxed{}``; in a reply with no ``\\boxed{}``, the
-last number (a brief reply is often just ``80 * 19 = 1520``). Commas are dropped by extraction."""
+ANSWER_PATTERN = (r"(?s)\A(?:.*\\boxed\{\s*\$?(-?\d[\d,]*(?:\.\d+)?)|.*\\boxed\{()"
+                  r"|.*(?:\A|[^\d,.])(-?\d[\d,]*(?:\.\d+)?))")
+"""The final answer: the number in the last ``\\boxed{}`` holding one; in a reply with none, the
+last number (a brief reply is often just ``80 * 19 = 1520``). Commas are dropped by extraction.
+Written for RE2 (no lookaround): the first alternative that matches wins, and the empty group
+of the second (a ``\\boxed{`` with no number) is no answer."""
 
 KINDS = ("mul", "expr", "word2", "word3")
 _NAMES = ["Maria", "Tom", "Aisha", "Ben", "Chen", "Lena", "Omar", "Sofia", "Raj", "Emma"]

@@ -9,6 +9,8 @@ registry before any model loads.
     [[stopping]]    ordered: name = "stop_strings", stop = ["\\n"]
     [strategy]      name = "self_consistency", n = 16
     [scorer]        name = ..., parameters
+    [serve]         what a request to ``metagen serve`` may change (components, parameters);
+                    ignored by ``metagen run``
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ GENERATION_SETTINGS: dict[str, Any] = {"max_new_tokens": int, "do_sample": bool,
                                        "token_healing": bool}
 BUDGET_SETTINGS: dict[str, Any] = {"max_tokens": int, "max_flops": float, "max_samples": int}
 RUN_SETTINGS: dict[str, Any] = {"concurrency": int}
+SERVE_SETTINGS: dict[str, Any] = {"components": list[str], "parameters": list[str]}
 SECTIONS = {
     "run": "table",
     "host": "table",
@@ -40,6 +43,7 @@ SECTIONS = {
     "stopping": "list",
     "strategy": "table",
     "scorer": "table",
+    "serve": "table",
 }
 # Config section -> component kind.
 SECTION_KIND = {
@@ -62,6 +66,7 @@ class Config:
     stopping: list[dict[str, Any]] = field(default_factory=list)
     strategy: dict[str, Any] | None = None
     scorer: dict[str, Any] | None = None
+    serve: dict[str, Any] = field(default_factory=dict)  # metagen serve's allow-list (serve.policy)
     source: str = "<dict>"
 
     @property
@@ -123,6 +128,7 @@ def validate(source: Any, registry: Registry) -> Config:
     config.generation = _settings(data.get("generation") or {}, GENERATION_SETTINGS, "[generation]", where)
     config.budget = _settings(data.get("budget") or {}, BUDGET_SETTINGS, "[budget]", where)
     config.run = _settings(data.get("run") or {}, RUN_SETTINGS, "[run]", where)
+    config.serve = _settings(data.get("serve") or {}, SERVE_SETTINGS, "[serve]", where)
     if config.run.get("concurrency", 1) < 1:
         raise ConfigError(f"{where}[run] concurrency must be >= 1 (1 runs prompts one at a time), "
                           f"got {config.run['concurrency']}")

@@ -17,7 +17,7 @@ from .plugins import PluginManager, _describe
 _registry: "Registry | None" = None
 _plugins_dir: str | None = None  # the --plugins-dir the shared registry was loaded with
 
-_METADATA = {"sampling", "constraint", "doc"}  # besides the installed hosts' realiser keys
+_METADATA = {"sampling", "constraint", "doc", "caller", "runs_code"}  # besides the installed hosts' realiser keys
 SINGULAR = {"logits_processors": "logits processor", "stopping_criteria": "stopping criterion",
             "scorers": "scorer", "strategies": "strategy"}
 
@@ -37,6 +37,8 @@ class ComponentInfo:
     constraint: bool = False  # a hard constraint (bans tokens): applied before every other processor
     doc: str = ""
     schema: Schema = field(default=None)  # type: ignore[assignment]
+    caller: frozenset[str] = frozenset()  # parameters a request to ``metagen serve`` may set
+    runs_code: bool = False  # executes programs (in the sandbox): metagen serve requires full isolation
     registry: "Registry | None" = field(default=None, repr=False, compare=False)  # the one it is in
 
     @property
@@ -57,6 +59,8 @@ class ComponentInfo:
             "hosts": list(self.hosts),
             "docstring": self.doc,
             "parameters": [p.describe() for p in self.schema.params.values()],
+            "caller_parameters": sorted(self.caller),
+            "runs_code": self.runs_code,
         }
 
 
@@ -238,6 +242,15 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> Compo
         else:
             realisers[key] = value
     doc = metadata.get("doc") or inspect.getdoc(factory) or ""
+    schema = schema_of(factory)
+    caller = metadata.get("caller", ())
+    if isinstance(caller, str) or not all(isinstance(c, str) for c in caller):
+        raise PluginError(f"{where} registered {name!r} with caller={caller!r}; give the names of the "
+                          f"parameters a request may set, e.g. caller=(\"n\", \"temperature\")")
+    unknown_params = sorted(set(caller) - set(schema.params))
+    if unknown_params:
+        raise PluginError(f"{where} registered {name!r} with caller= naming {unknown_params}, which its "
+                          f"factory does not take; its parameters are {', '.join(schema.params) or '(none)'}")
     return ComponentInfo(
         kind=kind,
         name=name,
@@ -249,7 +262,9 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> Compo
         sampling=bool(metadata.get("sampling", False)),
         constraint=bool(metadata.get("constraint", False)),
         doc=doc,
-        schema=schema_of(factory),
+        schema=schema,
+        caller=frozenset(caller),
+        runs_code=bool(metadata.get("runs_code", False)),
     )
 
 

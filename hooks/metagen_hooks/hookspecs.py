@@ -23,6 +23,16 @@ Metadata, all optional:
     constraints first, in their listed order, then the other processors, as transformers applies
     its processors before its warpers, so a truncation warper (top-k, min-p) can never leave
     only tokens a constraint then bans.
+``caller=("n", "temperature")``
+    the parameters a caller of ``metagen serve`` may set in a request (its ``metagen`` object):
+    values that only shape sampling or selection within the operator's budget caps. Every other
+    parameter is the operator's (set in the configuration file); a component that declares
+    nothing is configured by the operator alone. Never declare a parameter that runs code, names a
+    file, a model or a URL, changes a sandbox, or formats text with ``str.format`` (docs/security.md).
+``runs_code=True``
+    the component executes programs (as ``code_tests`` and ``program_aided`` do, in metagen's
+    sandbox): ``metagen serve`` refuses to start a profile using it unless it runs with full
+    isolation, or the operator opts out explicitly.
 ``doc``
     a description, when the factory's docstring is not the one to show.
 """

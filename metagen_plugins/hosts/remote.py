@@ -20,6 +20,7 @@ interface works the same inside a notebook's running loop.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -398,9 +399,40 @@ class RemoteHost:
 
     def generator(self, budget: Budget, config=None, *, conversation: Sequence[dict[str, str]] = (),
                   on_text: Callable[[str], None] | None = None) -> RemoteGenerator:
-        if config is not None and config is not self.config:
-            raise HostError(f"the {self.name} host does not take a per-prompt configuration yet")
-        settings = self.config.host
-        return self.generator_class(self, budget, timeout=settings.get("timeout", 60.0),
-                                    retries=settings.get("retries", 2), seed=self.config.generation.get("seed"),
+        """A Generator charging ``budget``; ``config`` (same ``[host]``) gives this prompt its own
+        components and generation settings, over the host's one in-flight limit and clients."""
+        host = self if config is None or config is self.config else self.refined(config)
+        settings = host.config.host
+        return host.generator_class(host, budget, timeout=settings.get("timeout", 60.0),
+                                    retries=settings.get("retries", 2), seed=host.config.generation.get("seed"),
                                     conversation=conversation, on_text=on_text)
+
+    def refined(self, config) -> "RemoteHost":
+        """This host for another configuration of the same ``[host]``: a view with that
+        configuration's request parameters, sharing the replicas (so the one in-flight limit
+        and failover), the clients and the event loop. Views are kept for the 64 most recent
+        configurations; a configuration this engine cannot serve fails here, as at startup."""
+        import copy
+        import json
+
+        if config.host != self.config.host:
+            raise HostError("a per-prompt configuration must keep the host's [host] settings")
+        key = json.dumps({k: getattr(config, k) for k in ("generation", "processors", "stopping", "scorer")},
+                         sort_keys=True, default=repr)
+        views, lock = self.__dict__.setdefault("_views", {}), self.__dict__.setdefault("_views_lock", threading.Lock())
+        with lock:
+            view = views.pop(key, None)
+        if view is None:
+            view = copy.copy(self)  # shallow: replicas, clients and loop are shared
+            view.config = config
+            if hasattr(self, "sampling"):
+                from ..components import sampling
+
+                view.sampling = sampling(config, self.registry)
+            view.parameters = view.engine_parameters()
+            view.check()
+        with lock:
+            while len(views) >= 64:
+                views.pop(next(iter(views)))
+            views[key] = view  # most recent last
+        return view

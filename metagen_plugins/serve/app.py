@@ -1,10 +1,11 @@
 """The ASGI application: OpenAI's routes over the profiles' runners.
 
-Request path: authenticate -> read the body (size-capped) -> parse (schemas) -> refine the
-profile (profiles; 400 before any generation) -> admit (runners; 429 beyond the bound) ->
-``Runner.submit`` in a worker thread -> wait for the Result or the client's disconnect ->
-answer (answer; streamed live or with progress: streaming) or map the failure to 400/500/502/504
-(failures).
+Request path: the boundary (boundary: header size, Host, Origin, JSON only) -> authenticate ->
+read the body (size-capped) -> parse (schemas) -> bound the prompt's length -> refine the
+profile within its allow-list (profiles, policy; 400 before any generation) -> admit (runners;
+429 beyond the bound) -> ``Runner.submit`` in a worker thread -> wait for the Result, the
+client's disconnect or the deadline -> answer (answer; streamed live or with progress:
+streaming) or map the failure to 400/500/502/504 (failures).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import hmac
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
@@ -26,7 +28,8 @@ from metagen_hooks import Result
 
 from ..errors import ConfigError
 from . import answer, streaming
-from .errors import APIError, ClientGone, bad_request
+from .boundary import Guard
+from .errors import VERSIONS, APIError, ClientGone, bad_request
 from .failures import answered
 from .metrics import Metrics
 from .profiles import Profile, refine
@@ -36,6 +39,8 @@ from .schemas import ChatRequest, CompletionRequest, parse
 log = logging.getLogger("metagen.serve")
 MAX_BODY_BYTES = 1 << 20
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
+MAX_PROMPT_CHARS = 131072  # characters of one request's prompts and messages, before tokenization
+REQUEST_TIMEOUT = 600.0  # seconds a request may run before it is cancelled (504)
 
 
 class Server:
@@ -43,13 +48,16 @@ class Server:
 
     def __init__(self, profiles: dict[str, Profile], registry, *, api_key: str | None = None,
                  concurrency: int | None = None, max_queue: int = 256, max_body_bytes: int = MAX_BODY_BYTES,
-                 keep_traces: int = 1000, objects: dict[str, Any] | None = None) -> None:
+                 keep_traces: int = 1000, objects: dict[str, Any] | None = None,
+                 max_prompt_chars: int = MAX_PROMPT_CHARS, request_timeout: float = REQUEST_TIMEOUT) -> None:
         if not profiles:
             raise ValueError("no profiles to serve")
         self.profiles = profiles
         self.registry = registry
         self.api_key = api_key or None
         self.max_body_bytes = max_body_bytes
+        self.max_prompt_chars = max_prompt_chars
+        self.request_timeout = request_timeout
         self.keep_traces = keep_traces
         self.metrics = Metrics()
         self.traces: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -122,15 +130,28 @@ class Server:
         gone = asyncio.ensure_future(streaming.disconnected(request))
         try:
             await asyncio.wait([gone, asyncio.gather(*waiting, return_exceptions=True)],
-                               return_when=asyncio.FIRST_COMPLETED)
+                               timeout=self.request_timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-        if not all(w.done() for w in waiting):  # the client is gone
-            for future in futures:
-                stage = "queued" if future.cancel() else "running"
-                self.metrics.cancelled.labels(profile.name, stage).inc()
+        if not all(w.done() for w in waiting):  # the client is gone, or the deadline passed
+            late = not gone.done() or gone.cancelled()
+            self.cancel(profile, futures, "the request's deadline passed" if late else "the client went away")
+            if late:
+                raise APIError(504, f"the request ran past the server's deadline of {self.request_timeout:g} s "
+                                    f"(--request-timeout); its work was stopped", code="deadline_exceeded")
             raise ClientGone()
         return [answered(waited, config) for waited in waiting]
+
+    def cancel(self, profile: Profile, futures: list[Future], reason: str) -> None:
+        """Stop prompts nobody waits for: a queued one never starts; a running one's budget is
+        cancelled, so its strategy ends at its next request for generation."""
+        for future in futures:
+            if future.done():
+                continue
+            stage = "queued" if future.cancel() else "running"
+            if stage == "running":
+                future.budget.cancel(reason)
+            self.metrics.cancelled.labels(profile.name, stage).inc()
 
     def _finisher(self, lane, profile: Profile, config, started: float):
         def finished(future: Future) -> None:
@@ -174,8 +195,9 @@ def chat_prompt(messages) -> tuple[str, list[dict[str, str]]]:
     return messages[-1].text(), conversation
 
 
-def create_app(server: Server) -> FastAPI:
-    """The FastAPI application of ``server`` (which owns the loaded runners)."""
+def create_app(server: Server, hosts: set[str] | None = None) -> FastAPI:
+    """The FastAPI application of ``server`` (which owns the loaded runners); ``hosts``: the
+    ``Host`` names it answers to (``None``: any; see :class:`.boundary.Guard`)."""
 
     @asynccontextmanager
     async def lifespan(app):
@@ -185,6 +207,10 @@ def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="metagen serve", description="Meta-generation strategies behind OpenAI's API",
                   lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
+    app.add_middleware(Guard, hosts=hosts)
+    for record in getattr(server.registry.manager, "records", {}).values():  # kept out of client errors
+        if getattr(record, "distribution", None) and getattr(record, "version", None):
+            VERSIONS.add(f"{record.distribution} {record.version}")
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -205,9 +231,11 @@ def create_app(server: Server) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):
-        log.exception("unexpected error in %s %s", request.method, request.url.path)
-        error = APIError(500, f"metagen serve failed unexpectedly with {type(exc).__name__}: {exc}; this is a "
-                              f"bug in metagen serve (the server goes on)", code="internal_error")
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("error %s: unexpected in %s %s", error_id, request.method, request.url.path)
+        error = APIError(500, f"metagen serve failed unexpectedly with {type(exc).__name__} (error id {error_id} in "
+                              f"the server's log); this is a bug in metagen serve (the server goes on)",
+                         code="internal_error")
         return JSONResponse(error.body(), status_code=500)
 
     @app.get("/health")
@@ -247,7 +275,12 @@ def create_app(server: Server) -> FastAPI:
         return await _complete(request, "completions")
 
     async def _complete(request: Request, route: str):
-        status, name = 500, "-"
+        status: int | None = 500
+        name = "-"
+
+        def count(status: int) -> None:
+            server.metrics.requests.labels(route, name if name in server.profiles else "-", str(status)).inc()
+
         try:
             server.authenticate(request)
             raw = await server.body(request)
@@ -267,17 +300,21 @@ def create_app(server: Server) -> FastAPI:
             for prompt in prompts:
                 if not prompt.strip():
                     raise bad_request("the prompt is empty; give the text to complete", param="prompt")
+            size = sum(map(len, prompts)) + sum(len(m["content"]) for m in conversation)
+            if size > server.max_prompt_chars:
+                raise bad_request(f"the request's text is {size} characters; this server takes at most "
+                                  f"{server.max_prompt_chars} per request (--max-prompt-chars)",
+                                  param="messages" if route == "chat" else "prompt", code="prompt_too_long")
             config, options = refine(profile, body, server.registry)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             if body.stream and (config.strategy or {"name": "generate"})["name"] == "generate":
-                response = await streaming.live(server, request, route, profile, config, prompts[0],
-                                                conversation, options, include_usage)
-                status = 200
-                return response
+                status = None  # the stream counts itself when it ends (200, or 499 if the client left)
+                return await streaming.live(server, request, route, profile, config, prompts[0],
+                                            conversation, options, include_usage, on_end=count)
             if body.stream and options["progress"]:
-                status = 200
+                status = None
                 return streaming.progressing(server, route, profile, config, prompts[0], conversation, options,
-                                             include_usage)
+                                             include_usage, on_end=count)
             results = await server.run(request, route, profile, config, prompts, conversation)
             rid = answer.response_id(route)
             exts = [answer.extension(r, profile.name, rid, options["candidates"]) for r in results]
@@ -296,7 +333,8 @@ def create_app(server: Server) -> FastAPI:
             status = 499
             raise
         finally:
-            server.metrics.requests.labels(route, name if name in server.profiles else "-", str(status)).inc()
+            if status is not None:
+                count(status)
 
     return app
 

@@ -4,18 +4,27 @@
   model's context, a component rejects its parameters): 400;
 - the backend engine failed: 504 when it timed out, 502 otherwise (connection refused, 5xx,
   a malformed answer), with the engine's own message;
-- a plugin's component raised: 500 naming the component, its plugin and distribution;
+- a plugin's component raised: 500 naming the component and its plugin;
 - anything else in the host: 500 naming the host.
+
+A 500's client message names what failed and the error's type, not its text (which may hold
+paths or data); the server's log has the whole failure under the same error id.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from metagen_hooks import BudgetExceeded, Result
 
 from ..errors import ConfigError, HostError
+from ..registry import SINGULAR
 from ..hosts.remote import RemoteError
 from ..runner import describe_failure
 from .errors import APIError
+
+log = logging.getLogger("metagen.serve")
 
 
 def api_error(exc: BaseException, config) -> APIError:
@@ -27,13 +36,17 @@ def api_error(exc: BaseException, config) -> APIError:
     if isinstance(exc, BudgetExceeded):
         return APIError(400, f"{exc}: raise the request's metagen.budget (up to the profile's caps)",
                         param="metagen.budget", code="budget_exhausted")
-    failure = describe_failure(exc, config)
-    if failure["kind"] == "component":
-        return APIError(500, f"{failure['message']}; the request failed, the server goes on",
-                        code="component_error")
-    if isinstance(exc, (ConfigError, HostError)):
+    if isinstance(exc, (ConfigError, HostError)):  # a parameter the component rejected when built
         return APIError(400, str(exc), code="invalid_request")
-    return APIError(500, failure["message"], code="host_error")
+    failure = describe_failure(exc, config)
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error %s: %s", error_id, failure["message"], exc_info=exc)
+    if failure["kind"] == "component":
+        return APIError(500, f"{failure['name']!r} ({SINGULAR[failure['component_kind']]} of plugin "
+                             f"{failure['plugin']!r}) raised {type(exc).__name__}; the request failed, the server "
+                             f"goes on (error id {error_id} in the server's log)", code="component_error")
+    return APIError(500, f"the {config.host_name} host failed with {type(exc).__name__} (error id {error_id} in "
+                         f"the server's log)", code="host_error")
 
 
 def answered(waited, config) -> Result:

@@ -9,25 +9,33 @@ A request refines its profile with OpenAI's own fields (``max_tokens``, ``seed``
 ``temperature``, ``top_p``) and the ``metagen`` extension object, whose keys are configuration
 sections (``strategy``, ``scorer``, ``processors``, ``stopping``, ``generation``, ``budget``)
 plus ``candidates`` (return every candidate) and ``progress`` (a streamed search sends what it
-has spent so far as SSE comments, which standard clients ignore). The refined configuration goes through the same
-``validate`` as a config file. The profile's ``[budget]`` limits and ``[generation]
-max_new_tokens`` are caps: a request may lower them, never raise them. A request never names a
-path or a model the operator did not configure.
+has spent so far as SSE comments, which standard clients ignore).
+
+What a request may change is the profile's allow-list (:mod:`.policy`): the components it uses
+or offers in ``[serve]``, and their parameters declared safe for callers. A component entry of a
+request refines the profile's entry of the same name (a strategy or scorer of another name
+replaces it); processors and stopping criteria the profile has stay. The refined configuration
+goes through the same ``validate`` as a config file. The profile's ``[budget]`` limits and
+``[generation] max_new_tokens`` are caps: a request may lower them, never raise them.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, validate
 from ..errors import ConfigError
-from .errors import APIError, bad_request
+from .errors import bad_request
+from .policy import Policy
+
+log = logging.getLogger("metagen.serve")
 
 # Sections a request may refine (the host and [run] are the operator's).
 REFINABLE = ("strategy", "scorer", "processors", "stopping", "generation", "budget")
@@ -35,8 +43,6 @@ CAPS = {"budget.max_samples": "samples", "budget.max_tokens": "tokens", "budget.
         "generation.max_new_tokens": "tokens per sample"}
 # What a served profile may spend at most when its configuration sets no limit of its own.
 DEFAULT_CAPS = {"max_samples": 64, "max_tokens": 65536}
-# Parameter names that load something (a model, a file): their values must come from the profile.
-LOADING_WORDS = ("model", "path", "file", "dir", "judge", "amateur", "expert")
 
 
 @dataclass
@@ -46,7 +52,7 @@ class Profile:
     name: str
     data: dict[str, Any]
     config: Config
-    allowed_values: set[str] = field(default_factory=set)
+    policy: Policy | None = None  # what a request may change (None: built from config on first use)
     lane_key: str = ""  # which runner serves it (set by serve.runners)
 
     @property
@@ -54,9 +60,12 @@ class Profile:
         return json.dumps(self.config.host, sort_keys=True)
 
 
-def load_profiles(source: str | os.PathLike | None, registry, caps: dict[str, int] | None = None) -> dict[str, Profile]:
+def load_profiles(source: str | os.PathLike | None, registry, caps: dict[str, int] | None = None,
+                  unisolated_code: bool = False) -> dict[str, Profile]:
     """The profiles of a configuration file (``None``: the packaged default of ``metagen run``).
-    Each is validated now, so a bad file fails at startup, naming the profile."""
+    Each is validated now, so a bad file fails at startup, naming the profile. A component that
+    runs code must run it with full isolation unless ``unisolated_code`` (the operator's
+    ``--allow-unisolated-code``)."""
     caps = DEFAULT_CAPS if caps is None else caps
     if source is None:
         from ..evaluate import default_config
@@ -89,8 +98,39 @@ def load_profiles(source: str | os.PathLike | None, registry, caps: dict[str, in
             for key, value in caps.items():
                 budget.setdefault(key, value)
         config = validate(dict(table, _source=f"profile {name!r}"), registry)  # names the profile
-        profiles[name] = Profile(name, table, config, _strings(table))
+        policy = Policy.of(name, config, registry)
+        _check_isolation(name, config, policy, registry, unisolated_code)
+        profiles[name] = Profile(name, table, config, policy)
     return profiles
+
+
+def _check_isolation(name: str, config: Config, policy: Policy, registry, unisolated_code: bool) -> None:
+    """A served component that runs code (``runs_code=True``) runs it with full isolation, or the
+    server does not start, unless the operator opted out (then it is logged)."""
+    from ..config import SECTION_KIND
+
+    for section, kind in SECTION_KIND.items():
+        configured = getattr(config, section)
+        listed = configured if isinstance(configured, list) else [configured] if configured else []
+        entries = {e["name"]: e for e in listed}
+        for component in policy.names[section]:
+            info = registry.get(kind, component)
+            if not info.runs_code:
+                continue
+            isolation = entries.get(component, {}).get("isolation")
+            param = info.schema.params.get("isolation")
+            if isolation is None and param is not None and not param.required:
+                isolation = param.default
+            if isolation == "full":
+                continue
+            what = (f"profile {name!r}: {info.label()} runs code with isolation = {isolation!r}" if isolation
+                    else f"profile {name!r}: {info.label()} runs code and has no full isolation setting")
+            if not unisolated_code:
+                raise ConfigError(f"{what}; metagen serve runs code only with full isolation (isolation = \"full\", "
+                                  f"which needs root on Linux), so that no request can reach the host through it. "
+                                  f"Set full isolation, or start the server with --allow-unisolated-code to accept "
+                                  f"the risk")
+            log.warning("%s: served without full isolation (--allow-unisolated-code)", what)
 
 
 def refine(profile: Profile, request, registry) -> tuple[Config, dict[str, Any]]:
@@ -109,17 +149,21 @@ def refine(profile: Profile, request, registry) -> tuple[Config, dict[str, Any]]
                               param=f"metagen.{key}")
     if not extension and not _sets_openai_fields(request):
         return profile.config, options  # nothing to refine: the profile as it is
+    policy = profile.policy or Policy.of(profile.name, profile.config, registry)
+    policy.check(extension, profile.data, registry)
     data = copy.deepcopy(profile.data)
     for section, value in extension.items():
-        _check_loading(profile, value, f"metagen.{section}")
-        if section in ("strategy", "scorer") and isinstance(value, dict) and "name" not in value:
+        if section in ("strategy", "scorer") and isinstance(value, dict):
             base = data.get(section) or {}
-            if not base:
+            if "name" not in value and not base:
                 raise bad_request(f"metagen.{section} has no \"name\" and the profile has no [{section}] to "
                                   f"refine; name one", param=f"metagen.{section}")
-            data[section] = {**base, **value}
+            same = value.get("name", base.get("name")) == base.get("name")
+            data[section] = {**base, **value} if same else value
         elif section in ("generation", "budget") and isinstance(value, dict):
             data[section] = {**(data.get(section) or {}), **value}
+        elif section in ("processors", "stopping") and isinstance(value, list) and isinstance(data.get(section), list):
+            data[section] = _merged(data[section], value)
         else:
             data[section] = value
     _openai_fields(data, request)
@@ -165,6 +209,19 @@ def _openai_fields(data: dict[str, Any], request) -> None:
         data["processors"] = processors
 
 
+def _merged(entries: list, refinements: list) -> list:
+    """The profile's component list with a request's entries: one of the same name refines that
+    entry's parameters, a new one is added after them; the profile's own entries all stay."""
+    out = [dict(e) for e in entries]
+    for entry in refinements:
+        match = next((e for e in out if isinstance(entry, dict) and e.get("name") == entry.get("name")), None)
+        if match is None:
+            out.append(entry)
+        else:
+            match.update(entry)
+    return out
+
+
 def _set(processors: list, name: str, value: float, first: bool) -> list:
     """The processors with ``name``'s value set (added, first or last, when absent)."""
     out = [dict(p, **{name: value}) if isinstance(p, dict) and p.get("name") == name else p for p in processors]
@@ -182,46 +239,3 @@ def _check_caps(base: Config, config: Config) -> None:
         if cap is not None and (asked is None or asked > cap):
             raise bad_request(f"{dotted} = {asked} is over this profile's cap of {cap} {what}; a request "
                               f"may lower the cap, not raise it", param=f"metagen.{dotted}", code="over_cap")
-
-
-def _check_loading(profile: Profile, value: Any, where: str, key: str = "") -> None:
-    """Reject a string that would make the server load something (a model, a file) unless the
-    operator's profile already names it."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_loading(profile, v, f"{where}.{k}", str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_loading(profile, v, f"{where}[{i}]", key)
-    elif isinstance(value, str) and value not in profile.allowed_values:
-        loads = any(word in key.lower() for word in LOADING_WORDS)
-        if loads or _looks_like_path(value):
-            raise APIError(400, f"{where} = {value[:80]!r} names a model or file this profile does not "
-                                f"configure; a request may only use the models and files the server's "
-                                f"operator configured ({', '.join(sorted(profile.allowed_values & _paths(profile))) or 'none'})",
-                           param=where, code="not_allowed")
-
-
-def _looks_like_path(value: str) -> bool:
-    from ..models import BUILTIN_MODELS, PACKAGED_MODELS
-
-    if value in BUILTIN_MODELS or value in PACKAGED_MODELS:
-        return True
-    if value.startswith(("/", "~", "./", "../", "file:")) or "\\" in value[:3]:
-        return True
-    try:
-        return len(value) < 4096 and "\n" not in value and os.path.exists(value)
-    except (OSError, ValueError):
-        return False
-
-
-def _strings(value: Any) -> set[str]:
-    if isinstance(value, dict):
-        return set().union(*(_strings(v) for v in value.values())) if value else set()
-    if isinstance(value, list):
-        return set().union(*(_strings(v) for v in value)) if value else set()
-    return {value} if isinstance(value, str) else set()
-
-
-def _paths(profile: Profile) -> set[str]:
-    return {s for s in profile.allowed_values if _looks_like_path(s)}

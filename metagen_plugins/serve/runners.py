@@ -1,13 +1,12 @@
 """The runners behind the profiles, and the bound on work each takes.
 
 Profiles whose ``[host]`` tables are equal share one :class:`~metagen_plugins.runner.Runner`
-(one loaded model), so concurrent clients of different profiles batch together; each request
-passes its (refined) configuration to ``Runner.submit``. The remote hosts do not take a
-per-prompt configuration yet, so there a refined configuration gets a runner of its own (an
-HTTP client, cheap), kept in a small cache.
+(one loaded model or one engine client), so concurrent clients of different profiles batch
+together; each request passes its (refined) configuration to ``Runner.submit``, on every host.
 
-Each runner admits at most ``concurrency + max_queue`` requests (running or queued); beyond
-that a request gets 429 with ``Retry-After``, the expected wait from recent latencies.
+Each runner admits at most ``concurrency + max_queue`` requests (running or queued), whatever
+their refinements; beyond that a request gets 429 with ``Retry-After``, the expected wait from
+recent latencies.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -71,12 +70,9 @@ class Runners:
         self.concurrency = concurrency
         self.max_queue = max_queue
         self.lanes: dict[str, Lane] = {}
-        self._refined: OrderedDict[str, Lane] = OrderedDict()
-        self._lock = threading.Lock()
         try:
             for profile in profiles.values():
-                shared = profile.config.host_name == "transformers"
-                key = profile.host_key if shared else f"{profile.name}\0{profile.host_key}"
+                key = profile.host_key
                 if key not in self.lanes:
                     same = [p.config.run.get("concurrency") for p in profiles.values() if p.host_key == profile.host_key]
                     workers = concurrency or max([c for c in same if c] or [0]) or None
@@ -88,22 +84,12 @@ class Runners:
             raise
 
     def lane(self, profile: Profile, config: Config) -> tuple[Lane, Config | None]:
-        """The lane for ``profile`` run with ``config``, and the config to pass to submit."""
+        """The lane for ``profile`` run with ``config``, and the config to pass to submit (None:
+        the runner's own)."""
         lane = self.lanes[profile.lane_key]
         if config is lane.runner.config or config_key(config) == config_key(lane.runner.config):
             return lane, None
-        if config.host_name == "transformers":
-            return lane, config
-        key = config_key(config)
-        with self._lock:  # a remote host with a refined configuration: a runner of its own
-            if key not in self._refined:
-                if len(self._refined) >= 16:
-                    _, old = self._refined.popitem(last=False)
-                    threading.Thread(target=old.runner.close, daemon=True).start()  # waits for its work
-                self._refined[key] = Lane(Runner(config, concurrency=lane.runner.concurrency,
-                                                 registry=self.registry), self.max_queue)
-            self._refined.move_to_end(key)
-            return self._refined[key], None
+        return lane, config
 
     def submit(self, profile: Profile, config: Config, prompt: str, **extras: Any) -> tuple[Lane, "Future"]:
         """Admit (or 429) and start ``prompt`` (``extras``: ``Runner.submit``'s conversation and
@@ -117,6 +103,6 @@ class Runners:
             raise
 
     def close(self) -> None:
-        for lane in [*self.lanes.values(), *self._refined.values()]:
+        for lane in self.lanes.values():
             lane.runner.close()
 

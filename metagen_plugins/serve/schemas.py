@@ -8,11 +8,15 @@ the field, never a silent default. ``metagen`` is the extension object (``extra_
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import APIError, bad_request
+
+MAX_DEPTH = 32  # levels of nested arrays and objects in a request body
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 
 # OpenAI fields metagen accepts only at their neutral value (anything else would be ignored,
 # so it is refused): field -> the values that mean "not asked for".
@@ -101,6 +105,10 @@ def parse(model: type[_Common], raw: bytes) -> _Common:
     except UnicodeDecodeError as exc:
         raise bad_request(f"the request body is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); "
                           f"send JSON encoded as UTF-8", code="invalid_encoding") from None
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        raise bad_request(f"the request body nests {depth} levels of arrays and objects; the limit is {MAX_DEPTH}",
+                          code="too_deep")
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -125,6 +133,19 @@ def parse(model: type[_Common], raw: bytes) -> _Common:
     if len(stops) > 16 or any(not s for s in stops):
         raise bad_request("stop takes at most 16 non-empty strings", param="stop")
     return request
+
+
+def _depth(text: str) -> int:
+    """How deep the JSON text's arrays and objects nest (brackets inside strings do not count),
+    found without parsing: ``json.loads`` recurses, and 1,000 levels overflow Python's stack."""
+    depth = deepest = 0
+    for token in _STRUCTURE.findall(text):
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
 
 
 def _validation_error(exc: ValidationError) -> APIError:

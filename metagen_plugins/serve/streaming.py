@@ -77,7 +77,7 @@ def response(events) -> StreamingResponse:
 
 async def live(server, request: Request, route: str, profile, config, prompt: str,
                conversation: list[dict[str, str]] | None, options: dict[str, Any],
-               include_usage: bool) -> StreamingResponse:
+               include_usage: bool, on_end=lambda status: None) -> StreamingResponse:
     """Plain decoding streamed as it decodes: the response starts with the first text (a
     failure before it keeps its HTTP status); a failure after it ends the stream with an error
     event; a client that goes away stops the decoding at its next token. On a host that does
@@ -99,8 +99,13 @@ async def live(server, request: Request, route: str, profile, config, prompt: st
             feed.gone.set()
             stage = "queued" if waited.cancel() else "running"
             server.metrics.cancelled.labels(profile.name, stage).inc()
+            on_end(499)
             raise ClientGone()
-        answered(waited, config)  # an error here keeps its HTTP status
+        try:
+            answered(waited, config)  # an error here keeps its HTTP status
+        except APIError as exc:
+            on_end(exc.status)
+            raise
     rid = answer.response_id(route)
     stream = answer.Stream(route, rid, profile.name, include_usage)
 
@@ -137,12 +142,13 @@ async def live(server, request: Request, route: str, profile, config, prompt: st
             feed.gone.set()  # a client that left mid-stream stops the decoding
             if not ended:
                 server.metrics.cancelled.labels(profile.name, "streaming").inc()
+            on_end(200 if ended else 499)
 
     return response(events())
 
 
 def progressing(server, route: str, profile, config, prompt: str, conversation: list[dict[str, str]] | None,
-                options: dict[str, Any], include_usage: bool) -> StreamingResponse:
+                options: dict[str, Any], include_usage: bool, on_end=lambda status: None) -> StreamingResponse:
     """A search strategy streamed with ``metagen.progress``: the stream starts at once and,
     until the answer is chosen, sends every ``PROGRESS_EVERY`` seconds what the run has spent
     so far as an SSE comment (``: metagen progress {...}``), which standard clients ignore;
@@ -153,17 +159,28 @@ def progressing(server, route: str, profile, config, prompt: str, conversation: 
     stream = answer.Stream(route, rid, profile.name, include_usage)
 
     async def events():
+        status = 499
+        deadline = asyncio.get_running_loop().time() + server.request_timeout
         try:
             for event in stream.start():
                 yield event
             while not waited.done():
                 await asyncio.wait([waited], timeout=PROGRESS_EVERY)
+                if not waited.done() and asyncio.get_running_loop().time() > deadline:
+                    server.cancel(profile, [future], "the request's deadline passed")
+                    status = 504
+                    for event in stream.error(APIError(504, f"the request ran past the server's deadline of "
+                                                            f"{server.request_timeout:g} s (--request-timeout); its "
+                                                            f"work was stopped", code="deadline_exceeded").body()):
+                        yield event
+                    return
                 if not waited.done():
                     spent = future.budget.spent()
                     yield f": metagen progress {json.dumps({k: spent[k] for k in PROGRESS_KEYS})}\n\n"
             try:
                 final = answered(waited, config)
             except APIError as exc:
+                status = exc.status
                 for event in stream.error(exc.body()):
                     yield event
                 return
@@ -171,8 +188,10 @@ def progressing(server, route: str, profile, config, prompt: str, conversation: 
             server.keep(rid, profile, [final])
             for event in [*stream.text(final.best.text), *stream.end(final, ext)]:
                 yield event
+            status = 200
         finally:
-            if not waited.done() and future.cancel():  # the client left while it was queued
-                server.metrics.cancelled.labels(profile.name, "queued").inc()
+            if status == 499:  # the client left: its queued work never starts, its running work stops
+                server.cancel(profile, [future], "the client went away")
+            on_end(status)
 
     return response(events())

@@ -18,10 +18,12 @@ class LoopbackServer:
     def __init__(self, app, port: int | None = None) -> None:
         import uvicorn
 
+        from metagen_plugins.serve import uvicorn_config
+
         self.app = app
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port, log_level="warning",
                                                     lifespan="on", timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, name="metagen-serve-test", daemon=True)
 

@@ -148,18 +148,18 @@ def _tgi_watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key
 def register_all(register) -> None:
     from metagen_hooks.engines import server_side  # runs these inside a vLLM server (contrib/metagen-vllm)
 
-    register("temperature", temperature, sampling=True,
+    register("temperature", temperature, caller=("temperature",), sampling=True,
              vllm=_same("temperature"), tgi=_same("temperature"))
-    register("top_k", top_k, sampling=True, vllm=_same("top_k"), tgi=_same("top_k"))
-    register("top_p", top_p, sampling=True, vllm=_same("top_p"), tgi=_below_one("top_p"))
-    register("min_p", min_p, sampling=True, vllm=_same("min_p"))
-    register("typical", typical, sampling=True, tgi=_below_one("mass", "typical_p"), vllm=server_side("typical"))
-    register("epsilon", epsilon, sampling=True, vllm=server_side("epsilon"))
-    register("eta", eta, sampling=True, vllm=server_side("eta"))
-    register("repetition_penalty", repetition_penalty,
+    register("top_k", top_k, caller=("top_k", "min_tokens_to_keep"), sampling=True, vllm=_same("top_k"), tgi=_same("top_k"))
+    register("top_p", top_p, caller=("top_p", "min_tokens_to_keep"), sampling=True, vllm=_same("top_p"), tgi=_below_one("top_p"))
+    register("min_p", min_p, caller=("min_p", "min_tokens_to_keep"), sampling=True, vllm=_same("min_p"))
+    register("typical", typical, caller=("mass", "min_tokens_to_keep"), sampling=True, tgi=_below_one("mass", "typical_p"), vllm=server_side("typical"))
+    register("epsilon", epsilon, caller=("epsilon", "min_tokens_to_keep"), sampling=True, vllm=server_side("epsilon"))
+    register("eta", eta, caller=("epsilon", "min_tokens_to_keep"), sampling=True, vllm=server_side("eta"))
+    register("repetition_penalty", repetition_penalty, caller=("penalty",),
              vllm=_same("penalty", "repetition_penalty"), tgi=_same("penalty", "repetition_penalty"))
-    register("no_repeat_ngram", no_repeat_ngram, constraint=True, vllm=server_side("no_repeat_ngram"))
-    register("logit_bias", logit_bias,
+    register("no_repeat_ngram", no_repeat_ngram, caller=("ngram_size",), constraint=True, vllm=server_side("no_repeat_ngram"))
+    register("logit_bias", logit_bias, caller=("bias",),
              vllm=lambda bias: {"logit_bias": {str(k): float(v) for k, v in bias.items()}})  # vLLM clamps to ±100
     register("sequence_bias", sequence_bias, vllm=server_side("sequence_bias"))
     register("bad_words", bad_words, constraint=True, vllm=server_side("bad_words"))

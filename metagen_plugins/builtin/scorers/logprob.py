@@ -24,4 +24,4 @@ class LogProb:
 
 
 def register_all(register) -> None:
-    register("logprob", LogProb)
+    register("logprob", LogProb, caller=("reduce",))

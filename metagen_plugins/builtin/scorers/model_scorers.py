@@ -232,6 +232,6 @@ class StepLikelihood:
 
 def register_all(register) -> None:
     register("outcome_reward_model", OutcomeRewardModel)
-    register("process_reward_model", ProcessRewardModel)
+    register("process_reward_model", ProcessRewardModel, caller=("aggregate",))
     register("llm_judge", LLMJudge)
-    register("step_likelihood", StepLikelihood)
+    register("step_likelihood", StepLikelihood, caller=("aggregate",))

@@ -27,7 +27,7 @@ class ExactMatch(_Pairwise):
     set (MBR then equals majority voting), else on the whole text."""
 
     def __init__(self, answer_pattern: str | None = answers.DEFAULT_PATTERN) -> None:
-        self.pattern = answer_pattern
+        self.pattern = answers.checked_pattern(answer_pattern) if answer_pattern is not None else None
 
     def utility(self, hypothesis: str, reference: str) -> float:
         return answers.agree(hypothesis, reference, self.pattern)
@@ -41,5 +41,5 @@ class EditSimilarity(_Pairwise):
 
 
 def register_all(register) -> None:
-    register("exact_match", ExactMatch)
+    register("exact_match", ExactMatch, caller=("answer_pattern",))
     register("edit_similarity", EditSimilarity)

@@ -383,4 +383,4 @@ class ServedProcessRewardModel(_Served, StepRewards):
 
 def register_all(register) -> None:
     register("served_outcome_reward_model", ServedOutcomeRewardModel)
-    register("served_process_reward_model", ServedProcessRewardModel)
+    register("served_process_reward_model", ServedProcessRewardModel, caller=("aggregate",))

@@ -26,7 +26,7 @@ class CalculatorVote:
                  max_new_tokens: int | None = None) -> None:
         if not (isinstance(n, int) and n > 0):
             raise ValueError(f"calculator_vote: n must be a positive integer, got {n!r}")
-        self.n, self.pattern, self.max_new_tokens = n, answer_pattern, max_new_tokens
+        self.n, self.pattern, self.max_new_tokens = n, answers.checked_pattern(answer_pattern), max_new_tokens
 
     def run(self, prompt: str, generator: Generator, scorer: Scorer | None, budget: Budget) -> Result:
         run = Run("calculator_vote", prompt, generator, scorer, budget)
@@ -50,4 +50,4 @@ class CalculatorVote:
 
 
 def register_all(register) -> None:
-    register("calculator_vote", CalculatorVote)
+    register("calculator_vote", CalculatorVote, caller=("n", "answer_pattern", "max_new_tokens"))

@@ -26,7 +26,7 @@ class _Voted(_Sampled):
     def __init__(self, n: int = 8, answer_pattern: str = answers.DEFAULT_PATTERN,
                  max_new_tokens: int | None = None) -> None:
         super().__init__(n, max_new_tokens)
-        self.pattern = answer_pattern
+        self.pattern = answers.checked_pattern(answer_pattern)
 
 
 class Parallel(_Sampled):
@@ -136,7 +136,7 @@ class AdaptiveSelfConsistency:
         if not 0.5 < confidence < 1:
             raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
         self.batch, self.max_samples, self.confidence = batch, max_samples, confidence
-        self.pattern, self.max_new_tokens = answer_pattern, max_new_tokens
+        self.pattern, self.max_new_tokens = answers.checked_pattern(answer_pattern), max_new_tokens
 
     def run(self, prompt, generator, scorer, budget) -> Result:
         run = Run("adaptive_self_consistency", prompt, generator, scorer, budget)
@@ -166,10 +166,10 @@ def _positive(**values: int) -> None:
 
 
 def register_all(register) -> None:
-    register("parallel", Parallel)
-    register("best_of_n", BestOfN)
-    register("rejection", Rejection)
-    register("self_consistency", SelfConsistency)
-    register("weighted_majority", WeightedMajority)
-    register("mbr", MBR)
-    register("adaptive_self_consistency", AdaptiveSelfConsistency)
+    register("parallel", Parallel, caller=("n", "max_new_tokens"))
+    register("best_of_n", BestOfN, caller=("n", "max_new_tokens"))
+    register("rejection", Rejection, caller=("threshold", "batch", "max_samples", "max_new_tokens"))
+    register("self_consistency", SelfConsistency, caller=("n", "answer_pattern", "max_new_tokens"))
+    register("weighted_majority", WeightedMajority, caller=("n", "answer_pattern", "max_new_tokens"))
+    register("mbr", MBR, caller=("n", "max_new_tokens"))
+    register("adaptive_self_consistency", AdaptiveSelfConsistency, caller=("batch", "max_samples", "confidence", "answer_pattern", "max_new_tokens"))

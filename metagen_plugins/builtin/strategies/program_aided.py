@@ -68,8 +68,8 @@ class ProgramAided:
             raise ValueError("program_aided: template must contain {prompt} (where the question goes)")
         if answer_pattern is not None:
             try:
-                re.compile(answer_pattern)
-            except (re.error, TypeError) as exc:
+                answers.checked_pattern(answer_pattern)
+            except ValueError as exc:
                 raise ValueError(f"program_aided: answer_pattern {answer_pattern!r} is not a regular "
                                  f"expression: {exc}") from None
         if isolation not in ("full", "limits"):
@@ -119,4 +119,4 @@ class ProgramAided:
 
 
 def register_all(register) -> None:
-    register("program_aided", ProgramAided)
+    register("program_aided", ProgramAided, caller=("n", "max_new_tokens", "answer_pattern"), runs_code=True)

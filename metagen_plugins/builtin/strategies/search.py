@@ -278,8 +278,8 @@ def _apportion(total: int, weights: list[float]) -> list[int]:
 
 
 def register_all(register) -> None:
-    register("step_beam_search", StepBeamSearch)
-    register("dvts", DVTS)
-    register("rebase", Rebase)
-    register("particle_filtering", ParticleFiltering)
-    register("mcts", MCTS)
+    register("step_beam_search", StepBeamSearch, caller=("beam_width", "expansions", "max_steps", "step_tokens", "delimiter", "aggregate"))
+    register("dvts", DVTS, caller=("n", "expansions", "max_steps", "step_tokens", "delimiter", "aggregate"))
+    register("rebase", Rebase, caller=("n", "temperature", "max_steps", "step_tokens", "delimiter", "aggregate"))
+    register("particle_filtering", ParticleFiltering, caller=("n", "temperature", "seed", "max_steps", "step_tokens", "delimiter", "aggregate"))
+    register("mcts", MCTS, caller=("iterations", "expansions", "exploration", "max_steps", "step_tokens", "delimiter", "aggregate"))
