@@ -36,6 +36,8 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from metagen_hooks import BudgetExceeded
+
 from ..errors import HostError
 
 NAME = "metagen_batched"
@@ -59,6 +61,9 @@ class Request:
     # called in the decode thread with each token of a one-row request as it is chosen (not
     # the end-of-sequence token); it must be quick, and raising fails this request alone
     on_token: Callable[[int], None] | None = None
+    # why its run was cancelled (None: it was not), asked once a step: a cancelled request's
+    # rows leave the batch at the next step and it fails with BudgetExceeded
+    cancelled: Callable[[], str | None] | None = None
     future: Future = field(default_factory=Future)
     # filled by the engine
     ids: torch.Tensor | None = None  # [n, len(tokens) + steps] what processors see
@@ -309,6 +314,9 @@ class Engine:
     def _admit(self) -> list[Request]:
         """Pending requests that fit under max_batch_tokens, in arrival order (back-pressure:
         the rest wait for rows to leave)."""
+        for request in [r for r in self._pending if r.cancelled is not None and r.cancelled()]:
+            self._pending.remove(request)  # cancelled while it waited: it never takes a slot
+            request.future.set_exception(BudgetExceeded(f"the run was cancelled: {request.cancelled()}"))
         used = sum(r.cost() for r in self._active if not r.zombie)
         admitted = []
         while self._pending and (used + self._pending[0].cost() <= self.max_batch_tokens or not (used or admitted)):
@@ -401,6 +409,10 @@ class Engine:
                 continue
             r.steps += 1
             r.passes += 1
+            reason = r.cancelled() if r.cancelled is not None else None
+            if reason is not None:  # its run was cancelled (a deadline, a client gone): drop its rows
+                failed[id(r)] = r, BudgetExceeded(f"the run was cancelled: {reason}")
+                continue
             if r.slow:
                 rows = slice(r.first, r.first + r.n)
                 try:

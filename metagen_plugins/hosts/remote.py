@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from metagen_hooks import Budget, Candidate
+from metagen_hooks import Budget, BudgetExceeded, Candidate
 
 from ..components import realised
 from ..errors import HostError
@@ -41,6 +41,8 @@ class RemoteError(HostError):
         super().__init__(message)
         self.failures = failures or []
 
+
+CANCEL_POLL = 0.05  # seconds between checks of a run's cancellation while its requests are out
 
 @dataclass
 class Failure(Exception):
@@ -193,7 +195,18 @@ class RemoteGenerator:
             async with own:
                 return await self._with_retries(jobs[index][1], take, tokens, stop, seed, stream)
 
-        return await asyncio.gather(*(one(*r) for r in requests))
+        work = asyncio.ensure_future(asyncio.gather(*(one(*r) for r in requests)))
+        while True:  # until done, or the run is cancelled: then its requests are closed (vLLM aborts them)
+            done, _ = await asyncio.wait([work], timeout=CANCEL_POLL)
+            if done:
+                return work.result()
+            if self.budget.cancelled is not None:
+                work.cancel()
+                try:
+                    await work
+                except asyncio.CancelledError:
+                    pass
+                raise BudgetExceeded(f"the run was cancelled: {self.budget.cancelled}")
 
     async def _with_retries(self, text, n, max_new_tokens, stop, seed, stream=None) -> list[Sample] | Failure:
         """Send one request until it is answered or its attempts run out: ``retries + 1`` per

@@ -339,7 +339,8 @@ class TransformersGenerator:
                                       criteria=list(kwargs.get("stopping_criteria", [])),
                                       generator=request_generator((self._seed, jobs[index][0], self._calls, index))
                                       if kwargs["do_sample"] else None,
-                                      on_token=(lambda token: stream([token])) if stream else None)
+                                      on_token=(lambda token: stream([token])) if stream else None,
+                                      cancelled=lambda budget=self.budget: budget.cancelled)
                     pending.append(self.host.engine.submit(request))
                 else:
                     if stream is not None:

@@ -364,3 +364,53 @@ EXTENSION = st.fixed_dictionaries({}, optional={
 def test_hostile_extensions_never_get_a_500(server, extension):
     status, answer = complete(server, extension, max_tokens=4)
     assert status < 500, (extension, answer)
+
+
+# -- 9. a deadline stops the work, not only the wait ---------------------------------------------
+
+def test_a_request_past_its_deadline_gets_504_and_its_rows_leave_the_engine(tmp_path):
+    """A run that would sample for minutes (votes that never settle, thousands of samples
+    allowed): at the deadline the client gets 504 and the run's rows leave the batch at the next
+    decode step, so its worker is free again at once."""
+    path = tmp_path / "endless.toml"
+    path.write_text('[host]\nmodel = "demo-arith"\n[generation]\nmax_new_tokens = 64\nseed = 0\n'
+                    '[[processors]]\nname = "temperature"\ntemperature = 2.0\n'
+                    '[strategy]\nname = "adaptive_self_consistency"\nbatch = 16\nmax_samples = 100000\n'
+                    'confidence = 0.999999\n[budget]\nmax_samples = 100000\nmax_tokens = 100000000\n')
+    with LoopbackServer(build_app(path, request_timeout=1.0)) as running:
+        status, answer = raw(running, "POST", "/v1/completions",
+                             json.dumps({"model": "endless", "prompt": PROMPT}).encode())
+        assert status == 504 and answer["error"]["code"] == "deadline_exceeded", answer
+        engine = running.app.state.server.runners.lanes[next(iter(running.app.state.server.runners.lanes))] \
+            .runner.host.engine
+        deadline = time.monotonic() + 30
+        while any(not r.zombie for r in engine._active) or engine._pending:
+            assert time.monotonic() < deadline, "the cancelled run is still decoding"
+            time.sleep(0.05)
+        status, _ = raw(running, "GET", "/metrics")
+        quick = raw(running, "POST", "/v1/completions", json.dumps(
+            {"model": "endless", "prompt": PROMPT, "metagen": {"strategy": {"max_samples": 2}}}).encode())
+        assert quick[0] == 200, quick  # the server goes on
+
+
+def test_on_a_remote_host_the_deadline_closes_the_engine_requests(tmp_path):
+    """The backend holds the request (20 s); at the 1-s deadline the client gets 504 and the
+    run's HTTP request is closed at once (vLLM aborts a closed request), so the worker is free
+    long before the backend would have answered."""
+    from tgi_server import Fault, TGIServer
+
+    with TGIServer() as engine:
+        path = tmp_path / "slow.toml"
+        path.write_text(f'[host]\nname = "tgi"\nurl = "{engine.url}"\ntimeout = 60.0\nretries = 0\n'
+                        f'[generation]\nmax_new_tokens = 8\n')
+        engine.faults = [Fault(delay=20.0)]
+        with LoopbackServer(build_app(path, request_timeout=1.0)) as running:
+            status, answer = raw(running, "POST", "/v1/completions",
+                                 json.dumps({"model": "slow", "prompt": PROMPT}).encode())
+            assert status == 504 and answer["error"]["code"] == "deadline_exceeded", answer
+            lane = next(iter(running.app.state.server.runners.lanes.values()))
+            deadline = time.monotonic() + 10  # the backend would answer after 20 s
+            while lane.pending:
+                assert time.monotonic() < deadline, "the cancelled request is still waiting for the backend"
+                time.sleep(0.05)
+            assert raw(running, "POST", "/v1/completions", json.dumps({"model": "slow", "prompt": PROMPT}).encode())[0] == 200

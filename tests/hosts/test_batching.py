@@ -210,3 +210,34 @@ def test_a_prompts_budget_does_not_depend_on_what_ran_before_or_beside_it(tiny):
     for spent in (after, beside):
         spent.pop("wall_time"), alone.pop("wall_time", None)
         assert spent == alone
+
+
+def test_a_cancelled_run_leaves_the_batch_at_the_next_step_while_others_go_on(tiny):
+    """Budget.cancel (a server's deadline, a client gone): the run's request fails with
+    BudgetExceeded after the step it was cancelled in, its rows leave the batch, and a request
+    decoding beside it is unaffected (the same tokens as alone)."""
+    from metagen_hooks import BudgetExceeded
+    from metagen_plugins.hosts.batching import Request
+
+    h = host(tiny)
+    engine = h.engine
+    steps = {"n": 0}
+    budget = Budget()
+
+    def cancelled():
+        steps["n"] += 1
+        if steps["n"] == 3:
+            budget.cancel("the deadline passed")
+        return budget.cancelled
+
+    tokens = tiny[1]("the quick brown fox")["input_ids"]
+    doomed = engine.submit(Request(tokens=list(tokens), n=4, max_new_tokens=1000, cancelled=cancelled))
+    beside = h.generator(Budget()).sample(["hello hello hello"], n=1, max_new_tokens=12)
+    with pytest.raises(BudgetExceeded, match="the deadline passed"):
+        doomed.result(timeout=60)
+    assert steps["n"] == 3  # asked once a step: it stopped at the step it was cancelled in
+    other = host(tiny)
+    alone = other.generator(Budget()).sample(["hello hello hello"], n=1, max_new_tokens=12)
+    assert beside[0][0].token_ids == alone[0][0].token_ids
+    other.close()
+    h.close()
