@@ -10,8 +10,9 @@ what the profile allows:
   A parameter that runs code, names a file, a model or a URL, changes a sandbox or is a
   ``str.format`` template can never be a caller's: ``[serve] parameters`` naming one fails at
   startup;
-- **sizes**: a caller's string is at most :data:`MAX_STRING` characters, a list at most
-  :data:`MAX_ITEMS` items, nested at most :data:`MAX_DEPTH` deep.
+- **sizes**: a caller's string (and all the strings of one list together) is at most
+  :data:`MAX_STRING` characters, a list at most :data:`MAX_ITEMS` items, nested at most
+  :data:`MAX_DEPTH` deep.
 
     [serve]
     components = ["best_of_n", "min_p"]          # a request may choose these too
@@ -153,6 +154,10 @@ def bounded(value: Any, where: str, depth: int = 0) -> None:
         if len(value) > MAX_ITEMS:
             raise APIError(400, f"{where} has {len(value)} items; a request's list has at most {MAX_ITEMS}",
                            param=where, code="too_large")
+        text = sum(len(item) for item in value if isinstance(item, str))
+        if text > MAX_STRING:  # stop strings: building their matcher costs vocabulary x length
+            raise APIError(400, f"{where} holds {text} characters of text; a request's list holds at most "
+                                f"{MAX_STRING}", param=where, code="too_large")
         for index, item in enumerate(value):
             bounded(item, f"{where}[{index}]", depth + 1)
     elif isinstance(value, dict):

@@ -130,8 +130,8 @@ def parse(model: type[_Common], raw: bytes) -> _Common:
                           f"many candidates the strategy draws with \"metagen\": {{\"strategy\": {{\"n\": "
                           f"{request.n}}}}} instead", param="n", code="unsupported_parameter")
     stops = [request.stop] if isinstance(request.stop, str) else (request.stop or [])
-    if len(stops) > 16 or any(not s for s in stops):
-        raise bad_request("stop takes at most 16 non-empty strings", param="stop")
+    if len(stops) > 16 or any(not s for s in stops) or sum(map(len, stops)) > 4096:
+        raise bad_request("stop takes at most 16 non-empty strings of 4096 characters in all", param="stop")
     return request
 
 

@@ -196,6 +196,13 @@ def test_bad_patterns_are_400_naming_the_pattern(server, pattern, words):
     assert code == 400 and words in body["error"]["message"] or "at most 4096" in body["error"]["message"], body
 
 
+def test_stop_strings_are_bounded_in_all(server):
+    """Building a stop-string matcher costs vocabulary x length: a caller's strings are bounded."""
+    refused(complete(server, {"stopping": [{"name": "stop_strings", "stop": ["x" * 1000] * 5}]}), 400,
+            "metagen.stopping[0].stop", "at most 4096")
+    refused(complete(server, stop=["y" * 1000] * 5), 400, "stop", "4096 characters in all")
+
+
 def test_a_bad_answer_pattern_is_400_before_generation(server):
     refused(complete(server, {"strategy": {"answer_pattern": "(?=x)"}}), 400, "metagen",
             "backreferences and lookaround")
