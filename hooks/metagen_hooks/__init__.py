@@ -12,7 +12,7 @@ torch, transformers or an HTTP client.
 import pluggy
 
 from .protocols import Begins, Generator, Host, PairwiseUtility, Scorer, StepScorer, Strategy
-from .types import Budget, BudgetExceeded, Candidate, Result
+from .types import Budget, BudgetExceeded, Candidate, Result, ScorerNeeded
 from .run import EVENTS, Run, check_event
 from .selection import argmax, majority, mbr
 
@@ -57,6 +57,7 @@ __all__ = [
     "Result",
     "Run",
     "Scorer",
+    "ScorerNeeded",
     "StepScorer",
     "Strategy",
     "argmax",

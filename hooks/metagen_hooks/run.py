@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .protocols import Generator, Scorer
-from .types import Budget, BudgetExceeded, Candidate, Result
+from .types import Budget, BudgetExceeded, Candidate, Result, ScorerNeeded
 
 
 EVENTS: dict[str, dict[str, str]] = {
@@ -78,7 +78,7 @@ class Run:
 
     def score(self, candidates: Sequence[Candidate], **meta) -> list[float]:
         if self.scorer is None:
-            raise ValueError(f"strategy {self.strategy!r} needs a [scorer]; configure one")
+            raise ScorerNeeded(f"strategy {self.strategy!r} needs a [scorer]; configure one")
         if not candidates:
             return []
         scores = [float(s) for s in self.scorer.score(self.prompt, list(candidates))]

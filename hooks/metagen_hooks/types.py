@@ -31,6 +31,11 @@ class BudgetExceeded(Exception):
     """Raised by a host when a request would spend more than the budget's limits allow."""
 
 
+class ScorerNeeded(ValueError):
+    """Raised by a strategy run without the scorer it needs, or with one of the wrong kind: the
+    configuration's fault, not the strategy's (``metagen serve`` answers 400, not 500)."""
+
+
 @dataclass
 class Budget:
     """What a run may spend and what it has spent.

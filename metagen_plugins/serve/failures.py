@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from metagen_hooks import BudgetExceeded, Result
+from metagen_hooks import BudgetExceeded, Result, ScorerNeeded
 
 from ..errors import ConfigError, HostError
 from ..registry import SINGULAR
@@ -33,6 +33,9 @@ def api_error(exc: BaseException, config) -> APIError:
         timed_out = kinds <= {"timeout"}
         return APIError(504 if timed_out else 502, f"the {config.host_name} backend failed: {exc}",
                         code="upstream_timeout" if timed_out else "upstream_error")
+    if isinstance(exc, ScorerNeeded):
+        return APIError(400, f"{exc}: choose a profile with a scorer, or name one in metagen.scorer (GET "
+                             f"/v1/models shows each profile's)", param="metagen.scorer", code="scorer_needed")
     if isinstance(exc, BudgetExceeded):
         return APIError(400, f"{exc}: raise the request's metagen.budget (up to the profile's caps)",
                         param="metagen.budget", code="budget_exhausted")
@@ -56,6 +59,13 @@ def answered(waited, config) -> Result:
     if exc is not None:
         raise api_error(exc, config) from exc
     result = waited.result()
+    if result.best is None and not result.failures and result.budget.samples == 0:
+        limits = ", ".join(f"{k} = {v}" for k, v in (("max_samples", result.budget.max_samples),
+                                                            ("max_tokens", result.budget.max_tokens),
+                                                            ("max_flops", result.budget.max_flops)) if v is not None)
+        raise APIError(400, f"the budget ({limits}) allowed no generation, so the {result.strategy} strategy "
+                            f"has no answer: raise the request's metagen.budget (up to the profile's caps)",
+                       param="metagen.budget", code="budget_exhausted")
     if result.best is None:
         raise APIError(500, f"the {result.strategy} strategy returned no answer"
                        + "".join(f"; {f.get('message') or f.get('error')}" for f in result.failures),

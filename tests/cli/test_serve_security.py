@@ -203,6 +203,16 @@ def test_stop_strings_are_bounded_in_all(server):
     refused(complete(server, stop=["y" * 1000] * 5), 400, "stop", "4096 characters in all")
 
 
+def test_a_strategy_chosen_without_the_scorer_it_needs_is_400(server):
+    """Found by the hypothesis test below: best_of_n on a profile with no scorer was a 500."""
+    refused(complete(server, {"strategy": {"name": "best_of_n"}}), 400, "metagen.scorer", "needs a [scorer]")
+
+
+def test_a_budget_that_allows_nothing_is_400(server):
+    """Found by the hypothesis test below (another seed): max_samples = 0 was a 500 "no answer"."""
+    refused(complete(server, {"budget": {"max_samples": 0}}), 400, "metagen.budget", "allowed no generation")
+
+
 def test_a_bad_answer_pattern_is_400_before_generation(server):
     refused(complete(server, {"strategy": {"answer_pattern": "(?=x)"}}), 400, "metagen",
             "backreferences and lookaround")

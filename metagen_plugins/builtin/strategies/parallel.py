@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from metagen_hooks import Budget, Generator, Result, Scorer, answers, selection
+from metagen_hooks import Budget, Generator, Result, Scorer, ScorerNeeded, answers, selection
 from metagen_hooks.run import Run
 
 
@@ -115,7 +115,7 @@ class MBR(_Sampled):
 
         utility = scorer if scorer is not None else ExactMatch()
         if not hasattr(utility, "utility"):
-            raise ValueError("strategy 'mbr' needs a pairwise utility scorer (with utility(a, b)), "
+            raise ScorerNeeded("strategy 'mbr' needs a pairwise utility scorer (with utility(a, b)), "
                              f"got {type(utility).__name__}; try exact_match, edit_similarity or chrf")
         run = Run("mbr", prompt, generator, scorer, budget)
         candidates = run.sample(self.n, self.max_new_tokens)
