@@ -40,6 +40,13 @@ NEVER = ("setup", "harness", "tests", "isolation", "cpu_seconds", "memory", "out
 COMPONENT_SECTIONS = tuple(SECTION_KIND)  # processors, stopping, strategy, scorer
 
 
+def entries(config: Config, section: str) -> list[dict[str, Any]]:
+    """A validated configuration's component entries of ``section``, as a list (a table
+    section's one entry, or none)."""
+    value = getattr(config, section)
+    return value if isinstance(value, list) else [value] if value else []
+
+
 def never(info, param: str) -> str | None:
     """Why ``param`` of component ``info`` can never be set by a caller, or None. A name with a
     word of :data:`NEVER` is refused even when its component declares it for callers."""
@@ -69,9 +76,7 @@ class Policy:
         extra = list(serve.get("components", []))
         names: dict[str, set[str]] = {section: set() for section in COMPONENT_SECTIONS}
         for section in COMPONENT_SECTIONS:
-            value = getattr(config, section)
-            for entry in value if isinstance(value, list) else [value] if value else []:
-                names[section].add(entry["name"])
+            names[section].update(entry["name"] for entry in entries(config, section))
         if config.strategy is None:
             names["strategy"].add("generate")
         for name in extra:

@@ -33,7 +33,7 @@ from typing import Any
 from ..config import Config, validate
 from ..errors import ConfigError
 from .errors import bad_request
-from .policy import Policy
+from .policy import Policy, entries
 
 log = logging.getLogger("metagen.serve")
 
@@ -110,14 +110,12 @@ def _check_isolation(name: str, config: Config, policy: Policy, registry, unisol
     from ..config import SECTION_KIND
 
     for section, kind in SECTION_KIND.items():
-        configured = getattr(config, section)
-        listed = configured if isinstance(configured, list) else [configured] if configured else []
-        entries = {e["name"]: e for e in listed}
+        configured = {e["name"]: e for e in entries(config, section)}
         for component in policy.names[section]:
             info = registry.get(kind, component)
             if not info.runs_code:
                 continue
-            isolation = entries.get(component, {}).get("isolation")
+            isolation = configured.get(component, {}).get("isolation")
             param = info.schema.params.get("isolation")
             if isolation is None and param is not None and not param.required:
                 isolation = param.default
