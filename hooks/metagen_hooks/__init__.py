@@ -2,7 +2,8 @@
 
 Plugin authors import from here only: ``hookimpl`` to mark hook implementations, the data types
 strategies and scorers exchange, the protocols components satisfy, and the kit for strategy
-authors: :class:`Run` (sampling, scoring, budget and trace in one helper), the trace-event
+authors: :class:`Run` (sampling, scoring, budget and trace in one helper), samples watched and
+cancelled as they decode (:mod:`metagen_hooks.inflight`: :class:`Watch`, :class:`InFlight`), the trace-event
 schema :data:`EVENTS`, and the selection rules ``majority``, ``argmax`` and ``mbr``
 (:mod:`metagen_hooks.selection`; answers extracted by :mod:`metagen_hooks.answers`). A component
 that runs inside a serving engine declares it with :mod:`metagen_hooks.engines`. Nothing here imports
@@ -14,6 +15,7 @@ import pluggy
 from .protocols import Begins, Generator, Host, PairwiseUtility, Scorer, StepScorer, Strategy
 from .types import Budget, BudgetExceeded, Candidate, Result, ScorerNeeded
 from .run import EVENTS, Run, check_event
+from .inflight import InFlight, Watch
 from .selection import argmax, majority, mbr
 
 PROJECT_NAME = "metagen"
@@ -50,6 +52,7 @@ __all__ = [
     "Generator",
     "HOOKS",
     "Host",
+    "InFlight",
     "HOSTS",
     "KINDS",
     "PROJECT_NAME",
@@ -60,6 +63,7 @@ __all__ = [
     "ScorerNeeded",
     "StepScorer",
     "Strategy",
+    "Watch",
     "argmax",
     "check_event",
     "hookimpl",

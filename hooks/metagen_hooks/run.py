@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from . import inflight
+from .inflight import Watch
 from .protocols import Generator, Scorer
 from .types import Budget, BudgetExceeded, Candidate, Result, ScorerNeeded
 
@@ -56,15 +58,25 @@ class Run:
         self.stopped: str | None = None  # why generation ended early (budget), if it did
 
     def sample(self, n: int, max_new_tokens: int | None = None, stop: Sequence[str] | None = None,
-               prefixes: Sequence[Candidate] | None = None, **meta) -> list[list[Candidate]] | list[Candidate]:
+               prefixes: Sequence[Candidate] | None = None, watch: Watch | None = None,
+               **meta) -> list[list[Candidate]] | list[Candidate]:
         """``n`` samples of the prompt (a flat list), or ``n`` continuations of each prefix (a
-        list per prefix); empty once the budget is spent."""
+        list per prefix); empty once the budget is spent. ``watch``: see them as they decode and
+        cancel any (:mod:`metagen_hooks.inflight`); cancelled ones come back with
+        ``finish_reason "cancelled"``."""
         try:
             if prefixes is None:
-                [out] = self.generator.sample([self.prompt], n, max_new_tokens=max_new_tokens, stop=stop)
+                if watch is None:
+                    [out] = self.generator.sample([self.prompt], n, max_new_tokens=max_new_tokens, stop=stop)
+                else:
+                    [out] = inflight.sample(self.generator, [self.prompt], n, watch, max_new_tokens=max_new_tokens,
+                                            stop=stop)
                 groups = [out]
-            else:
+            elif watch is None:
                 groups = self.generator.extend(list(prefixes), n, max_new_tokens=max_new_tokens, stop=stop)
+            else:
+                groups = inflight.extend(self.generator, list(prefixes), n, watch, max_new_tokens=max_new_tokens,
+                                         stop=stop)
         except BudgetExceeded as exc:
             self.stopped = str(exc)
             self.trace.append({"event": "budget_exhausted", "reason": str(exc)})

@@ -64,6 +64,9 @@ class Request:
     # why its run was cancelled (None: it was not), asked once a step: a cancelled request's
     # rows leave the batch at the next step and it fails with BudgetExceeded
     cancelled: Callable[[], str | None] | None = None
+    # a watching strategy's view of its rows (metagen_hooks.inflight): filled each step, and the
+    # rows it cancels leave the batch
+    progress: "Progress | None" = None
     future: Future = field(default_factory=Future)
     # filled by the engine
     ids: torch.Tensor | None = None  # [n, len(tokens) + steps] what processors see
@@ -75,6 +78,17 @@ class Request:
     computed: int = 0
     reused: int = 0
     passes: int = 0
+    live: list[int] = field(default_factory=list)  # the row (0..n-1) of each of its rows in the batch
+    left: dict = field(default_factory=dict)  # row -> (tokens, logprobs, own KV) of rows that left early
+    cut: set = field(default_factory=set)  # rows its strategy cancelled
+
+    def __post_init__(self) -> None:
+        self.live = list(range(self.n))
+
+    @property
+    def width(self) -> int:
+        """Its rows still in the batch (finished and cancelled rows leave at a compaction)."""
+        return len(self.live)
 
     @property
     def slow(self) -> bool:
@@ -83,7 +97,21 @@ class Request:
 
     def cost(self) -> int:
         """Tokens of KV it may hold at its largest: its prefix once, each row's own positions."""
-        return len(self.tokens) + self.n * (self.max_new_tokens + 1)
+        return len(self.tokens) + self.width * (self.max_new_tokens + 1)
+
+
+class Progress:
+    """A watched request's rows as they decode, shared by the decode thread (which appends each
+    step's tokens, log-probs and top log-probs, then notifies ``wake``) and the watching thread
+    (which reads them and puts the rows it cancels in ``cancel``, row -> reason)."""
+
+    def __init__(self, n: int, top_k: int, wake: threading.Condition) -> None:
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.logprobs: list[list[float]] = [[] for _ in range(n)]
+        self.top: list[list[list[float]]] = [[] for _ in range(n)]
+        self.done = [False] * n
+        self.cancel: dict[int, str] = {}
+        self.top_k, self.wake = top_k, wake
 
 
 @dataclass
@@ -118,12 +146,12 @@ class _Layout:
     each row among its request's rows, and which own columns each row may attend to."""
 
     def __init__(self, requests: list[Request], valid: torch.Tensor, num_layers: int) -> None:
-        rows_max = max(r.n for r in requests)
+        rows_max = max(r.width for r in requests)
         length = max(1, max(r.prefix.length for r in requests))
         self.groups, self.rows_max = len(requests), rows_max
         slots = []
         for g, r in enumerate(requests):
-            slots.extend(g * rows_max + j for j in range(r.n))
+            slots.extend(g * rows_max + j for j in range(r.width))
         self.slots = torch.tensor(slots)
         self.prefix_mask = torch.zeros(len(requests), 1, 1, length, dtype=torch.bool)
         for g, r in enumerate(requests):
@@ -292,6 +320,7 @@ class Engine:
                     admitted = self._admit()
                 try:
                     self._join(admitted)
+                    self._cut()
                     if self._active:
                         self._step()
                 except BaseException as exc:  # the model itself failed: every request in flight fails
@@ -317,6 +346,10 @@ class Engine:
         for request in [r for r in self._pending if r.cancelled is not None and r.cancelled()]:
             self._pending.remove(request)  # cancelled while it waited: it never takes a slot
             request.future.set_exception(BudgetExceeded(f"the run was cancelled: {request.cancelled()}"))
+        for request in [r for r in self._pending if r.progress is not None and len(r.progress.cancel) == r.n]:
+            self._pending.remove(request)  # its strategy cancelled every row before it started
+            request.cut = set(range(request.n))
+            request.future.set_result(([([], [])] * request.n, 0, 0, 0))
         used = sum(r.cost() for r in self._active if not r.zombie)
         admitted = []
         while self._pending and (used + self._pending[0].cost() <= self.max_batch_tokens or not (used or admitted)):
@@ -336,7 +369,7 @@ class Engine:
             for request in requests:
                 request.future.set_exception(exc)
             return
-        if self._active and any(r.zombie for r in self._active):
+        if self._active and bool(self._done.any()):
             self._compact()  # the layout is rebuilt anyway: drop finished rows now
         width = self._valid.shape[1]
         rows = sum(r.n for r in requests)
@@ -377,11 +410,30 @@ class Engine:
         first, owners = 0, []
         for index, r in enumerate(self._active):
             r.first = first
-            first += r.n
-            owners.append(torch.full((r.n,), index, dtype=torch.long))
+            first += r.width
+            owners.append(torch.full((r.width,), index, dtype=torch.long))
         self._owner = torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long)
-        self._sizes = torch.tensor([r.n for r in self._active], dtype=torch.long)
+        self._sizes = torch.tensor([r.width for r in self._active], dtype=torch.long)
         self._layout = None
+
+    def _cut(self) -> None:
+        """Rows their strategies cancelled (``Progress.cancel``) end now: they stop counting and
+        leave the batch at the next compaction; a request with no row left is done."""
+        for r in list(self._active):
+            if r.zombie or r.progress is None or not r.progress.cancel:
+                continue
+            for row in list(r.progress.cancel):
+                if row in r.cut or row not in r.live:
+                    continue  # cancelled already, or finished and gone
+                i = r.first + r.live.index(row)
+                if not bool(self._done[i]):
+                    r.cut.add(row)
+                    self._done[i] = True
+                    self._limit[i] = 0
+            if bool(self._done[r.first:r.first + r.width].all()):
+                self._finish(r)
+        if self._active and bool(self._done.all()):
+            self._reset()  # every row ended: nothing left to decode
 
     def _step(self) -> None:
         """One forward pass over every row, then: argmax for the whole batch; each request with
@@ -414,25 +466,32 @@ class Engine:
                 failed[id(r)] = r, BudgetExceeded(f"the run was cancelled: {reason}")
                 continue
             if r.slow:
-                rows = slice(r.first, r.first + r.n)
+                rows = slice(r.first, r.first + r.width)
                 try:
                     chosen[rows] = self._choose(r, logits[rows])
                 except BaseException as exc:  # a component failed: this request fails alone
                     failed[id(r)] = r, exc
         chosen = torch.where(self._done, torch.full_like(chosen, self.pad_id), chosen)
-        logprobs = logits.log_softmax(-1).gather(1, chosen[:, None])[:, 0]
-        self._fed += ~self._done
+        log_probs = logits.log_softmax(-1)
+        logprobs = log_probs.gather(1, chosen[:, None])[:, 0]
+        running = ~self._done
+        self._fed += running
         self._age += 1
         self._tokens = torch.cat([self._tokens, chosen[:, None]], 1)
         self._logprobs = torch.cat([self._logprobs, logprobs[:, None]], 1)
         stop = torch.isin(chosen, self.eos) | (self._age >= self._limit)
         for r in self._active:
             if r.slow and not r.zombie and id(r) not in failed:
-                rows = slice(r.first, r.first + r.n)
-                r.ids = torch.cat([r.ids, chosen[rows, None]], 1)
+                rows = slice(r.first, r.first + r.width)
+                picked = chosen[rows]
+                if r.width < r.n:  # processors and criteria see all n rows; those gone are padding
+                    picked = torch.full((r.n,), self.pad_id, dtype=chosen.dtype)
+                    picked[r.live] = chosen[rows]
+                r.ids = torch.cat([r.ids, picked[:, None]], 1)
                 try:
                     for criterion in r.criteria:
-                        stop[rows] |= torch.as_tensor(criterion(r.ids, r.scores), dtype=torch.bool)
+                        ended = torch.as_tensor(criterion(r.ids, r.scores), dtype=torch.bool)
+                        stop[rows] |= ended[r.live] if r.width < r.n else ended
                 except BaseException as exc:
                     failed[id(r)] = r, exc
         for r in self._active:
@@ -446,6 +505,9 @@ class Engine:
         self._done |= stop
         self._last = chosen
         self._pos += 1
+        for r in self._active:
+            if r.progress is not None and not r.zombie and id(r) not in failed:
+                self._report(r, chosen, logprobs, log_probs, running)
         for r, exc in failed.values():
             r.future.set_exception(exc)
             self._retire(r)
@@ -454,55 +516,116 @@ class Engine:
             r = self._active[index]
             if not r.zombie:
                 self._finish(r)
-        zombies = sum(r.n for r in self._active if r.zombie)
-        if zombies == self._last.shape[0]:
+        dead = int(self._done.sum())
+        if dead == self._last.shape[0]:
             self._reset()
-        elif zombies >= max(16, self._last.shape[0] // 4):
+        elif dead >= max(4, self._last.shape[0] // 4):
             self._compact()
+
+    def _report(self, r: Request, chosen, logprobs, log_probs, running) -> None:
+        """A watched request's new tokens (not EOS), their log-probs and top log-probs, and which
+        rows ended, for the thread watching it."""
+        p = r.progress
+        rows = slice(r.first, r.first + r.width)
+        tokens, lps, was, now = (chosen[rows].tolist(), logprobs[rows].tolist(), running[rows].tolist(),
+                                 self._done[rows].tolist())
+        top = log_probs[rows].topk(p.top_k, -1).values.tolist() if p.top_k else None
+        for i, row in enumerate(r.live):
+            if was[i] and tokens[i] not in self._eos_ids:
+                p.tokens[row].append(tokens[i])
+                p.logprobs[row].append(lps[i])
+                if top is not None:
+                    p.top[row].append(top[i])
+            if now[i]:
+                p.done[row] = True
+        with p.wake:
+            p.wake.notify_all()
 
     def _choose(self, r: Request, logits: torch.Tensor) -> torch.Tensor:
         """The request's processors over its rows' ids and scores, then argmax or a draw from
-        each row's own stream."""
+        each row's own stream (for all n rows, so a row's draws never depend on which of its
+        siblings have left)."""
         scores = logits
+        if r.width < r.n:
+            scores = logits.new_zeros(r.n, logits.shape[-1])
+            scores[r.live] = logits
         for processor in r.processors:
             scores = processor(r.ids, scores)
         r.scores = scores
-        if r.generator is None:
-            return scores.argmax(-1)
-        return draw(scores.softmax(-1), r.generator)
+        picked = scores.argmax(-1) if r.generator is None else draw(scores.softmax(-1), r.generator)
+        return picked[r.live] if r.width < r.n else picked
 
     def _finish(self, r: Request) -> None:
         """A request whose rows are all done: its tokens, remembered KV, and its future."""
-        rows = slice(r.first, r.first + r.n)
+        rows = slice(r.first, r.first + r.width)
         width = self._tokens.shape[1]
         tokens = self._tokens[rows, width - r.steps:].tolist()
         logprobs = self._logprobs[rows, width - r.steps:].tolist()
         fed = self._fed[rows].tolist()
-        out = [(tokens[i][:k], logprobs[i][:k]) for i, k in enumerate(fed)]
+        out: list = [None] * r.n
+        for i, row in enumerate(r.live):
+            out[row] = tokens[i][:fed[i]], logprobs[i][:fed[i]]
+        for row, (kept, kept_logprobs, _) in r.left.items():
+            out[row] = kept, kept_logprobs
         if self.remember is not None:
             try:
-                own = [(layer.keys[rows, :, width - r.steps:], layer.values[rows, :, width - r.steps:])
-                       for layer in self._own]
-                self.remember(r, own, out)
+                self.remember(r, self._own_kv(r, rows, width), out)
             except Exception:  # remembering is an optimisation; never lose a result over it
                 pass
         r.future.set_result((out, r.computed, r.reused, r.passes))
         self._retire(r)
 
+    def _own_kv(self, r: Request, rows: slice, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values each of the request's n rows wrote, in row order (rows
+        that left early padded to the request's steps)."""
+        own = [(layer.keys[rows, :, width - r.steps:], layer.values[rows, :, width - r.steps:])
+               for layer in self._own]
+        if not r.left:
+            return own
+        live = torch.tensor(r.live, dtype=torch.long)
+        full = []
+        for index, (keys, values) in enumerate(own):
+            all_keys = keys.new_zeros(r.n, *keys.shape[1:])
+            all_values = values.new_zeros(r.n, *values.shape[1:])
+            all_keys[live], all_values[live] = keys, values
+            for row, (_, _, kv) in r.left.items():
+                if kv is not None:
+                    gone_keys, gone_values = kv[index]
+                    all_keys[row, :, :gone_keys.shape[-2]] = gone_keys[0]
+                    all_values[row, :, :gone_values.shape[-2]] = gone_values[0]
+            full.append((all_keys, all_values))
+        return full
+
     def _retire(self, r: Request) -> None:
         """Its rows stay in the batch, finished, until the next compaction (cheaper than
         reshaping every tensor whenever one request ends)."""
         r.zombie = True
-        self._done[r.first:r.first + r.n] = True
-        self._limit[r.first:r.first + r.n] = 0
+        self._done[r.first:r.first + r.width] = True
+        self._limit[r.first:r.first + r.width] = 0
 
     def _compact(self) -> None:
-        """Drop the rows of requests that ended, and own columns no remaining row needs."""
-        kept = [r for r in self._active if not r.zombie]
+        """Drop finished rows (those of requests that ended, and those of running requests that
+        are done or cancelled, keeping what they generated), and own columns no row needs."""
+        width = self._tokens.shape[1]
+        keep: list[int] = []
+        kept = []
+        for r in self._active:
+            if r.zombie:
+                continue
+            live = []
+            for i, row in enumerate(r.live):
+                at = r.first + i
+                if bool(self._done[at]):
+                    self._leave(r, row, at, width)
+                else:
+                    keep.append(at)
+                    live.append(row)
+            r.live = live
+            kept.append(r)
         if not kept:
             self._reset()
             return
-        index = torch.cat([torch.arange(r.first, r.first + r.n) for r in kept])
+        index = torch.tensor(keep, dtype=torch.long)
         valid = self._valid[index]
         used = valid.any(0)
         first = int(used.nonzero()[0, 0]) if bool(used.any()) else valid.shape[1]
@@ -516,6 +639,18 @@ class Engine:
             setattr(self, name, getattr(self, name)[index])
         self._active = kept
         self._renumber()
+
+    def _leave(self, r: Request, row: int, at: int, width: int) -> None:
+        """Keep what a finished row of a running request generated (and its KV, when the host
+        remembers finished rows) before the row leaves the batch."""
+        fed = int(self._fed[at])
+        tokens = self._tokens[at, width - r.steps:].tolist()[:fed]
+        logprobs = self._logprobs[at, width - r.steps:].tolist()[:fed]
+        kv = None
+        if self.remember is not None:
+            kv = [(layer.keys[at:at + 1, :, width - r.steps:].clone(),
+                   layer.values[at:at + 1, :, width - r.steps:].clone()) for layer in self._own]
+        r.left[row] = tokens, logprobs, kv
 
     def _reset(self) -> None:
         self._active = []

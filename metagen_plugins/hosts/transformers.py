@@ -13,6 +13,7 @@ from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from metagen_hooks import Budget, Candidate
+from metagen_hooks.inflight import CANCELLED, Watch
 
 from ..components import built, sampling
 from ..config import Config
@@ -23,6 +24,7 @@ from .batching import Engine, Request, Prefix, request_generator
 from .chat import chat_enabled, chat_format
 from .detokenize import TextDeltas
 from .prefix_cache import PrefixCache, extend_cache, sliceable
+from .watching import Watcher
 from .shared_prefix import SharedPrefixLayer, decoding, shared_cache, supported
 from ..registry import Registry
 
@@ -290,13 +292,16 @@ class TransformersGenerator:
         # Unseeded runs draw their streams from torch's global generator (torch.manual_seed works).
         self._seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,)))
 
+    watches = True  # sample/extend take watch= (metagen_hooks.inflight)
+
     def sample(self, prompts: Sequence[str], n: int = 1, *, max_new_tokens: int | None = None,
-               stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return self._generate([(prompt, [], None) for prompt in prompts], n, max_new_tokens, stop)
+               stop: Sequence[str] | None = None, watch: Watch | None = None) -> list[list[Candidate]]:
+        return self._generate([(prompt, [], None) for prompt in prompts], n, max_new_tokens, stop, watch)
 
     def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
-               stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return self._generate([(p.prompt, self._continuation(p), p) for p in prefixes], n, max_new_tokens, stop)
+               stop: Sequence[str] | None = None, watch: Watch | None = None) -> list[list[Candidate]]:
+        return self._generate([(p.prompt, self._continuation(p), p) for p in prefixes], n, max_new_tokens, stop,
+                              watch)
 
     def _continuation(self, prefix: Candidate) -> list[int]:
         """A prefix's token ids; one given as text only is tokenized (and keeps no log-probs)."""
@@ -318,13 +323,15 @@ class TransformersGenerator:
             self._prompt_tokens[prompt] = list(ids)
         return self._prompt_tokens[prompt]
 
-    def _generate(self, jobs, n: int, max_new_tokens, stop) -> list[list[Candidate]]:
+    def _generate(self, jobs, n: int, max_new_tokens, stop, watch: Watch | None = None) -> list[list[Candidate]]:
         """``n`` continuations of each job ``(prompt, continuation, parent)``: all of them sent to
-        the batched loop at once (so one call's prefixes share forward passes), then collected."""
+        the batched loop at once (so one call's prefixes share forward passes), then collected;
+        with ``watch``, the strategy sees them decode and may cancel any (``Watcher``)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         self._calls += 1
-        prepared, pending, collected = [], [], []
+        prepared, pending, collected, requests = [], [], [], []
+        watcher = Watcher(watch, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)) if watch else None
         try:
             for prompt, continuation, _ in jobs:
                 prepared.append(self._prepare(prompt, continuation, n, max_new_tokens, stop))
@@ -333,19 +340,25 @@ class TransformersGenerator:
             if self._on_text is not None and len(prepared) == 1 and prepared[0][1] == 1:
                 stream, self._on_text = TextDeltas(self.tokenizer, self._on_text), None  # only the first
             for index, (tokens, rows, kwargs) in enumerate(prepared):
-                if self.host.batched(kwargs):
+                batched = self.host.batched(kwargs)
+                progress = watcher.progress(jobs[index][0], jobs[index][1], rows, batched) if watcher else None
+                if batched:
                     request = Request(tokens=tokens, n=rows, max_new_tokens=kwargs["max_new_tokens"],
                                       processors=list(kwargs.get("logits_processor", [])),
                                       criteria=list(kwargs.get("stopping_criteria", [])),
                                       generator=request_generator((self._seed, jobs[index][0], self._calls, index))
                                       if kwargs["do_sample"] else None,
                                       on_token=(lambda token: stream([token])) if stream else None,
-                                      cancelled=lambda budget=self.budget: budget.cancelled)
+                                      cancelled=lambda budget=self.budget: budget.cancelled, progress=progress)
                     pending.append(self.host.engine.submit(request))
+                    requests.append(request)
                 else:
                     if stream is not None:
                         kwargs["streamer"] = _Streamer(stream, self.eos_ids)  # ids -> TextDeltas
                     pending.append(None)
+                    requests.append(None)
+            if watcher is not None:
+                watcher.follow([f for f in pending if f is not None])
             for (tokens, rows, kwargs), future in zip(prepared, pending):
                 results, computed, reused, passes = (future.result() if future is not None
                                                      else self._unbatched(tokens, rows, kwargs))
@@ -354,11 +367,20 @@ class TransformersGenerator:
                 if self.prefix_cache.max_bytes > 0 and (future is not None or not _UNSHARED & set(kwargs)):
                     computed, reused, passes = self._as_alone(tokens, rows, results)  # a path with the cache
                 collected.append((results, computed, reused, passes))
+        except BaseException:
+            if watcher is not None:  # the watch failed, or the run: stop what still decodes
+                watcher.cancel_all("the call failed")
+            raise
         finally:
             for job in prepared:
                 self._reserve(job, -1)
-        return [self._candidates(prompt, continuation, parent, *outcome, kwargs["max_new_tokens"])
-                for (prompt, continuation, parent), (_, _, kwargs), outcome in zip(jobs, prepared, collected)]
+        groups = [self._candidates(prompt, continuation, parent, *outcome, kwargs["max_new_tokens"],
+                                   cut=request.cut if request is not None else ())
+                  for (prompt, continuation, parent), (_, _, kwargs), outcome, request
+                  in zip(jobs, prepared, collected, requests)]
+        if watcher is not None:
+            watcher.finish(groups)
+        return groups
 
     def _as_alone(self, tokens: list[int], rows: int, results) -> tuple[int, int, int]:
         """Prompt tokens computed and reused, and forward passes, of one request as this prompt
@@ -413,13 +435,16 @@ class TransformersGenerator:
         return tokens, n, kwargs
 
     def _candidates(self, prompt, continuation, parent, results, computed, reused, passes,
-                    max_new_tokens) -> list[Candidate]:
+                    max_new_tokens, cut=()) -> list[Candidate]:
+        """Candidates from a request's rows (those in ``cut`` were cancelled by the strategy),
+        and the budget charged what they computed."""
         candidates, generated = [], 0
-        for new, logprobs in results:
-            cut = self.host.eos_at(new)
-            kept = new[:cut]
-            generated += cut + (cut < len(new))  # the EOS itself was generated too
-            finish = "stop" if cut < len(new) or len(new) < max_new_tokens else "length"
+        for row, (new, logprobs) in enumerate(results):
+            end = self.host.eos_at(new)
+            kept = new[:end]
+            generated += end + (end < len(new))  # the EOS itself was generated too
+            finish = "stop" if end < len(new) or len(new) < max_new_tokens else "length"
+            finish = CANCELLED if row in cut else finish
             ids = continuation + kept
             candidates.append(Candidate(
                 prompt=prompt,
