@@ -36,6 +36,11 @@ def add_arguments(run) -> None:
     run.add_argument("--concurrency", type=int, metavar="N",
                      help="prompts in flight at once (overrides [run] concurrency; 1 = one at a time; "
                      "default: the host's: 64 in-process, the in-flight request limit on a server)")
+    run.add_argument("--total-tokens", type=int, metavar="N",
+                     help="one budget of N generated tokens for all the prompts, spent where another sample is "
+                     "most likely to change an answer (a voting or best-of-N strategy; docs/adaptive.md)")
+    run.add_argument("--total-flops", type=float, metavar="F",
+                     help="as --total-tokens, in estimated FLOPs (2 x parameters x tokens)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print one JSON object per prompt (with --compare: "
                      "one results file, the input of `metagen plot`)")
@@ -85,8 +90,9 @@ def _execute(args, runs: list, runners: list, prompts: list[str], expected: list
                leave=False)
     outputs: list[tuple[str, list]] = []
     with bar:
-        for (label, _), runner in zip(runs, runners):
+        for index, ((label, _), runner) in enumerate(zip(runs, runners)):
             bar.set_description(label)
+            pooled = (args.total_tokens or args.total_flops) and not (args.compare and index == 0)  # not greedy
 
             def show(index, result):
                 if not args.compare and not args.json:  # stream each answer as it is ready
@@ -99,7 +105,11 @@ def _execute(args, runs: list, runners: list, prompts: list[str], expected: list
                 waiting.add(result)  # answers print in input order, each as soon as it can
 
             try:
-                outputs.append((label, runner.map(prompts, on_result=done)))
+                if pooled:
+                    outputs.append((label, runner.allocate(prompts, total_tokens=args.total_tokens,
+                                                           total_flops=args.total_flops, on_result=done)))
+                else:
+                    outputs.append((label, runner.map(prompts, on_result=done)))
             finally:
                 if not quiet:  # clear the bar even when a streamed answer redrew it
                     sys.stderr.write("\r\033[K")

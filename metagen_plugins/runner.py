@@ -133,6 +133,21 @@ class Runner:
                     on_result(future.result())
         return [f.result() for f in futures]
 
+    def allocate(self, prompts: Sequence[str], *, total_tokens: int | None = None, total_flops: float | None = None,
+                 on_result: Callable[[Result], None] | None = None, **options) -> list[Result]:
+        """One budget across ``prompts`` (``metagen_plugins.allocate``): a first round for every
+        prompt, the rest where another sample is most likely to change the answer."""
+        from .allocate import allocate
+
+        for index, prompt in enumerate(prompts):
+            check_prompt(index, prompt)
+        return allocate(self, prompts, total_tokens=total_tokens, total_flops=total_flops, on_result=on_result,
+                        **options)
+
+    def describe(self, exc: BaseException) -> dict[str, Any]:
+        """The ``Result.failures`` entry for an exception that ended a prompt's run."""
+        return describe_failure(exc, self.config)
+
     def _run_one(self, prompt: str, cfg: Config, raise_errors: bool, extras: dict[str, Any],
                  gate: threading.Event | None, budget: Budget) -> Result:
         if gate is not None:
@@ -205,12 +220,16 @@ class Runner:
 
 
 def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, tokenizer=None,
-        on_result: Callable[[Result], None] | None = None, concurrency: int | None = None, registry=None):
+        on_result: Callable[[Result], None] | None = None, concurrency: int | None = None, registry=None,
+        total_tokens: int | None = None, total_flops: float | None = None):
     """Run the configured strategy (default ``generate``) on one prompt or a list of prompts.
 
     Returns a Result for a str, a list of them (in input order) for a list. ``concurrency`` is
     how many prompts run at once (default: ``[run] concurrency``, else the host's default).
     A single prompt's failure raises; in a list it fails alone (see ``Result.failures``).
+
+    ``total_tokens`` (or ``total_flops``): one budget for all the prompts, spent where another
+    sample is most likely to change an answer (:meth:`Runner.allocate`; a pooled strategy).
     """
     if isinstance(prompt_or_prompts, (bytes, bytearray)):
         raise ConfigError("the prompt is bytes, not str: decode it first (e.g. data.decode('utf-8'))")
@@ -224,6 +243,10 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
         registry = get_registry()
     cfg = config if isinstance(config, Config) else validate(config, registry)
     with Runner(cfg, model=model, tokenizer=tokenizer, concurrency=concurrency, registry=registry) as runner:
+        if total_tokens is not None or total_flops is not None:
+            results = runner.allocate(prompts, total_tokens=total_tokens, total_flops=total_flops,
+                                      on_result=on_result)
+            return results[0] if single else results
         if single:
             return runner.submit(prompts[0], raise_errors=True).result()
         return runner.map(prompts, on_result=on_result)

@@ -35,7 +35,7 @@ LAYERS = [
               "metagen_plugins.event_loop", "metagen_plugins.retrying"]),
     ("plugins", ["metagen_plugins.builtin", "metagen_plugins.builtin.", "metagen_plugins.demo",
                  "metagen_plugins.demo.", "metagen_plugins.hosts", "metagen_plugins.hosts."]),
-    ("runner", ["metagen_plugins.runner"]),
+    ("runner", ["metagen_plugins.runner", "metagen_plugins.allocate"]),
     ("applications", ["metagen_plugins", "metagen_plugins.cli", "metagen_plugins.cli_run",
                       "metagen_plugins.deploy", "metagen_plugins.deploy.", "metagen_plugins.trace",
                       "metagen_plugins.evaluate", "metagen_plugins.plot", "metagen_plugins.templates",

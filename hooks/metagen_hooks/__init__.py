@@ -12,7 +12,7 @@ torch, transformers or an HTTP client.
 
 import pluggy
 
-from .protocols import Begins, Generator, Host, PairwiseUtility, Scorer, StepScorer, Strategy
+from .protocols import Begins, Generator, Host, PairwiseUtility, Pooled, Scorer, StepScorer, Strategy
 from .types import Budget, BudgetExceeded, Candidate, Result, ScorerNeeded
 from .run import EVENTS, Run, check_event
 from .inflight import InFlight, Watch
@@ -57,6 +57,7 @@ __all__ = [
     "KINDS",
     "PROJECT_NAME",
     "PairwiseUtility",
+    "Pooled",
     "Result",
     "Run",
     "Scorer",

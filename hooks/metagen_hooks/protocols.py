@@ -91,6 +91,27 @@ class Strategy(Protocol):
 
 
 @runtime_checkable
+class Pooled(Protocol):
+    """Optional for a strategy whose answer is a choice among independent samples (voting,
+    best-of-N): one budget can then span a dataset (``metagen run --total-tokens``,
+    ``run(..., total_tokens=)``), every prompt drawing a first round and the rest going, a few
+    samples at a time, to the prompts whose answer another sample is most likely to change.
+
+    ``n`` is the strategy's own sample count (the allocator's first round takes a quarter of it,
+    and no prompt gets more than ``n`` in all unless asked). ``draw(run, k)`` adds ``k`` samples
+    as the strategy makes them (sampled, repaired, scored) and returns them with their scores
+    (``[]`` when it scores none); ``decide(candidates, scores)`` returns the index it would choose,
+    how unsettled that choice is (0: another sample cannot change it; 1: nothing is known), and
+    what to record about it in the trace. ``run()`` is ``draw(run, n)`` then ``decide``."""
+
+    n: int
+
+    def draw(self, run, k: int) -> tuple[list[Candidate], list[float]]: ...
+
+    def decide(self, candidates: Sequence[Candidate], scores: Sequence[float]) -> tuple[int | None, float, dict]: ...
+
+
+@runtime_checkable
 class Host(Protocol):
     """What a host's factory returns (see ``register_hosts``): one engine deployment or loaded
     model for a run, making a Generator per prompt.

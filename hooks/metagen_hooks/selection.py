@@ -57,13 +57,29 @@ def vote_settled(counts: Counter, confidence: float) -> bool:
     """Adaptive-consistency stopping rule (Aggarwal et al., 2023): under a uniform Beta prior,
     the probability that the leading answer's share exceeds the runner-up's is at least
     ``confidence``. For integer counts a, b this is P(Binomial(a + b + 1, 1/2) <= a)."""
+    return bool(counts) and lead_probability(counts) >= confidence
+
+
+def lead_probability(counts: Counter) -> float:
+    """The probability that the leading answer's share exceeds the runner-up's, under a uniform
+    Beta prior (see :func:`vote_settled`); 0.5 with no votes. Counts may be weights (rounded)."""
     import math
 
     top = counts.most_common(2)
     if not top:
-        return False
-    a = top[0][1]
-    b = top[1][1] if len(top) > 1 else 0
+        return 0.5
+    a = int(round(top[0][1]))
+    b = int(round(top[1][1])) if len(top) > 1 else 0
     trials = a + b + 1
-    probability = sum(math.comb(trials, k) for k in range(a + 1)) / 2 ** trials
-    return probability >= confidence
+    return sum(math.comb(trials, k) for k in range(a + 1)) / 2 ** trials
+
+
+def score_doubt(scores: Sequence[float]) -> float:
+    """How unsettled a best-of-N choice is: one minus the best score when the scores are
+    probabilities (a verifier's), else ``1 / (1 + len(scores))`` (more samples, less doubt);
+    1.0 with none."""
+    if not scores:
+        return 1.0
+    if all(0.0 <= s <= 1.0 for s in scores):
+        return 1.0 - max(scores)
+    return 1.0 / (1 + len(scores))

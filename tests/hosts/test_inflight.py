@@ -93,36 +93,39 @@ def test_cancelled_rows_leave_the_batch_so_fewer_rows_are_computed(tiny):
 
 def test_cancelling_every_sample_frees_the_slot_for_waiting_work(tiny):
     """With room for one request at a time, a second waits; cancelling all of the first's samples
-    early lets it start long before the first would have ended."""
+    after a few tokens lets the second start long before the first would have ended (200 tokens):
+    the first's call returns first, the second's runs whole."""
+    import threading
+
     config = {"generation": {"max_new_tokens": 200}, "host": {"max_batch_tokens": 900}}
     h = host(tiny, config)
-    first_rows = []
+    decoding = threading.Event()
 
     def watch(samples):
+        decoding.set()
         if all(len(s.token_ids) >= 3 for s in samples):
             for s in live(samples):
                 s.cancel()
 
-    import threading
-
-    order = []
-    second = threading.Thread(target=lambda: order.append(("second", h.generator(Budget()).sample(["abc"], n=2))))
-    [out] = [None]
+    order, out = [], {}
 
     def first():
-        nonlocal out
-        out = h.generator(Budget()).sample(["hello"], n=4, watch=Watch(watch))
-        order.append(("first", out))
+        out["first"] = h.generator(Budget()).sample(["hello"], n=4, watch=Watch(watch))[0]
+        order.append("first")
 
-    t = threading.Thread(target=first)
-    t.start()
-    second.start()
-    t.join(60)
-    second.join(60)
+    def second():
+        out["second"] = h.generator(Budget()).sample(["abc"], n=2, max_new_tokens=20)[0]
+        order.append("second")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert decoding.wait(30)  # the first decodes: the second (4 + 2 x 201 more tokens of KV) must wait
+    threads[1].start()
+    for t in threads:
+        t.join(60)
     h.close()
-    first_rows = out[0]
-    assert all(c.finish_reason == CANCELLED and len(c.token_ids) < 10 for c in first_rows)
-    assert [name for name, _ in order] == ["first", "second"]
+    assert all(c.finish_reason == CANCELLED and 3 <= len(c.token_ids) < 10 for c in out["first"])
+    assert order == ["first", "second"] and all(len(c.token_ids) > 0 for c in out["second"])
 
 
 def test_top_logprobs_come_with_each_token_and_greedy_picks_the_top(tiny):

@@ -169,17 +169,17 @@ class DeepConf:
 
 
 class EarlyRejection:
-    """Best-of-N with early rejection: ``n`` branches grow one step (``step_delimiter``) at a
-    time; after each step a process verifier scores every branch and those whose latest step
-    scores below ``threshold`` are dropped, at most down to ``min_keep`` branches; the best
-    finished branch by its score wins. A step that runs long is cut by the ``max_step_tokens``
-    limit; ``max_steps`` bounds the depth."""
+    """Best-of-N with early rejection: ``n`` branches grow one step at a
+    time (``delimiter`` ends a step, as in the step-level searches); after each step a process
+    verifier scores every branch and those whose latest step scores below ``threshold`` are
+    dropped, at most down to ``min_keep`` branches; the best finished branch by its score wins.
+    A step is at most ``step_tokens`` tokens; ``max_steps`` bounds the depth."""
 
-    def __init__(self, n: int = 8, threshold: float = 0.5, min_keep: int = 1, step_delimiter: str = "\n",
-                 max_steps: int = 8, max_step_tokens: int = 64) -> None:
-        _positive(n=n, min_keep=min_keep, max_steps=max_steps, max_step_tokens=max_step_tokens)
+    def __init__(self, n: int = 8, threshold: float = 0.5, min_keep: int = 1, delimiter: str = ". ",
+                 max_steps: int = 8, step_tokens: int = 32) -> None:
+        _positive(n=n, min_keep=min_keep, max_steps=max_steps, step_tokens=step_tokens)
         self.n, self.threshold, self.min_keep = n, threshold, min_keep
-        self.delimiter, self.max_steps, self.max_step_tokens = step_delimiter, max_steps, max_step_tokens
+        self.delimiter, self.max_steps, self.max_step_tokens = delimiter, max_steps, step_tokens
 
     def run(self, prompt, generator, scorer, budget) -> Result:
         if scorer is None:
@@ -216,8 +216,8 @@ class EarlyRejection:
 
 
 def _done(branch: Candidate, delimiter: str) -> bool:
-    """A branch ended by EOS or the token limit rather than at a step delimiter."""
-    return not branch.text.endswith(delimiter) or branch.finish_reason == "length"
+    """A branch that ended otherwise than at a step delimiter (EOS, a final answer)."""
+    return bool(branch.text) and not branch.text.endswith(delimiter)
 
 
 def _group_confidence(view: InFlight, group: int, last_only: bool = False) -> float:
@@ -283,4 +283,4 @@ def register_all(register) -> None:
     register("deepconf", DeepConf, caller=("n", "mode", "warmup", "keep", "group", "top_k", "batch", "consensus",
                                            "answer_pattern", "max_new_tokens"))
     register("early_rejection", EarlyRejection,
-             caller=("n", "threshold", "min_keep", "step_delimiter", "max_steps", "max_step_tokens"))
+             caller=("n", "threshold", "min_keep", "delimiter", "max_steps", "step_tokens"))

@@ -9,6 +9,8 @@ set-ups. With ``n = 1`` and greedy decoding it is greedy decoding with a calcula
 
 from __future__ import annotations
 
+from collections import Counter
+
 from metagen_hooks import Budget, Candidate, Generator, Result, Scorer
 
 from metagen_hooks import answers, selection
@@ -30,7 +32,15 @@ class CalculatorVote:
 
     def run(self, prompt: str, generator: Generator, scorer: Scorer | None, budget: Budget) -> Result:
         run = Run("calculator_vote", prompt, generator, scorer, budget)
-        samples = run.sample(self.n, self.max_new_tokens)
+        repaired, _ = self.draw(run, self.n)
+        index, _, info = self.decide(repaired, [])
+        # the candidates are the corrected samples (each keeps its original text in meta)
+        return run.result(repaired[index] if index is not None else None, repaired, **info)
+
+    def draw(self, run: Run, k: int) -> tuple[list[Candidate], list[float]]:
+        """``k`` samples, each repaired by the calculator (one budget can span a dataset:
+        metagen_hooks.Pooled)."""
+        samples = run.sample(k, self.max_new_tokens)
         repaired = []
         for index, sample in enumerate(samples):
             text, corrections = repair(sample.text)
@@ -43,10 +53,13 @@ class CalculatorVote:
                                       meta={**sample.meta, "original": sample.text}))
             if corrections:
                 run.trace.append({"event": "calculator", "index": index, "corrections": corrections})
-        index, votes = selection.majority(repaired, self.pattern)
-        # the candidates are the corrected samples (each keeps its original text in meta)
-        return run.result(repaired[index] if index is not None else None, repaired,
-                          rule="majority after the calculator's corrections", votes=votes)
+        return repaired, []
+
+    def decide(self, candidates, scores) -> tuple[int | None, float, dict]:
+        """The majority after the corrections; unsettled by the chance the runner-up overtakes."""
+        index, votes = selection.majority(candidates, self.pattern)
+        return index, 1.0 - selection.lead_probability(Counter(votes)), {
+            "rule": "majority after the calculator's corrections", "votes": votes}
 
 
 def register_all(register) -> None:

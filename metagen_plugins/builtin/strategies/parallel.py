@@ -47,10 +47,17 @@ class BestOfN(_Sampled):
     ranks highest (Cobbe et al., 2021; Lightman et al., 2023)."""
 
     def run(self, prompt, generator, scorer, budget) -> Result:
-        run = Run("best_of_n", prompt, generator, scorer, budget)
-        candidates = run.sample(self.n, self.max_new_tokens)
-        scores = run.score(candidates)
-        return run.result(_at(candidates, selection.argmax(scores)), candidates, scores, rule="argmax")
+        return _pooled(self, Run("best_of_n", prompt, generator, scorer, budget))
+
+    def draw(self, run: Run, k: int):
+        candidates = run.sample(k, self.max_new_tokens)
+        return candidates, run.score(candidates)
+
+    def decide(self, candidates, scores):
+        """The top-scored; unsettled by the best score's distance from 1 when scores are
+        probabilities (a verifier's), else by how few candidates there are."""
+        index = selection.argmax(scores)
+        return index, selection.score_doubt(scores), {"rule": "argmax"}
 
 
 class Rejection:
@@ -87,10 +94,15 @@ class SelfConsistency(_Voted):
     final answer (``answer_pattern``) has the most votes."""
 
     def run(self, prompt, generator, scorer, budget) -> Result:
-        run = Run("self_consistency", prompt, generator, scorer, budget)
-        candidates = run.sample(self.n, self.max_new_tokens)
+        return _pooled(self, Run("self_consistency", prompt, generator, scorer, budget))
+
+    def draw(self, run: Run, k: int):
+        return run.sample(k, self.max_new_tokens), []
+
+    def decide(self, candidates, scores):
+        """The majority; unsettled by the chance the runner-up overtakes the leader."""
         index, votes = selection.majority(candidates, self.pattern)
-        return run.result(_at(candidates, index), candidates, [], rule="majority", votes=votes)
+        return index, 1.0 - selection.lead_probability(Counter(votes)), {"rule": "majority", "votes": votes}
 
 
 class WeightedMajority(_Voted):
@@ -98,11 +110,16 @@ class WeightedMajority(_Voted):
     answer with its score (e.g. a reward model's); the answer with the largest total wins."""
 
     def run(self, prompt, generator, scorer, budget) -> Result:
-        run = Run("weighted_majority", prompt, generator, scorer, budget)
-        candidates = run.sample(self.n, self.max_new_tokens)
-        scores = run.score(candidates)
+        return _pooled(self, Run("weighted_majority", prompt, generator, scorer, budget))
+
+    def draw(self, run: Run, k: int):
+        candidates = run.sample(k, self.max_new_tokens)
+        return candidates, run.score(candidates)
+
+    def decide(self, candidates, scores):
         index, votes = selection.majority(candidates, self.pattern, weights=scores)
-        return run.result(_at(candidates, index), candidates, scores, rule="weighted majority", votes=votes)
+        return index, 1.0 - selection.lead_probability(Counter(votes)), {"rule": "weighted majority",
+                                                                         "votes": votes}
 
 
 class MBR(_Sampled):
@@ -153,6 +170,13 @@ class AdaptiveSelfConsistency:
         index, votes = selection.majority(candidates, self.pattern)
         return run.result(_at(candidates, index), candidates, [], rule="majority", votes=votes,
                           settled=settled, samples=len(candidates))
+
+
+def _pooled(strategy, run: Run) -> Result:
+    """A pooled strategy's run on its own: ``n`` samples, then its choice."""
+    candidates, scores = strategy.draw(run, strategy.n)
+    index, _, info = strategy.decide(candidates, scores)
+    return run.result(_at(candidates, index), candidates, scores, **info)
 
 
 def _at(candidates, index):
