@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="a results file (metagen run --json --compare > results.json) or a trace (--trace)")
     draw.add_argument("-o", "--output", help="the PNG, SVG or PDF to write (default: SOURCE with .png)")
     draw.add_argument("--title", help="the plot's title")
+    draw.add_argument("--x", choices=("flops", "tokens", "wall"), default="flops",
+                      help="the compute axis: FLOPs (default), tokens generated or wall time per prompt "
+                      "(rows with tokens / wall: bench/adaptive.py writes both)")
 
     new = commands.add_parser("new-plugin", help="write a ready-to-install plugin distribution")
     new.add_argument("name", metavar="NAME", help="the plugin's name, e.g. shout (-> metagen-shout, metagen_shout)")
@@ -137,7 +140,7 @@ def _plot(args) -> int:
     from .plot import load, plot
 
     out = Path(args.output) if args.output else Path(args.source).with_suffix(".png")
-    written = plot(load(args.source), out, title=args.title)
+    written = plot(load(args.source), out, title=args.title, x=args.x)
     print(f"wrote {written}")
     return 0
 

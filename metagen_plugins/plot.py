@@ -11,7 +11,9 @@ It reads
   (``metagen run --prompts FILE.jsonl`` with an ``answer`` per line).
 
 and draws one line per strategy (its rows over N): mean FLOPs per prompt (log scale) against
-accuracy, as PNG or SVG (by the output's suffix) with matplotlib's Agg backend.
+accuracy, as PNG or SVG (by the output's suffix) with matplotlib's Agg backend. ``x="tokens"``
+or ``x="wall"`` puts tokens generated or wall seconds per prompt on the axis instead (rows that
+have ``tokens`` / ``wall``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 from .errors import ConfigError
 
 SUFFIXES = (".png", ".svg", ".pdf")
+AXES = {"flops": "FLOPs per prompt (2 x params x tokens computed)", "tokens": "tokens generated per prompt",
+        "wall": "wall time per prompt (s)"}
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -127,14 +131,18 @@ def families(rows) -> dict[str, list[dict[str, Any]]]:
     return {name if len(points) > 1 else str(points[0]["strategy"]): points for name, points in out.items()}
 
 
-def plot(data: dict[str, Any], out: str | Path, title: str | None = None) -> Path:
-    """Draw ``data`` (as :func:`load` returns it) to ``out`` (.png, .svg or .pdf)."""
+def plot(data: dict[str, Any], out: str | Path, title: str | None = None, x: str = "flops") -> Path:
+    """Draw ``data`` (as :func:`load` returns it) to ``out`` (.png, .svg or .pdf), accuracy
+    against ``x`` (a key of :data:`AXES`)."""
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
         raise ConfigError(f"-o {str(out)!r}: the output must end in {', '.join(SUFFIXES)}")
-    rows = [r for r in data["rows"] if r.get("flops")]
+    if x not in AXES:
+        raise ConfigError(f"--x {x!r}: choose one of {', '.join(AXES)}")
+    rows = [r for r in data["rows"] if r.get(x)]
     if not rows:
-        raise ConfigError("nothing to plot: no row has FLOPs (the results need flops per strategy)")
+        what = "FLOPs" if x == "flops" else x
+        raise ConfigError(f"nothing to plot: no row has {what} (the results need {x} per strategy)")
     if all(r.get("accuracy") is None for r in rows):
         raise ConfigError("nothing to plot: no row has an accuracy. The prompts need known answers: "
                           "run with --prompts FILE.jsonl ({\"prompt\": ..., \"answer\": ...} per line) "
@@ -149,13 +157,13 @@ def plot(data: dict[str, Any], out: str | Path, title: str | None = None) -> Pat
     fig, ax = plt.subplots(figsize=(10, 6))
     styles = [(m, ls) for ls in ("-", "--", ":") for m in "os^Dv"]  # 15 distinct looks beside colour
     for i, (name, points) in enumerate(families(r for r in rows if r.get("accuracy") is not None).items()):
-        points.sort(key=lambda r: r["flops"])
+        points.sort(key=lambda r: r[x])
         marker, line = styles[i % len(styles)]
-        ax.plot([r["flops"] for r in points], [r["accuracy"] for r in points], marker=marker, linestyle=line,
+        ax.plot([r[x] for r in points], [r["accuracy"] for r in points], marker=marker, linestyle=line,
                 label=name)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
-    ax.set_xlabel("FLOPs per prompt (2 x params x tokens computed)")
+    ax.set_xlabel(AXES[x])
     ax.set_ylabel("accuracy")
     ax.set_title(title or f"{data.get('task', '')}: accuracy vs compute")
     ax.grid(True, alpha=0.3)

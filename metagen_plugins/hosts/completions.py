@@ -12,6 +12,7 @@ from typing import Any
 
 from ..retrying import retry_after, status_kind
 from .remote import Failure, RemoteGenerator, Sample
+from .remote_watch import Stream, Watching
 
 # A component's request parameter that the host, not the component, decides: whether texts keep
 # the stop string that ended them (so that extending a prefix continues after it).
@@ -94,10 +95,11 @@ def status_failure(response) -> Failure:
                    retry_after(response.headers))
 
 
-class CompletionsGenerator(RemoteGenerator):
+class CompletionsGenerator(Watching, RemoteGenerator):
     """A remote generator whose requests go to a completions route (``host.path(url)``) and are
     read by :func:`samples`; ``host.server`` names the server in connection errors. Plain
-    decoding streams (:meth:`stream_request`, OpenAI's server-sent events)."""
+    decoding streams (:meth:`stream_request`, OpenAI's server-sent events), and so do watched
+    samples (:meth:`watch_request`, one per request)."""
 
     async def request(self, text, n, max_new_tokens, stop, seed, replica) -> list[Sample]:
         import httpx2
@@ -118,12 +120,58 @@ class CompletionsGenerator(RemoteGenerator):
     async def stream_request(self, text, max_new_tokens, stop, seed, replica, on_text) -> list[Sample]:
         """One sample, streamed (``"stream": true``): ``on_text`` gets each chunk's text as the
         server sends it; the chunks are assembled into the answer :meth:`request` would read."""
-        import httpx2
-
         body = {**self.host.request_body(text, 1, max_new_tokens, stop, seed), "stream": True,
                 "stream_options": {"include_usage": True}}
-        choice: dict[str, Any] = {"index": 0, "text": "", "token_ids": [], "logprobs": {"token_logprobs": []},
-                                  "finish_reason": None, "stop_reason": None}
+        choice = _choice()
+
+        def add(part) -> None:
+            piece = _merge(choice, part)
+            if piece:
+                on_text(piece)
+
+        return _answer(choice, await self._chunks(body, replica, add))
+
+    async def watch_request(self, text, max_new_tokens, stop, seed, replica, stream: Stream,
+                            on_text=None) -> list[Sample]:
+        """One watched sample, streamed: each chunk's text, token ids (when the server returns
+        them), log-probs and top log-probs to ``stream`` as it comes (:meth:`watch_body` asks
+        for them); the answer assembled as :meth:`stream_request` assembles it."""
+        k = stream.top_logprobs
+        body = self.watch_body({**self.host.request_body(text, 1, max_new_tokens, stop, seed), "stream": True,
+                                "stream_options": {"include_usage": True}}, k)
+        choice = _choice()
+
+        def add(part) -> None:
+            piece = _merge(choice, part)
+            lp = part.get("logprobs") or {}
+            logprobs = [float(v) if v is not None else float("-inf") for v in lp.get("token_logprobs") or []]
+            top = [sorted((float(v) for v in (d or {}).values()), reverse=True)[:k]
+                   for d in lp.get("top_logprobs") or []] if k else ()
+            ids = part.get("token_ids")
+            finish = part.get("finish_reason")
+            stream.add(piece, [int(t) for t in ids] if ids is not None else None, logprobs, top,
+                       prompt_tokens=len(part.get("prompt_token_ids") or []),
+                       finish=None if finish is None else "stop" if finish == "stop" else "length",
+                       drop_eos=finish == "stop" and part.get("stop_reason") is None)
+            if piece and on_text is not None:
+                on_text(piece)
+
+        return _answer(choice, await self._chunks(body, replica, add))
+
+    def watch_body(self, body: dict[str, Any], top_logprobs: int) -> dict[str, Any]:
+        """A watched request's body: with ``top_logprobs`` k > 0, ``logprobs`` k (OpenAI's
+        ``top_logprobs`` per token: the k likeliest tokens' log-probabilities, and the sampled
+        token's)."""
+        if top_logprobs > 0:
+            body["logprobs"] = max(top_logprobs, body.get("logprobs") or 0)
+        return body
+
+    async def _chunks(self, body: dict[str, Any], replica, on_part) -> dict | None:
+        """Send ``body`` to ``replica`` and read the server-sent events: ``on_part`` gets each
+        chunk's choices as they come; the usage (the last chunk's) is returned. Leaving early
+        (an exception, the task cancelled) closes the connection: vLLM aborts the request."""
+        import httpx2
+
         usage = None
         try:
             async with self.host.http_client(replica.url).stream("POST", self.host.path(replica.url),
@@ -142,21 +190,12 @@ class CompletionsGenerator(RemoteGenerator):
                         raise Failure("server", f"the stream ended with an error: {chunk['error']}")
                     usage = chunk.get("usage") or usage
                     for part in chunk.get("choices") or []:
-                        piece = part.get("text") or ""
-                        choice["text"] += piece
-                        choice["token_ids"] += part.get("token_ids") or []
-                        choice["logprobs"]["token_logprobs"] += (part.get("logprobs") or {}).get("token_logprobs") or []
-                        for key in ("finish_reason", "stop_reason"):
-                            choice[key] = part.get(key) or choice[key]
-                        if piece:
-                            on_text(piece)
+                        on_part(part)
         except httpx2.HTTPError as exc:
             raise self.classify(exc, replica.url) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise Failure("protocol", f"malformed /v1/completions stream ({type(exc).__name__}: {exc})") from None
-        if choice["finish_reason"] is None:
-            raise Failure("protocol", "the /v1/completions stream ended without a finish reason")
-        return samples({"choices": [choice], "usage": usage or {}}, 1)
+        return usage
 
     def classify(self, exc: BaseException, url: str | None = None) -> Failure:
         import httpx2
@@ -169,3 +208,27 @@ class CompletionsGenerator(RemoteGenerator):
         if isinstance(exc, httpx2.HTTPError):
             return Failure("protocol", f"{type(exc).__name__}: {exc}")
         return Failure("connection", f"{type(exc).__name__}: {exc}")  # e.g. an OSError the client let through
+
+
+def _choice() -> dict[str, Any]:
+    """An empty choice that a stream's chunks are merged into (:func:`_merge`)."""
+    return {"index": 0, "text": "", "token_ids": [], "logprobs": {"token_logprobs": []},
+            "finish_reason": None, "stop_reason": None}
+
+
+def _merge(choice: dict[str, Any], part: dict[str, Any]) -> str:
+    """Add one chunk's choice to ``choice``; its new text."""
+    piece = part.get("text") or ""
+    choice["text"] += piece
+    choice["token_ids"] += part.get("token_ids") or []
+    choice["logprobs"]["token_logprobs"] += (part.get("logprobs") or {}).get("token_logprobs") or []
+    for key in ("finish_reason", "stop_reason"):
+        choice[key] = part.get(key) or choice[key]
+    return piece
+
+
+def _answer(choice: dict[str, Any], usage: dict | None) -> list[Sample]:
+    """A streamed choice as :func:`samples` reads a whole answer."""
+    if choice["finish_reason"] is None:
+        raise Failure("protocol", "the /v1/completions stream ended without a finish reason")
+    return samples({"choices": [choice], "usage": usage or {}}, 1)

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from metagen_hooks import Budget, BudgetExceeded, Candidate
+from metagen_hooks import Budget, BudgetExceeded, Candidate, Watch
 
 from ..components import realised
 from ..errors import HostError
@@ -85,6 +85,7 @@ class RemoteGenerator:
     and :meth:`classify`, and set :attr:`samples_per_request`."""
 
     samples_per_request: int = 1  # how many of a prompt's n samples one request may carry
+    watches = False  # sample/extend take watch= (metagen_hooks.inflight): see .remote_watch.Watching
 
     def __init__(self, host, budget: Budget, *, timeout: float = 60.0, concurrency: int | None = None,
                  retries: int = 2, backoff: float = 0.5, seed: int | None = None,
@@ -130,13 +131,13 @@ class RemoteGenerator:
     # -- the Generator protocol ----------------------------------------------------------------
 
     def sample(self, prompts: Sequence[str], n: int = 1, *, max_new_tokens: int | None = None,
-               stop: Sequence[str] | None = None) -> list[list[Candidate]]:
-        return self._fan_out([(p, self._format(p), None) for p in prompts], n, max_new_tokens, stop)
+               stop: Sequence[str] | None = None, watch: Watch | None = None) -> list[list[Candidate]]:
+        return self._fan_out([(p, self._format(p), None) for p in prompts], n, max_new_tokens, stop, watch)
 
     def extend(self, prefixes: Sequence[Candidate], n: int = 1, *, max_new_tokens: int | None = None,
-               stop: Sequence[str] | None = None) -> list[list[Candidate]]:
+               stop: Sequence[str] | None = None, watch: Watch | None = None) -> list[list[Candidate]]:
         return self._fan_out([(p.prompt, self._format(p.prompt) + p.text, p) for p in prefixes],
-                             n, max_new_tokens, stop)
+                             n, max_new_tokens, stop, watch)
 
     def _format(self, prompt: str) -> str:
         # a host written before conversations existed overrides format(prompt) alone
@@ -144,7 +145,20 @@ class RemoteGenerator:
 
     # -- fan-out, retries, partial failure -----------------------------------------------------
 
-    def _fan_out(self, jobs, n: int, max_new_tokens: int | None, stop) -> list[list[Candidate]]:
+    def _fan_out(self, jobs, n: int, max_new_tokens: int | None, stop, watch=None) -> list[list[Candidate]]:
+        if watch is not None:
+            return self._watched(jobs, n, max_new_tokens, list(stop or []), watch)
+        requests = self._plan(jobs, n, max_new_tokens)
+        stream = None
+        if self._on_text is not None and len(requests) == 1 and requests[0][1] == 1:
+            stream, self._on_text = self._on_text, None  # only the first one-sample request streams
+        results = self.host.loop.run(self._gather(jobs, requests, list(stop or []), stream))
+        return self._collect(jobs, requests, results)
+
+    def _plan(self, jobs, n: int, max_new_tokens: int | None) -> list[tuple[int, int, int, int | None]]:
+        """The requests of a call, ``(job index, samples, max_new_tokens, seed)``: each prompt's
+        ``n`` samples as the budget allows them (charged as samples now), ``samples_per_request``
+        at most per request, each request with the next seed."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         limit = max_new_tokens if max_new_tokens is not None else self.default_max_new_tokens()
@@ -158,10 +172,17 @@ class RemoteGenerator:
                 take = min(count, self.samples_per_request)
                 requests.append((index, take, tokens, self._next_seed()))
                 count -= take
-        stream = None
-        if self._on_text is not None and len(requests) == 1 and requests[0][1] == 1:
-            stream, self._on_text = self._on_text, None  # only the first one-sample request streams
-        results = self.host.loop.run(self._gather(jobs, requests, list(stop or []), stream))
+        return requests
+
+    def _watched(self, jobs, n: int, max_new_tokens: int | None, stop: list[str],
+                 watch: Watch) -> list[list[Candidate]]:
+        """``watch``ed samples: a generator with ``watches = True`` has them (.remote_watch.Watching)."""
+        raise HostError(f"the {self.host.name} host does not watch samples as they decode: call "
+                        f"metagen_hooks.inflight.sample(generator, ...), which draws them whole")
+
+    def _collect(self, jobs, requests, results) -> list[list[Candidate]]:
+        """Each prompt's candidates from the requests' outcomes; failures recorded (and their
+        samples given back to the budget); :class:`RemoteError` when a prompt got none."""
         grouped: list[list[Candidate]] = [[] for _ in jobs]
         for (index, take, _, _), outcome in zip(requests, results):
             prompt, _, parent = jobs[index]
@@ -208,12 +229,15 @@ class RemoteGenerator:
                     pass
                 raise BudgetExceeded(f"the run was cancelled: {self.budget.cancelled}")
 
-    async def _with_retries(self, text, n, max_new_tokens, stop, seed, stream=None) -> list[Sample] | Failure:
+    async def _with_retries(self, text, n, max_new_tokens, stop, seed, stream=None,
+                            watched=None) -> list[Sample] | Failure:
         """Send one request until it is answered or its attempts run out: ``retries + 1`` per
         replica. After a failure the request goes at once to another replica that is up; with
         none up it waits (``Retry-After``, else exponential backoff) and goes to the first to
         recover. Tokens are charged once, for the answer that is delivered. A streamed request
-        (``stream``: its on_text) is not sent again once any of its text went out."""
+        (``stream``: its on_text) is not sent again once any of its text went out. A watched one
+        (``watched``: its sample's :class:`~.remote_watch.Stream`) goes through
+        ``watch_request``, is not sent again once a token came, and is charged by its watcher."""
         pool: Replicas = self.host.replicas
         attempts = (self.retries + 1) * len(pool.replicas)
         avoid, waits = None, 0
@@ -230,7 +254,9 @@ class RemoteGenerator:
             problem = None
             async with pool.slot(avoid) as replica:
                 try:
-                    sent = (self.stream_request(text, max_new_tokens, stop, seed, replica, on_text) if stream
+                    sent = (self.watch_request(text, max_new_tokens, stop, seed, replica, watched,
+                                               on_text if stream else None) if watched is not None
+                            else self.stream_request(text, max_new_tokens, stop, seed, replica, on_text) if stream
                             else self.request(text, n, max_new_tokens, stop, seed, replica=replica))
                     samples = await asyncio.wait_for(sent, self.timeout)
                 except Failure as failure:
@@ -243,6 +269,8 @@ class RemoteGenerator:
                     problem = self.classify(exc)
             if problem is None:
                 pool.succeeded(replica)
+                if watched is not None:
+                    return samples
                 charged = sum(s.completion_tokens or len(s.token_ids) for s in samples)
                 self.budget.charge(tokens_generated=charged,
                                    prompt_tokens_computed=max((s.prompt_tokens for s in samples), default=0),
@@ -250,7 +278,7 @@ class RemoteGenerator:
                 return samples
             problem.url = replica.url
             pool.failed(replica, problem.kind, problem.retry_after)
-            if problem.kind not in RETRYABLE or attempt == attempts - 1 or streamed:
+            if problem.kind not in RETRYABLE or attempt == attempts - 1 or streamed or (watched and watched.started):
                 if attempt:
                     problem.message += f" (after {attempt + 1} attempts)"
                 return problem

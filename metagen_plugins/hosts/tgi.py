@@ -25,6 +25,7 @@ from ..components import sampling
 from ..errors import HostError
 from ..retrying import retry_after, status_kind
 from .remote import Failure, RemoteGenerator, RemoteHost, Sample
+from .remote_watch import Stream, Watching
 
 # TGI's launcher defaults and accepted values (text-generation-inference, launcher/src/main.rs).
 DEFAULT_MAX_BEST_OF = 2
@@ -94,8 +95,9 @@ def check_settings(config, registry, launching: bool = False) -> None:
 # -- the Generator -----------------------------------------------------------------------------
 
 
-class TGIGenerator(RemoteGenerator):
-    """One request per sample; stop strings beyond the server's cap are enforced while streaming."""
+class TGIGenerator(Watching, RemoteGenerator):
+    """One request per sample; stop strings beyond the server's cap are enforced while streaming;
+    watched samples stream (:meth:`watch_request`)."""
 
     samples_per_request = 1
 
@@ -143,11 +145,29 @@ class TGIGenerator(RemoteGenerator):
             return [sample]
         return [await self._stream(replica.url, text, params, client_stops, on_text)]
 
+    async def watch_request(self, text, max_new_tokens, stop, seed, replica, stream: Stream,
+                            on_text=None) -> list[Sample]:
+        """One watched sample streamed from ``/generate_stream``, each token to ``stream`` as it
+        comes, with at most ``[host] max_top_n_tokens`` top log-probabilities (TGI's cap, 5 by
+        default); ``best_of``, which TGI cannot stream, shows once done."""
+        params, client_stops = self.parameters(max_new_tokens, stop, seed)
+        if "best_of" in params:
+            [sample] = await self.request(text, 1, max_new_tokens, stop, seed, replica)
+            stream.add(sample.text, sample.token_ids, sample.logprobs, prompt_tokens=sample.prompt_tokens,
+                       finish="length" if sample.finish_reason == "length" else "stop")
+            if on_text is not None and sample.text:
+                on_text(sample.text)
+            return [sample]
+        k = min(stream.top_logprobs, self.host.limits.max_top_n_tokens)
+        if k:
+            params["top_n_tokens"] = max(k, params.get("top_n_tokens") or 0)
+        return [await self._stream(replica.url, text, params, client_stops, on_text, stream)]
+
     async def _stream(self, url: str, text: str, params: dict[str, Any], client_stops: list[str],
-                      on_text=None) -> Sample:
+                      on_text=None, watched: Stream | None = None) -> Sample:
         """Read ``/generate_stream`` until EOS, the token limit, or a client-side stop string;
         leaving the ``async with`` closes the connection, so TGI stops generating. ``on_text``
-        gets each non-special token's text as it arrives."""
+        gets each non-special token's text as it arrives, ``watched`` each token."""
         from huggingface_hub import AsyncInferenceClient
 
         params = {k: v for k, v in params.items() if k != "decoder_input_details"}  # not streamed
@@ -167,8 +187,13 @@ class TGIGenerator(RemoteGenerator):
                     if event.details is not None:
                         finish, prompt_tokens, seed = (event.details.finish_reason, event.details.input_length,
                                                        event.details.seed)
+                    stopped = event.details is None and any(s in "".join(pieces) for s in client_stops)
+                    if watched is not None:
+                        _watched_token(watched, event, prompt_tokens, finish if event.details is not None
+                                       else "stop_sequence" if stopped else None)
+                    if event.details is not None:
                         break
-                    if any(s in "".join(pieces) for s in client_stops):
+                    if stopped:
                         finish = "stop_sequence"
                         break
             finally:
@@ -207,6 +232,15 @@ class TGIGenerator(RemoteGenerator):
 
     def classify(self, exc: BaseException) -> Failure:
         return classify(exc)
+
+
+def _watched_token(stream: Stream, event, prompt_tokens: int, finish: str | None) -> None:
+    """One streamed token to a watched sample's ``stream`` (its text unless special)."""
+    k = stream.top_logprobs
+    top = [sorted((_logprob(_get(t, "logprob")) for t in event.top_tokens or []), reverse=True)[:k]] if k else ()
+    stream.add("" if event.token.special else event.token.text, [event.token.id], [_logprob(event.token.logprob)],
+               top, prompt_tokens=prompt_tokens,
+               finish=None if finish is None else "length" if finish == "length" else "stop")
 
 
 def _get(item, key: str):

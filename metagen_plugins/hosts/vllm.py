@@ -89,6 +89,15 @@ class VLLMGenerator(CompletionsGenerator):
         super().__init__(host, budget, **kwargs)
         self.samples_per_request = sys.maxsize if host.sampling else 1
 
+    def watch_body(self, body: dict, top_logprobs: int) -> dict:
+        """Also, with top log-probabilities, each token named by its id in them
+        (``return_tokens_as_token_ids``): vLLM keys a step's top log-probabilities by token, and
+        two tokens that decode to one text would otherwise count as one."""
+        body = super().watch_body(body, top_logprobs)
+        if top_logprobs > 0:
+            body["return_tokens_as_token_ids"] = True
+        return body
+
 
 class VLLMHost(RemoteHost):
     """A vLLM server (``[host] url``), or several replicas of one (``[host] urls``), serving

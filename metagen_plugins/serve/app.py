@@ -113,10 +113,20 @@ class Server:
         future.add_done_callback(self._finisher(lane, profile, config, time.perf_counter()))
         return future
 
+    def deadline(self, options: dict[str, Any]) -> tuple[float, str]:
+        """A request's time limit in seconds and what sets it: the caller's ``metagen.timeout``
+        when it is shorter than the server's ``--request-timeout``."""
+        own = options.get("timeout")
+        if own is not None and own < self.request_timeout:
+            return own, "metagen.timeout"
+        return self.request_timeout, "--request-timeout"
+
     async def run(self, request: Request, route: str, profile: Profile, config, prompts: list[str],
-                  conversation: list[dict[str, str]] | None = None) -> list[Result]:
+                  conversation: list[dict[str, str]] | None = None, timeout: float | None = None) -> list[Result]:
         """Every prompt's Result; raises the APIError of the first failure. A client that goes
-        away cancels its queued prompts; running ones finish and are discarded."""
+        away cancels its queued prompts; running ones finish and are discarded. ``timeout``: the
+        request's own deadline, if shorter than the server's."""
+        limit, source = self.deadline({"timeout": timeout})
         futures: list[Future] = []
         extras = {"conversation": conversation} if conversation else {}
         try:
@@ -130,15 +140,15 @@ class Server:
         gone = asyncio.ensure_future(streaming.disconnected(request))
         try:
             await asyncio.wait([gone, asyncio.gather(*waiting, return_exceptions=True)],
-                               timeout=self.request_timeout, return_when=asyncio.FIRST_COMPLETED)
+                               timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if not all(w.done() for w in waiting):  # the client is gone, or the deadline passed
             late = not gone.done() or gone.cancelled()
             self.cancel(profile, futures, "the request's deadline passed" if late else "the client went away")
             if late:
-                raise APIError(504, f"the request ran past the server's deadline of {self.request_timeout:g} s "
-                                    f"(--request-timeout); its work was stopped", code="deadline_exceeded")
+                raise APIError(504, f"the request ran past its deadline of {limit:g} s ({source}); its work "
+                                    f"was stopped", code="deadline_exceeded")
             raise ClientGone()
         return [answered(waited, config) for waited in waiting]
 
@@ -315,7 +325,8 @@ def create_app(server: Server, hosts: set[str] | None = None) -> FastAPI:
                 status = None
                 return streaming.progressing(server, route, profile, config, prompts[0], conversation, options,
                                              include_usage, on_end=count)
-            results = await server.run(request, route, profile, config, prompts, conversation)
+            results = await server.run(request, route, profile, config, prompts, conversation,
+                                       timeout=options["timeout"])
             rid = answer.response_id(route)
             exts = [answer.extension(r, profile.name, rid, options["candidates"]) for r in results]
             server.keep(rid, profile, results)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -139,6 +140,7 @@ def refine(profile: Profile, request, registry) -> tuple[Config, dict[str, Any]]
     for option, value in options.items():
         if not isinstance(value, bool):
             raise bad_request(f"metagen.{option} must be true or false", param=f"metagen.{option}")
+    options["timeout"] = _timeout(extension.pop("timeout", None))
     for key in extension:
         if key not in REFINABLE:
             hint = (" (the host and [run] are the server's; choose another profile with \"model\")"
@@ -171,6 +173,17 @@ def refine(profile: Profile, request, registry) -> tuple[Config, dict[str, Any]]
         raise bad_request(str(exc), param="metagen" if extension else None, code="invalid_config") from None
     _check_caps(profile.config, config)
     return config, options
+
+
+def _timeout(value: Any) -> float | None:
+    """A caller's own deadline in seconds (``metagen.timeout``), which can only shorten the
+    server's ``--request-timeout``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise bad_request(f"metagen.timeout must be a number of seconds > 0, got {str(value)[:40]!r}",
+                          param="metagen.timeout")
+    return float(value)
 
 
 def _sets_openai_fields(request) -> bool:

@@ -160,7 +160,8 @@ def progressing(server, route: str, profile, config, prompt: str, conversation: 
 
     async def events():
         status = 499
-        deadline = asyncio.get_running_loop().time() + server.request_timeout
+        limit, source = server.deadline(options)
+        deadline = asyncio.get_running_loop().time() + limit
         try:
             for event in stream.start():
                 yield event
@@ -169,9 +170,9 @@ def progressing(server, route: str, profile, config, prompt: str, conversation: 
                 if not waited.done() and asyncio.get_running_loop().time() > deadline:
                     server.cancel(profile, [future], "the request's deadline passed")
                     status = 504
-                    for event in stream.error(APIError(504, f"the request ran past the server's deadline of "
-                                                            f"{server.request_timeout:g} s (--request-timeout); its "
-                                                            f"work was stopped", code="deadline_exceeded").body()):
+                    for event in stream.error(APIError(504, f"the request ran past its deadline of {limit:g} s "
+                                                            f"({source}); its work was stopped",
+                                                       code="deadline_exceeded").body()):
                         yield event
                     return
                 if not waited.done():

@@ -410,6 +410,31 @@ def test_a_request_past_its_deadline_gets_504_and_its_rows_leave_the_engine(tmp_
         assert quick[0] == 200, quick  # the server goes on
 
 
+def test_a_callers_own_deadline_and_token_budget_bound_its_request(tmp_path):
+    """metagen.timeout shortens the server's deadline for one request (504 naming it, the work
+    stopped); it cannot lengthen it; metagen.budget.max_tokens bounds what the strategy spends,
+    and usage reports what it spent."""
+    path = tmp_path / "endless.toml"
+    path.write_text('[host]\nmodel = "demo-arith"\n[generation]\nmax_new_tokens = 64\nseed = 0\n'
+                    '[[processors]]\nname = "temperature"\ntemperature = 2.0\n'
+                    '[strategy]\nname = "adaptive_self_consistency"\nbatch = 16\nmax_samples = 100000\n'
+                    'confidence = 0.999999\n[budget]\nmax_samples = 100000\nmax_tokens = 100000000\n')
+    with LoopbackServer(build_app(path, request_timeout=600.0)) as running:
+        started = time.monotonic()
+        status, answer = raw(running, "POST", "/v1/completions", json.dumps(
+            {"model": "endless", "prompt": PROMPT, "metagen": {"timeout": 1.0}}).encode())
+        assert status == 504 and "deadline of 1 s (metagen.timeout)" in answer["error"]["message"], answer
+        assert time.monotonic() - started < 60
+        for bad in (0, -1, "soon", True, float("inf")):
+            body = json.dumps({"model": "endless", "prompt": PROMPT, "metagen": {"timeout": bad}})
+            status, answer = raw(running, "POST", "/v1/completions", body.encode())
+            assert status == 400 and answer["error"]["param"] == "metagen.timeout", (bad, answer)
+        status, answer = raw(running, "POST", "/v1/completions", json.dumps(
+            {"model": "endless", "prompt": PROMPT, "metagen": {"budget": {"max_tokens": 300}}}).encode())
+        assert status == 200, answer
+        assert 0 < answer["usage"]["completion_tokens"] <= 300
+
+
 def test_on_a_remote_host_the_deadline_closes_the_engine_requests(tmp_path):
     """The backend holds the request (20 s); at the 1-s deadline the client gets 504 and the
     run's HTTP request is closed at once (vLLM aborts a closed request), so the worker is free

@@ -10,6 +10,14 @@ k-th request and every later one drop their connection and closes the listening 
 connections are refused, as when a server process is killed mid-run. ``delay`` holds each answer;
 ``gather = k`` holds each request until k are in flight at once (or ``gather_timeout`` passes),
 so a test can see whether a client lets k requests out together without depending on timing.
+
+``"stream": true`` is answered with vLLM's server-sent events: a chunk per token and choice
+(``token_ids`` when the request has ``return_token_ids``, ``logprobs`` with ``tokens``,
+``token_logprobs`` and ``top_logprobs`` when it asks for them), the usage chunk when
+``stream_options.include_usage``, then ``[DONE]``; ``token_delay`` paces the chunks, and
+``streams`` records how far each stream got and whether the client closed it first.
+``child_seeds = True`` seeds choice ``i`` of a request seeded ``s`` as a one-choice request
+seeded ``s + i``, as vLLM seeds the samples of an ``n > 1`` request.
 """
 
 from __future__ import annotations
@@ -30,8 +38,11 @@ class _Server(ThreadingHTTPServer):
 
 
 class CompletionsServer:
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, *, token_delay: float = 0.0, child_seeds: bool = False) -> None:
         self.delay = delay
+        self.token_delay = token_delay  # between streamed chunks
+        self.child_seeds = child_seeds
+        self.streams: list[dict] = []  # per stream: chunks sent, total, closed_by_client
         self.requests: list[dict] = []  # bodies received, in order
         self.answered = 0  # requests answered with 200
         self.in_flight = self.peak = 0
@@ -73,35 +84,67 @@ class CompletionsServer:
 
     # -- answers ------------------------------------------------------------------------------
 
+    def steps(self, body: dict, index: int) -> tuple[list[tuple[int, str, float]], str, str | None]:
+        """Choice ``index``'s tokens (id, text, log-prob), finish reason and stop reason."""
+        prompt, limit, stops = body["prompt"], body.get("max_tokens", 16), body.get("stop") or []
+        seed = body.get("seed")
+        if self.child_seeds and seed is not None:
+            seed, index = seed + index, 0
+        tokens, ended = arithmetic(prompt, random.Random(f"{prompt}|{seed}|{index}"))
+        out, text = [], ""
+        for token in tokens + ([None] if ended else []):
+            if len(out) == limit:
+                break
+            if token is None:  # end of sequence: its id is reported, its text is not
+                out.append((EOS[0], "", -0.01))
+                return out, "stop", None
+            out.append((token.id, token.text, token.logprob))
+            text += token.text
+            hit = next((s for s in stops if s in text), None)
+            if hit is not None:
+                return out, "stop", hit
+        return out, "length", None
+
     def answer(self, body: dict) -> dict:
         prompt, n = body["prompt"], body.get("n", 1)
-        limit, stops = body.get("max_tokens", 16), body.get("stop") or []
         choices = []
         for index in range(n):
-            rng = random.Random(f"{prompt}|{body.get('seed')}|{index}")
-            tokens, ended = arithmetic(prompt, rng)
-            ids, logprobs, text, finish, reason = [], [], "", "length", None
-            for token in tokens + ([None] if ended else []):
-                if len(ids) == limit:
-                    break
-                if token is None:  # end of sequence: its id is reported, its text is not
-                    ids.append(EOS[0])
-                    logprobs.append(-0.01)
-                    finish = "stop"
-                    break
-                ids.append(token.id)
-                logprobs.append(token.logprob)
-                text += token.text
-                hit = next((s for s in stops if s in text), None)
-                if hit is not None:
-                    finish, reason = "stop", hit
-                    break
-            choices.append({"index": index, "text": text, "token_ids": ids, "finish_reason": finish,
-                            "stop_reason": reason,
-                            "logprobs": {"token_logprobs": logprobs} if body.get("logprobs") is not None else None})
+            steps, finish, reason = self.steps(body, index)
+            choices.append({"index": index, "text": "".join(t for _, t, _ in steps),
+                            "token_ids": [i for i, _, _ in steps], "finish_reason": finish, "stop_reason": reason,
+                            "logprobs": {"token_logprobs": [lp for _, _, lp in steps]}
+                            if body.get("logprobs") is not None else None})
         generated = sum(len(c["token_ids"]) for c in choices)
         return {"id": "cmpl-standin", "object": "text_completion", "model": body.get("model", "standin"),
                 "choices": choices, "usage": {"prompt_tokens": len(tokenize(prompt)), "completion_tokens": generated}}
+
+    def chunks(self, body: dict):
+        """The stream's chunks as vLLM writes them (a token of each unfinished choice at a time)."""
+        prompt, k = body["prompt"], body.get("logprobs")
+        choices = [self.steps(body, index) for index in range(body.get("n", 1))]
+        for step in range(max(len(steps) for steps, _, _ in choices)):
+            for index, (steps, finish, reason) in enumerate(choices):
+                if step >= len(steps):
+                    continue
+                token, text, logprob = steps[step]
+                last = step == len(steps) - 1
+                part = {"index": index, "text": text, "finish_reason": finish if last else None,
+                        "stop_reason": reason if last else None, "logprobs": None}
+                if body.get("return_token_ids"):
+                    part["token_ids"] = [token]
+                    if step == 0:
+                        part["prompt_token_ids"] = [t.id for t in tokenize(prompt)]
+                if k is not None:
+                    name = f"token_id:{token}" if body.get("return_tokens_as_token_ids") else text
+                    top = {name: logprob, **{f"other{j}": logprob - 1.0 - j for j in range(k)}}
+                    part["logprobs"] = {"tokens": [name], "token_logprobs": [logprob], "top_logprobs": [top],
+                                        "text_offset": [0]}
+                yield {"id": "cmpl-standin", "object": "text_completion", "model": body.get("model", "standin"),
+                       "choices": [part]}
+        if (body.get("stream_options") or {}).get("include_usage"):
+            generated = sum(len(steps) for steps, _, _ in choices)
+            yield {"id": "cmpl-standin", "object": "text_completion", "choices": [],
+                   "usage": {"prompt_tokens": len(tokenize(prompt)), "completion_tokens": generated}}
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -138,6 +181,8 @@ class CompletionsServer:
                         return self._drop()
                     if status is not None:
                         return self._json(status, {"error": {"message": f"injected {status}"}})
+                    if body.get("stream"):
+                        return self._stream(body)
                     answer = server.answer(body)
                     with server._lock:
                         server.answered += 1
@@ -145,6 +190,29 @@ class CompletionsServer:
                 finally:
                     with server._lock:
                         server.in_flight -= 1
+
+            def _stream(self, body):
+                chunks = list(server.chunks(body))
+                record = {"sent": 0, "total": len(chunks), "closed_by_client": False}
+                server.streams.append(record)
+                self.close_connection = True  # the stream ends with the connection
+                try:
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("connection", "close")
+                    self.end_headers()
+                    for chunk in chunks:
+                        if record["sent"]:
+                            time.sleep(server.token_delay)
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                        record["sent"] += 1
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                    with server._lock:
+                        server.answered += 1
+                except (BrokenPipeError, ConnectionResetError):
+                    record["closed_by_client"] = True
 
             def _drop(self):
                 self.close_connection = True
