@@ -26,11 +26,15 @@ the rest cancelled once the leader holds a majority with probability 0.95) and
 ``vs_its_hub_wall`` against the cheaper of the two (its_hub's over metagen's: >= 1.0 means
 metagen spends less), and each one's figures.
 
+With ``--smollm2 N``: metagen run's default on SmolLM2-135M-Instruct (calculator_vote@8) on N
+generated questions, against one dataset budget of a half and a quarter of its tokens.
+
 Each row has accuracy, tokens generated per problem, wall seconds per problem and FLOPs per
 problem; ``--results FILE`` writes them for ``metagen plot FILE --x tokens`` (or ``--x wall``).
 Ratios are measured in one run on this machine; wall times move with other load on it.
 
-    python bench/adaptive.py [--quick] [--problems 120] [--vllm] [--its-hub-python PATH] [--results FILE]
+    python bench/adaptive.py [--quick] [--problems 120] [--vllm] [--vllm-only] [--smollm2 N]
+                             [--its-hub-python PATH] [--results FILE]
 """
 
 from __future__ import annotations
@@ -61,7 +65,10 @@ def extra(parser) -> None:
     parser.add_argument("--its-hub-python", default=str(Path("/work/its_hub_venv/bin/python")),
                         help="the python of a venv with its-hub installed (for the --vllm comparison)")
     parser.add_argument("--results", metavar="FILE", help="write the rows for `metagen plot`")
-    parser.add_argument("--vllm-only", action="store_true", help="with --vllm: only the served rows")
+    parser.add_argument("--vllm-only", action="store_true", help="leave out the in-process demo rows")
+    parser.add_argument("--smollm2", type=int, default=0, metavar="N",
+                        help="also N generated questions on SmolLM2-135M-Instruct with metagen run's default "
+                        "(calculator_vote@8) against one dataset budget of half its tokens")
 
 
 def measure(label: str, config: dict, problems, host: dict | None = None, **kwargs) -> dict:
@@ -199,11 +206,50 @@ def its_hub(python: str, server, problems, algorithm: str) -> dict:
             "failures": data.get("errors", 0)}
 
 
+def smollm2(count: int) -> tuple[list[dict], dict]:
+    """metagen run's default on SmolLM2 (calculator_vote@8) against the dataset allocator at a half
+    and a quarter of its tokens, on generated word and arithmetic questions."""
+    import tomllib
+
+    from metagen_hooks import answers
+    from metagen_plugins.demo.questions import questions
+
+    path = Path(metagen_plugins.__file__).parent / "defaults" / "smollm2-135m-instruct.toml"
+    config = tomllib.loads(path.read_text())
+    pattern = config["strategy"]["answer_pattern"]
+    items = questions(count, seed=0)
+    rows = []
+
+    def row(label, **kwargs):
+        start = time.perf_counter()
+        results = metagen_plugins.run(config, [q.prompt for q in items], **kwargs)
+        wall = time.perf_counter() - start
+        right = [answers.extract(r.best.text, pattern) == str(q.answer) if r.best else False
+                 for r, q in zip(results, items)]
+        return {"strategy": label, "accuracy": sum(right) / count,
+                "tokens": sum(r.budget.tokens_generated for r in results) / count,
+                "flops": sum(r.budget.flops for r in results) / count, "wall": wall / count,
+                "samples": sum(r.budget.samples for r in results) / count,
+                "failures": sum(bool(r.failures) for r in results)}
+
+    full = row("smollm2 calculator_vote@8")
+    rows.append(full)
+    for fraction in (0.5, 0.25):
+        rows.append(row(f"smollm2 allocated calculator_vote {fraction:g}",
+                        total_tokens=int(full["tokens"] * count * fraction)))
+    return rows, {"smollm2_allocated_half_accuracy_delta": rows[1]["accuracy"] - full["accuracy"],
+                  "smollm2_allocated_quarter_accuracy_delta": rows[2]["accuracy"] - full["accuracy"]}
+
+
 def main() -> None:
     args = arguments(__doc__.splitlines()[0], extra)
     count = 30 if args.quick else args.problems
     problems = held_out()[-count:]
-    rows, figures = ([], {}) if args.vllm and args.vllm_only else in_process(problems, args.quick)
+    rows, figures = ([], {}) if args.vllm_only else in_process(problems, args.quick)
+    if args.smollm2:
+        more, smollm2_figures = smollm2(args.smollm2)
+        rows += more
+        figures.update(smollm2_figures)
     if args.vllm:
         more, served_figures = served(problems, args.its_hub_python)
         rows += more
