@@ -311,6 +311,18 @@ def test_a_cancelled_sample_leaves_the_vllm_server_and_esc_runs_there(tmp_path):
         esc = metagen_plugins.run({"host": dict(server.host), "generation": {"max_new_tokens": 60, "seed": 0},
                                    "processors": [{"name": "temperature", "temperature": 0.8}],
                                    "strategy": {"name": "esc", "n": 8, "window": 4}}, prompt)
+        sampled = {"host": dict(server.host), "generation": {"max_new_tokens": 60, "seed": 0},
+                   "processors": [{"name": "temperature", "temperature": 0.8}]}
+        # DeepConf online: top-20 log-probabilities from the server set every trace's confidence
+        deep = metagen_plugins.run({**sampled, "strategy": {"name": "deepconf", "n": 8, "warmup": 4, "group": 4,
+                                                            "keep": 0.5}}, prompt)
+        # early rejection: steps scored by the exact step checker, wrong ones dropped
+        early = metagen_plugins.run({**sampled, "strategy": {"name": "early_rejection", "n": 4, "max_steps": 4,
+                                                             "step_tokens": 16},
+                                     "scorer": {"name": "step_checker"}}, prompt)
+    assert deep.failures == [] and deep.best is not None and len(deep.scores) == len(deep.candidates)
+    assert all(s > 0 for s in deep.scores)  # -mean(top-20 log-probs): positive, so they came from the server
+    assert early.failures == [] and early.best is not None and "####" in early.best.text
     [select] = [e for e in esc.trace if e["event"] == "select"]
     votes = select["votes"]
     assert esc.best is not None and esc.failures == [] and 4 <= esc.budget.samples <= 8
