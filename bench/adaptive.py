@@ -254,8 +254,11 @@ def main() -> None:
         more, served_figures = served(problems, args.its_hub_python)
         rows += more
         figures.update(served_figures)
-    print(f"demo-arith, {count} held-out problems; T=0.8, max_new_tokens=48, seed 0; "
-          f"verifier = step_likelihood over demo-arith-verifier (min)")
+    if not args.vllm_only or args.vllm:
+        print(f"demo-arith, {count} held-out problems; T=0.8, max_new_tokens=48, seed 0; "
+              f"verifier = step_likelihood over demo-arith-verifier (min)")
+    if args.smollm2:
+        print(f"SmolLM2-135M-Instruct: {args.smollm2} generated questions (seed 0), metagen run's default configuration")
     table(rows, ["strategy", "accuracy", "tokens", "server_tokens", "wall", "samples", "failures"])
     print()
     table([{"figure": k, "value": v} for k, v in figures.items()], ["figure", "value"])
