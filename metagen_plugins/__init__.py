@@ -35,8 +35,8 @@ def generate_kwargs(config: Any, model=None, tokenizer=None) -> dict[str, Any]:
     sampling flags. The configuration's host must be transformers (the default).
 
     Hard constraints (grammar, bad_words) apply before the other processors whatever the listed
-    order, and each processor is followed by a check that stops generation with an error naming
-    it when it leaves NaN, +inf or no allowed token."""
+    order, and one check after the processors stops generation with an error naming the one that
+    left NaN, +inf or no allowed token (found by replaying the step only when the check fails)."""
     registry = get_registry()
     cfg = validate(config, registry)
     if cfg.host_name != "transformers":

@@ -475,6 +475,8 @@ class Engine:
         log_probs = logits.log_softmax(-1)
         logprobs = log_probs.gather(1, chosen[:, None])[:, 0]
         running = ~self._done
+        if not bool(torch.isfinite(logprobs[running]).all()):  # one check for every request's rows
+            self._non_finite(logprobs, running, failed)
         self._fed += running
         self._age += 1
         self._tokens = torch.cat([self._tokens, chosen[:, None]], 1)
@@ -540,6 +542,19 @@ class Engine:
                 p.done[row] = True
         with p.wake:
             p.wake.notify_all()
+
+    def _non_finite(self, logprobs: torch.Tensor, running: torch.Tensor, failed: dict) -> None:
+        """Fail the requests whose rows' model logits held NaN or +inf, or were all -inf (the
+        chosen token's log-probability is then not finite), each alone, naming the model."""
+        bad = (~torch.isfinite(logprobs) & running).tolist()
+        for r in self._active:
+            rows = range(r.first, r.first + r.width)
+            if not r.zombie and id(r) not in failed and any(bad[i] for i in rows):
+                row = r.live[next(i for i, at in enumerate(rows) if bad[at])]
+                failed[id(r)] = r, HostError(
+                    f"the model's logits held NaN or +inf, or were all -inf, at generation step {r.steps} "
+                    f"(row {row}); metagen does not sample from them. The model's weights or its dtype "
+                    f"are the likely cause: try [host] dtype = \"float32\", or check the checkpoint")
 
     def _choose(self, r: Request, logits: torch.Tensor) -> torch.Tensor:
         """The request's processors over its rows' ids and scores, then argmax or a draw from

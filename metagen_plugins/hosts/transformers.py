@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 import threading
 from typing import Any, Callable, Sequence
 
@@ -593,31 +594,68 @@ def context_length(model) -> int | None:
     return None
 
 
-class _FiniteCheck:
-    """Runs after a logits processor (or on the model's raw logits): stops generation with an
-    error naming the component when scores hold NaN or +inf, or a row is all -inf, instead of
-    sampling from them. Two cheap reductions per step."""
+class _Guard:
+    """What metagen adds to a processor list around the configured components (not a component)."""
 
-    def __init__(self, what: str, info=None) -> None:
-        self.what, self.info, self.step = what, info, 0
+
+class _Raw(_Guard):
+    """First in the list: keeps the scores as they arrive (the model's logits), computing nothing."""
+
+    scores: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.scores = scores
+        return scores
+
+
+class _FiniteCheck(_Guard):
+    """Last in the list: stops generation with an error naming the component when a processor's
+    output (or the model's logits) holds NaN or +inf, or leaves a row all -inf, instead of
+    sampling from them. One check per step, fused: the sum of the rows' largest scores is finite
+    (a NaN, a +inf and an all -inf row all make it NaN or infinite; NaN from the model runs
+    through every processor). Only when it is not are the processors replayed on the step's
+    logits, each checked, to find the culprit (or to find a finite sum's overflow harmless)."""
+
+    def __init__(self, raw: _Raw, processors: list[tuple[Any, str, Any]]) -> None:
+        self.raw, self.processors, self.step = raw, processors, 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self.step += 1
-        problem = None
-        if torch.isnan(scores).any():
-            problem = "NaN"
-        elif torch.isposinf(scores).any():
-            problem = "+inf"
-        elif torch.isneginf(scores).all(dim=-1).any():
-            problem = "only -inf (every token banned) in a row"
-        if problem is not None:
-            row = _first_bad_row(scores)
-            error = HostError(f"{self.what} produced {problem} scores at generation step {self.step} "
-                              f"(row {row}); metagen does not sample from them. Fix the component, or "
-                              f"remove it from the configuration")
-            error.component = self.info
-            raise error
+        if not math.isfinite(scores.amax(-1).sum().item()) and _problem(scores) is not None:
+            self._blame(input_ids)
         return scores
+
+    def _blame(self, input_ids: torch.LongTensor) -> None:
+        """Replays the step from the model's logits, checking after each processor (their state
+        no longer matters: generation stops here)."""
+        scores = self.raw.scores
+        what, info = ("the model's logits (before any processor, unless one wrote into them in place)",
+                      None)
+        problem = _problem(scores)
+        for processor, label, entry in self.processors:
+            if problem is not None:
+                break
+            scores = processor(input_ids, scores)
+            what, info, problem = label, entry, _problem(scores)
+        if problem is None:  # not reproduced: a processor drawing at random
+            what = "one of " + ", ".join(label for _, label, _ in self.processors)
+            problem, scores = "non-finite", None
+        row = _first_bad_row(scores) if scores is not None else -1
+        error = HostError(f"{what} produced {problem} scores at generation step {self.step} "
+                          f"(row {row}); metagen does not sample from them. Fix the component, or "
+                          f"remove it from the configuration")
+        error.component = info
+        raise error
+
+
+def _problem(scores: torch.Tensor) -> str | None:
+    if torch.isnan(scores).any():
+        return "NaN"
+    if torch.isposinf(scores).any():
+        return "+inf"
+    if torch.isneginf(scores).all(dim=-1).any():
+        return "only -inf (every token banned) in a row"
+    return None
 
 
 def _first_bad_row(scores: torch.Tensor) -> int:
@@ -626,13 +664,14 @@ def _first_bad_row(scores: torch.Tensor) -> int:
 
 
 def _checked(processors, config: Config, registry: Registry) -> LogitsProcessorList:
-    """The configured processors, each followed by a finiteness check naming it (and the
-    model's raw logits checked first)."""
-    checked = LogitsProcessorList([_FiniteCheck("the model's logits (before any processor)")])
+    """The configured processors between two guards: the first remembers the model's logits,
+    the last checks them and the result once per step (``_FiniteCheck``)."""
+    raw = _Raw()
+    named = []
     for index, (processor, entry) in enumerate(zip(processors, config.processors)):
         info = registry.get("logits_processors", entry["name"])
-        checked.extend([processor, _FiniteCheck(f"processors[{index}]: {info.label()}", info)])
-    return checked
+        named.append((processor, f"processors[{index}]: {info.label()}", info))
+    return LogitsProcessorList([raw, *processors, _FiniteCheck(raw, named)])
 
 
 def _rows(new: torch.Tensor, logits) -> list[tuple[list[int], list[float]]]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import metagen_plugins
-from metagen_hooks import Budget
+from metagen_hooks import Budget, Candidate
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hosts.transformers import TransformersHost
 from fixture_plugins import plugins_dir
@@ -241,3 +241,43 @@ def test_a_cancelled_run_leaves_the_batch_at_the_next_step_while_others_go_on(ti
     assert beside[0][0].token_ids == alone[0][0].token_ids
     other.close()
     h.close()
+
+
+def test_a_model_that_returns_nan_for_one_prompt_fails_that_request_alone(tiny):
+    """The model's logits turn NaN in the rows decoding one prompt (a broken weight, an overflow
+    in half precision): that request fails with an error naming the model, in the same batch as
+    another request that completes, and nothing is sampled from NaN (no processors involved: the
+    engine's own check on the chosen tokens' log-probabilities catches it)."""
+    model, tok = tiny
+    h = host(tiny)
+    poison = tok("zebra", add_special_tokens=False).input_ids[-1]
+
+    def poisoned(module, args, kwargs, output):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] == 1:  # decode steps only: the rows fed the poison token
+            output.logits[ids[:, -1] == poison] = float("nan")
+        return output
+
+    handle = model.register_forward_hook(poisoned, with_kwargs=True)
+    out: dict[str, object] = {}
+
+    def one(prompt, continuation):
+        try:
+            prefix = Candidate(prompt=prompt, text="", token_ids=continuation)
+            out[prompt] = h.generator(Budget()).extend([prefix], n=2, max_new_tokens=4)[0]
+        except HostError as exc:
+            out[prompt] = exc
+
+    try:
+        threads = [threading.Thread(target=one, args=("the quick brown fox", [poison])),
+                   threading.Thread(target=one, args=("hello hello hello", []))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        handle.remove()
+        h.close()
+    assert isinstance(out["the quick brown fox"], HostError)
+    assert "the model's logits held NaN" in str(out["the quick brown fox"])
+    assert [len(c.token_ids) for c in out["hello hello hello"]] == [4, 4]

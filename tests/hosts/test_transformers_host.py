@@ -6,7 +6,7 @@ import torch
 from transformers.generation import logits_process as lp
 
 import metagen_plugins
-from metagen_plugins.hosts.transformers import _FiniteCheck
+from metagen_plugins.hosts.transformers import _Guard
 from fixture_plugins import plugins_dir
 
 # (config entry, transformers' own processor built the same way)
@@ -29,7 +29,7 @@ EQUIVALENT = [
 @pytest.mark.parametrize("entry,reference", EQUIVALENT, ids=[e["name"] for e, _ in EQUIVALENT])
 def test_processor_equals_transformers_own_class(entry, reference):
     kwargs = metagen_plugins.generate_kwargs({"processors": [entry]})
-    [processor] = [p for p in kwargs["logits_processor"] if not isinstance(p, _FiniteCheck)]
+    [processor] = [p for p in kwargs["logits_processor"] if not isinstance(p, _Guard)]
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, 40, (3, 12), generator=generator)
     input_ids[:, -1] = 4  # so bad_words [4, 5] is live
