@@ -14,12 +14,15 @@ from typing import Any
 
 from metagen_hooks import KINDS, Result
 
+from . import moved
 from .config import Config, build, validate
 from .errors import ConfigError, HostError, MetagenError, PluginError
 from .registry import Registry, get_registry
 from .runner import Runner, failed, run
 
 __version__ = "0.1.0"
+
+moved.install()  # old module paths (moved.MOVED) keep importing
 
 
 def components(kind: str) -> dict[str, dict[str, Any]]:
@@ -42,12 +45,12 @@ def generate_kwargs(config: Any, model=None, tokenizer=None) -> dict[str, Any]:
     if cfg.host_name != "transformers":
         raise ConfigError(f"generate_kwargs is for the transformers host; this configuration's "
                           f"[host] name is {cfg.host_name!r}")
-    from .hosts.transformers import _checked
-    from .hosts.transformers import generate_kwargs as build_kwargs
+    from .engines.transformers.finite import checked
+    from .engines.transformers.kwargs import generate_kwargs as build_kwargs
 
     kwargs = build_kwargs(cfg, registry, model=model, tokenizer=tokenizer)
     if kwargs.get("logits_processor"):  # stop with the culprit's name, not inside torch.multinomial
-        kwargs["logits_processor"] = _checked(kwargs["logits_processor"], cfg, registry)
+        kwargs["logits_processor"] = checked(kwargs["logits_processor"], cfg, registry)
     return kwargs
 
 

@@ -26,8 +26,10 @@ from .errors import PluginError
 
 BUILTIN = "metagen_plugins.builtin"
 HOSTS = "metagen_plugins.hosts"
-BUILTINS = (BUILTIN, HOSTS)
-"""metagen-plugins' own plugins, loaded first and never disabled: its components, and its hosts."""
+TRANSFORMERS = "metagen_plugins.engines.transformers"
+BUILTINS = (BUILTIN, TRANSFORMERS, HOSTS)
+"""metagen-plugins' own plugins, loaded first and never disabled: its components, the in-process
+engine, and the remote hosts."""
 
 
 @dataclass

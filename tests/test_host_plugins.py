@@ -60,7 +60,8 @@ def test_a_bad_host_registration_fails_its_plugin_not_metagen(tmp_path, registry
 
 def test_the_built_in_hosts_register_through_the_hook(registry):
     reg = registry()
-    assert reg.manager.records["metagen_plugins.hosts"].components["hosts"] == ["transformers", "vllm", "tgi"]
+    assert reg.manager.records["metagen_plugins.engines.transformers"].components["hosts"] == ["transformers"]
+    assert reg.manager.records["metagen_plugins.hosts"].components["hosts"] == ["vllm", "tgi"]
     assert reg.host("transformers").in_process and not reg.host("vllm").in_process
     assert reg.host("vllm").deploy == "metagen_plugins.deploy.vllm"
     assert reg.get("logits_processors", "min_p").hosts[:2] == ("transformers", "vllm")

@@ -32,9 +32,10 @@ LAYERS = [
     ("core", ["metagen_plugins.errors", "metagen_plugins.params", "metagen_plugins.plugins",
               "metagen_plugins.registry", "metagen_plugins.components", "metagen_plugins.config",
               "metagen_plugins.models", "metagen_plugins.text_stop", "metagen_plugins.sandbox",
-              "metagen_plugins.event_loop", "metagen_plugins.retrying"]),
+              "metagen_plugins.event_loop", "metagen_plugins.retrying", "metagen_plugins.moved"]),
     ("plugins", ["metagen_plugins.builtin", "metagen_plugins.builtin.", "metagen_plugins.demo",
-                 "metagen_plugins.demo.", "metagen_plugins.hosts", "metagen_plugins.hosts."]),
+                 "metagen_plugins.demo.", "metagen_plugins.hosts", "metagen_plugins.hosts.",
+                 "metagen_plugins.engines", "metagen_plugins.engines."]),
     ("runner", ["metagen_plugins.runner", "metagen_plugins.allocate"]),
     ("applications", ["metagen_plugins", "metagen_plugins.cli", "metagen_plugins.cli_run",
                       "metagen_plugins.deploy", "metagen_plugins.deploy.", "metagen_plugins.trace",
@@ -44,7 +45,8 @@ LAYERS = [
 ]
 # Rooms of one layer that must not see each other: the built-in plugin and the hosts each
 # import only the core and the contract.
-APART = [("metagen_plugins.builtin", "metagen_plugins.hosts"), ("metagen_plugins.demo", "metagen_plugins.hosts")]
+APART = [("metagen_plugins.builtin", "metagen_plugins.hosts"), ("metagen_plugins.demo", "metagen_plugins.hosts"),
+         ("metagen_plugins.builtin", "metagen_plugins.engines"), ("metagen_plugins.demo", "metagen_plugins.engines")]
 
 
 def module_files() -> dict[str, Path]:

@@ -50,7 +50,7 @@ def registry():
 def no_model():
     """Fail if anything tries to create a host or load a model."""
     from metagen_plugins import hosts
-    from metagen_plugins.hosts import transformers as host
+    from metagen_plugins.engines.transformers import host
 
     def refuse(*args, **kwargs):
         raise AssertionError("an invalid configuration reached the host / a model load")
@@ -254,7 +254,7 @@ def test_an_empty_prompt_fails_alone():
 def test_non_finite_scores_are_caught_and_finite_ones_pass(rows, vocab, step, in_place, data):
     """The fused check (one reduction per step) catches exactly what a check after every
     processor would, and names the processor, at any step, whether it writes in place or not."""
-    from metagen_plugins.hosts.transformers import _FiniteCheck, _Raw
+    from metagen_plugins.engines.transformers.finite import _FiniteCheck, _Raw
 
     EXAMPLES["logit tensors"] += 1
     scores = torch.tensor(data.draw(st.lists(st.lists(st.floats(-50, 50), min_size=vocab, max_size=vocab),
@@ -297,7 +297,7 @@ def test_non_finite_scores_are_caught_and_finite_ones_pass(rows, vocab, step, in
 @examples(50)
 @given(st.sampled_from(["nan", "inf", "row"]))
 def test_non_finite_model_logits_are_blamed_on_the_model(fault):
-    from metagen_plugins.hosts.transformers import _FiniteCheck, _Raw
+    from metagen_plugins.engines.transformers.finite import _FiniteCheck, _Raw
 
     logits = torch.zeros(2, 5)
     if fault == "row":

@@ -1,4 +1,5 @@
-"""metagen-plugins' hosts, registered as a plugin through ``register_hosts`` like any outside host.
+"""metagen-plugins' remote hosts (vLLM, TGI), registered as a plugin through ``register_hosts``
+like any outside host (the in-process transformers host is its own package, engines/transformers).
 
 Each engine is imported only inside its own host module, and only when a run creates that host:
 registering costs nothing. The settings below are what ``[host]`` accepts for each, checked
@@ -13,21 +14,6 @@ from metagen_hooks import hookimpl
 
 from ..errors import HostError
 
-TRANSFORMERS_SETTINGS: dict[str, Any] = {
-    "model": str,
-    "gguf_file": str,
-    "tokenizer": str,
-    "draft_model": str,
-    "prompt_lookup_num_tokens": int,
-    "kv_cache": str | dict,
-    "dtype": str,
-    "device": str,
-    "prefix_cache_bytes": int,
-    "chat_template": bool | Literal["auto"],
-    "shared_prefix_attention": bool,
-    "batching": bool,  # the batched decode loop (hosts/batching.py); false: one generate() per request
-    "max_batch_tokens": int,  # KV tokens the loop holds at once
-}
 # What every host talking to a server over HTTP takes (hosts/remote.py).
 REMOTE_SETTINGS: dict[str, Any] = {"url": str, "timeout": float, "concurrency": int, "retries": int,
                                    "api_key": str,
@@ -71,15 +57,6 @@ TGI_SETTINGS: dict[str, Any] = {
 }
 
 
-def _transformers(config, registry, model=None, tokenizer=None):
-    """In-process: transformers ``generate()`` on a local model (pip install 'metagen-plugins[transformers]')."""
-    try:
-        from .transformers import TransformersHost
-    except ImportError as exc:
-        raise _missing("transformers", exc) from None
-    return TransformersHost(config, registry, model=model, tokenizer=tokenizer)
-
-
 def _vllm(config, registry, model=None, tokenizer=None):
     """A vLLM server's OpenAI-compatible API, with metagen components inside it through metagen-vllm."""
     try:
@@ -105,7 +82,6 @@ def _missing(name: str, exc: ImportError) -> HostError:
 
 @hookimpl
 def register_hosts(register):
-    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS, in_process=True)
     register("vllm", _vllm, settings=VLLM_SETTINGS, deploy="metagen_plugins.deploy.vllm")
     register("tgi", _tgi, settings=TGI_SETTINGS, deploy="metagen_plugins.deploy.tgi")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import metagen_plugins
-from metagen_plugins.hosts.transformers import _Guard
+from metagen_plugins.engines.transformers.finite import _Guard
 from metagen_plugins.testing import tiny_model_dir
 
 
@@ -237,7 +237,7 @@ def test_token_healing_regrows_the_prompts_last_token_as_an_extension():
     from transformers import PreTrainedTokenizerFast
 
     from metagen_hooks import Budget
-    from metagen_plugins.hosts.transformers import TransformersHost
+    from metagen_plugins.engines.transformers.host import TransformersHost
     from metagen_plugins.testing import tiny_model
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -11,7 +11,7 @@ import torch
 import metagen_plugins
 from metagen_hooks import Budget, Candidate
 from metagen_plugins.errors import ConfigError, HostError
-from metagen_plugins.hosts.transformers import TransformersHost
+from metagen_plugins.engines.transformers.host import TransformersHost
 from fixture_plugins import plugins_dir
 
 PROMPTS = ["the quick brown fox", "jumps over the lazy dog and then some more words",
@@ -217,7 +217,7 @@ def test_a_cancelled_run_leaves_the_batch_at_the_next_step_while_others_go_on(ti
     BudgetExceeded after the step it was cancelled in, its rows leave the batch, and a request
     decoding beside it is unaffected (the same tokens as alone)."""
     from metagen_hooks import BudgetExceeded
-    from metagen_plugins.hosts.batching import Request
+    from metagen_plugins.engines.transformers.requests import Request
 
     h = host(tiny)
     engine = h.engine

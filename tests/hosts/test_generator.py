@@ -5,8 +5,8 @@ import torch
 
 import metagen_plugins
 from metagen_hooks import Budget
-from metagen_plugins.hosts.prefix_cache import PrefixCache, cache_bytes
-from metagen_plugins.hosts.transformers import TransformersHost
+from metagen_plugins.engines.transformers.prefix_cache import PrefixCache, cache_bytes
+from metagen_plugins.engines.transformers.host import TransformersHost
 
 
 def generator(tiny, config=None, budget=None):
@@ -38,7 +38,7 @@ def test_each_request_samples_from_its_own_seeded_stream(tiny):
     number per row from the request's own generator (derived from the seed, the prompt, the call
     and the prefix index), inverse-CDF: exactly what a hand loop over the full model draws; so
     its tokens do not depend on what shares its batch."""
-    from metagen_plugins.hosts.batching import request_generator
+    from metagen_plugins.engines.transformers.requests import request_generator
 
     model, tok = tiny
     config = {"processors": [{"name": "temperature", "temperature": 1.2}], "generation": {"seed": 11}}
@@ -125,7 +125,7 @@ def test_n_must_be_positive_and_prompt_non_empty(tiny):
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_shared_prefix_attention_equals_full_attention(kv_heads):
-    from metagen_plugins.hosts.shared_prefix import decoding, shared_cache
+    from metagen_plugins.engines.transformers.attention import decoding, shared_cache
     from metagen_plugins.testing import tiny_model
 
     model = tiny_model(60, heads=4, kv_heads=kv_heads, seed=3)
@@ -135,7 +135,7 @@ def test_shared_prefix_attention_equals_full_attention(kv_heads):
         full = model(rows).logits[:, 30:]
         prefix = model(ids, use_cache=True).cache
         cache = shared_cache(prefix, model.config)
-        with decoding(model, cache):
+        with decoding(model, cache, 3):
             first = model(rows[:, 30:32], cache=cache, use_cache=True).logits  # q > 1: causal
             rest = [model(rows[:, i:i + 1], cache=cache, use_cache=True).logits for i in (32, 33)]
     assert model.config._attn_implementation == "sdpa"  # restored

@@ -10,7 +10,7 @@ import torch
 import metagen_plugins
 from metagen_hooks import Budget, Watch
 from metagen_hooks.inflight import CANCELLED, live
-from metagen_plugins.hosts.transformers import TransformersHost
+from metagen_plugins.engines.transformers.host import TransformersHost
 
 SAMPLED = {"generation": {"do_sample": True, "seed": 7, "max_new_tokens": 40}}
 

@@ -10,7 +10,7 @@ import pytest
 import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.errors import ConfigError, HostError
-from metagen_plugins.hosts.transformers import TransformersHost
+from metagen_plugins.engines.transformers.host import TransformersHost
 from metagen_plugins.runner import Runner
 
 # A minimal chat template (the tiny test tokenizer has none): role tags and an assistant cue.

@@ -6,7 +6,7 @@ import torch
 from transformers.generation import logits_process as lp
 
 import metagen_plugins
-from metagen_plugins.hosts.transformers import _Guard
+from metagen_plugins.engines.transformers.finite import _Guard
 from fixture_plugins import plugins_dir
 
 # (config entry, transformers' own processor built the same way)
@@ -109,7 +109,7 @@ def test_shared_prefill_samples_n_and_counts_reuse(tiny):
     host_config = metagen_plugins.validate({"processors": [{"name": "temperature", "temperature": 1.0}]},
                                            metagen_plugins.get_registry())
     from metagen_hooks import Budget
-    from metagen_plugins.hosts.transformers import TransformersHost
+    from metagen_plugins.engines.transformers.host import TransformersHost
 
     host = TransformersHost(host_config, metagen_plugins.get_registry(), model=model, tokenizer=tok)
     budget = Budget()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from .shared_prefix import SharedPrefixLayer
+from .attention import SharedPrefixLayer
 
 
 @dataclass

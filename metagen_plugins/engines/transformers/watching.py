@@ -14,7 +14,7 @@ from typing import Callable
 
 from metagen_hooks.inflight import CANCELLED, InFlight, Watch
 
-from .batching import Progress
+from .requests import Progress
 
 POLL = 0.1  # seconds: the longest a watcher sleeps without news (a missed wake-up costs no more)
 

@@ -23,234 +23,21 @@ share the batch.
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
-from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
-from transformers.cache_utils import DynamicLayer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
+from transformers import DynamicCache
 
 from metagen_hooks import BudgetExceeded
 
-from ..errors import HostError
+from ...errors import HostError
+from .accounting import fresh
+from .attention import Layout, OwnLayer, attach, detach, laid_out
+from .requests import Progress, Request, draw, request_generator  # noqa: F401 (re-exported)
 
-NAME = "metagen_batched"
 GATHER_GAP, GATHER_MAX = 0.005, 0.05  # seconds: how an idle loop waits for a batch to assemble
-_active: contextvars.ContextVar["_Layout | None"] = contextvars.ContextVar(NAME, default=None)
-
-
-@dataclass
-class Request:
-    """``n`` continuations of ``tokens`` (prompt + continuation so far), decoded in the batch.
-
-    ``processors`` and ``criteria`` are this request's own component objects; ``generator``
-    its seeded random stream when sampling (``None`` for greedy)."""
-
-    tokens: list[int]
-    n: int
-    max_new_tokens: int
-    processors: list = field(default_factory=list)
-    criteria: list = field(default_factory=list)
-    generator: torch.Generator | None = None
-    # called in the decode thread with each token of a one-row request as it is chosen (not
-    # the end-of-sequence token); it must be quick, and raising fails this request alone
-    on_token: Callable[[int], None] | None = None
-    # why its run was cancelled (None: it was not), asked once a step: a cancelled request's
-    # rows leave the batch at the next step and it fails with BudgetExceeded
-    cancelled: Callable[[], str | None] | None = None
-    # a watching strategy's view of its rows (metagen_hooks.inflight): filled each step, and the
-    # rows it cancels leave the batch
-    progress: "Progress | None" = None
-    future: Future = field(default_factory=Future)
-    # filled by the engine
-    ids: torch.Tensor | None = None  # [n, len(tokens) + steps] what processors see
-    scores: torch.Tensor | None = None  # the last step's processed scores (stopping criteria see them)
-    first: int = 0  # its first row in the batch
-    zombie: bool = False  # ended (its rows wait in the batch for the next compaction)
-    steps: int = 0
-    prefix: "Prefix | None" = None
-    computed: int = 0
-    reused: int = 0
-    passes: int = 0
-    live: list[int] = field(default_factory=list)  # the row (0..n-1) of each of its rows in the batch
-    left: dict = field(default_factory=dict)  # row -> (tokens, logprobs, own KV) of rows that left early
-    cut: set = field(default_factory=set)  # rows its strategy cancelled
-
-    def __post_init__(self) -> None:
-        self.live = list(range(self.n))
-
-    @property
-    def width(self) -> int:
-        """Its rows still in the batch (finished and cancelled rows leave at a compaction)."""
-        return len(self.live)
-
-    @property
-    def slow(self) -> bool:
-        """Whether it needs per-request work each step (components or sampling)."""
-        return bool(self.processors or self.criteria or self.generator is not None)
-
-    def cost(self) -> int:
-        """Tokens of KV it may hold at its largest: its prefix once, each row's own positions."""
-        return len(self.tokens) + self.width * (self.max_new_tokens + 1)
-
-
-class Progress:
-    """A watched request's rows as they decode, shared by the decode thread (which appends each
-    step's tokens, log-probs and top log-probs, then notifies ``wake``) and the watching thread
-    (which reads them and puts the rows it cancels in ``cancel``, row -> reason)."""
-
-    def __init__(self, n: int, top_k: int, wake: threading.Condition) -> None:
-        self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.logprobs: list[list[float]] = [[] for _ in range(n)]
-        self.top: list[list[list[float]]] = [[] for _ in range(n)]
-        self.done = [False] * n
-        self.cancel: dict[int, str] = {}
-        self.top_k, self.wake = top_k, wake
-
-
-@dataclass
-class Prefix:
-    """One request's prefix KV: per layer keys/values [1, kv_heads, P, head_dim]."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-    @property
-    def length(self) -> int:
-        return self.keys[0].shape[-2]
-
-
-class _OwnLayer(DynamicLayer):
-    """Each row's own positions (what it fed since joining); ``update`` appends one column."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        super().__init__()
-        self.keys, self.values = keys, values
-        self.is_initialized = True
-        self.dtype, self.device = keys.dtype, keys.device
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        return self.keys, self.values
-
-
-class _Layout:
-    """Where each row's prefix is: prefixes stacked (padded to the longest), the padded slot of
-    each row among its request's rows, and which own columns each row may attend to."""
-
-    def __init__(self, requests: list[Request], valid: torch.Tensor, num_layers: int) -> None:
-        rows_max = max(r.width for r in requests)
-        length = max(1, max(r.prefix.length for r in requests))
-        self.groups, self.rows_max = len(requests), rows_max
-        slots = []
-        for g, r in enumerate(requests):
-            slots.extend(g * rows_max + j for j in range(r.width))
-        self.slots = torch.tensor(slots)
-        self.prefix_mask = torch.zeros(len(requests), 1, 1, length, dtype=torch.bool)
-        for g, r in enumerate(requests):
-            self.prefix_mask[g, :, :, :r.prefix.length] = True
-        self.keys, self.values = [], []
-        for layer in range(num_layers):
-            self.keys.append(_stack([r.prefix.keys[layer] for r in requests], length))
-            self.values.append(_stack([r.prefix.values[layer] for r in requests], length))
-        self.valid = valid  # [B, S] own columns each row attends to (before this step's column)
-
-
-def _stack(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
-    """[G, kv_heads, length, dim] from G tensors [1, kv_heads, P_g, dim], zero-padded."""
-    first = tensors[0]
-    out = first.new_zeros(len(tensors), first.shape[1], length, first.shape[3])
-    for g, t in enumerate(tensors):
-        out[g, :, :t.shape[-2]] = t[0]
-    return out
-
-
-def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention of one new position per row: ``query`` [B, Hq, 1, D] over the row's prefix
-    (in the layout) and its own ``key``/``value`` [B, Hkv, S, D]; returns [B, 1, Hq, D]."""
-    layout = _active.get()
-    if layout is None:  # a forward pass outside the decode loop (a prefill, a judge): plain SDPA
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                      dropout=dropout, **kwargs)
-    batch, heads, q_len, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    scaling = dim ** -0.5 if scaling is None else scaling
-    own_valid = torch.cat([layout.valid, layout.valid.new_ones(batch, key.shape[-2] - layout.valid.shape[1])], 1)
-    if layout.rows_max == 1:  # no prefix is shared by two rows: one fused attention over [prefix, own]
-        mask = torch.cat([layout.prefix_mask[:, 0, 0], own_valid], 1)[:, None, None, :]
-        keys = torch.cat([layout.keys[module.layer_idx], key], 2)
-        values = torch.cat([layout.values[module.layer_idx], value], 2)
-        out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,
-                                                               enable_gqa=groups > 1)
-        return out.transpose(1, 2).contiguous(), None
-    q = query.float().reshape(batch, kv_heads, groups * q_len, dim)
-    lowest = torch.finfo(torch.float32).min
-    # Prefix: rows scattered into [G * rows_max] slots, one product per prefix for all its rows.
-    padded = q.new_zeros(layout.groups * layout.rows_max, kv_heads, groups * q_len, dim)
-    padded[layout.slots] = q
-    padded = padded.reshape(layout.groups, layout.rows_max, kv_heads, groups * q_len, dim).transpose(1, 2)
-    padded = padded.reshape(layout.groups, kv_heads, layout.rows_max * groups * q_len, dim)
-    prefix_keys = layout.keys[module.layer_idx].float()
-    prefix_values = layout.values[module.layer_idx].float()
-    p_scores = torch.matmul(padded, prefix_keys.transpose(-1, -2)) * scaling  # [G, Hkv, R*g, P]
-    p_scores = p_scores.masked_fill(~layout.prefix_mask, lowest)
-    p_max = p_scores.amax(-1, keepdim=True)
-    p_weights = (p_scores - p_max).exp() * layout.prefix_mask
-    p_sum = p_weights.sum(-1, keepdim=True)
-    p_out = torch.matmul(p_weights, prefix_values)  # [G, Hkv, R*g, D]
-
-    def back(t: torch.Tensor) -> torch.Tensor:  # [G, Hkv, R*g, X] -> [B, Hkv, g, X]
-        t = t.reshape(layout.groups, kv_heads, layout.rows_max, groups * q_len, -1).transpose(1, 2)
-        return t.reshape(layout.groups * layout.rows_max, kv_heads, groups * q_len, -1)[layout.slots]
-
-    p_max, p_sum, p_out = back(p_max), back(p_sum), back(p_out)
-    # Own positions: the columns this row wrote (the newest column, this step's, always).
-    o_scores = torch.matmul(q, key.float().transpose(-1, -2)) * scaling  # [B, Hkv, g, S]
-    o_scores = o_scores.masked_fill(~own_valid[:, None, None, :], lowest)
-    o_max = o_scores.amax(-1, keepdim=True)
-    o_weights = (o_scores - o_max).exp() * own_valid[:, None, None, :]
-    o_sum = o_weights.sum(-1, keepdim=True)
-    o_out = torch.matmul(o_weights, value.float())
-    peak = torch.maximum(p_max, o_max)
-    p_scale, o_scale = (p_max - peak).exp(), (o_max - peak).exp()
-    out = (p_out * p_scale + o_out * o_scale) / (p_sum * p_scale + o_sum * o_scale)
-    out = out.to(query.dtype).reshape(batch, heads, q_len, dim)
-    return out.transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register(NAME, attention)
-AttentionMaskInterface.register(NAME, sdpa_mask)  # masks for the plain-SDPA passes
-
-_attached: dict[int, tuple[int, str]] = {}  # id(model) -> (engines using it, its own implementation)
-_attached_lock = threading.Lock()
-
-
-def _attach(model) -> None:
-    """Route the model's attention through :func:`attention` while an engine uses it. Set once,
-    not around each step: other threads may run the same model at any time (a judge scoring with
-    the host's model, a prefill), and outside the decode loop the function is plain SDPA."""
-    with _attached_lock:
-        count, previous = _attached.get(id(model), (0, model.config._attn_implementation))
-        _attached[id(model)] = (count + 1, previous)
-        model.config._attn_implementation = NAME
-
-
-def _detach(model) -> None:
-    """The model's own attention back when the last engine using it closes."""
-    with _attached_lock:
-        count, previous = _attached.pop(id(model), (1, model.config._attn_implementation))
-        if count > 1:
-            _attached[id(model)] = (count - 1, previous)
-        else:
-            model.config._attn_implementation = previous
 
 
 class Engine:
@@ -258,16 +45,15 @@ class Engine:
     holds ``(rows, computed, reused, passes)``: each row's new tokens (up to and including EOS)
     and their log-probs under the model, prompt tokens computed and reused, forward passes."""
 
-    def __init__(self, model, *, eos_ids: set[int], pad_id: int, max_batch_tokens: int,
-                 prefill: Callable[[list[list[int]]], list[tuple[Prefix, int]]],
-                 remember: Callable[[Request, list, list], None] | None = None) -> None:
+    def __init__(self, model, prefixes, *, eos_ids: set[int], pad_id: int, max_batch_tokens: int) -> None:
         self.model = model
         self.eos = torch.tensor(sorted(eos_ids)) if eos_ids else torch.tensor([], dtype=torch.long)
         self._eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
         self.max_batch_tokens = max_batch_tokens
-        self.prefill = prefill  # prefixes -> (prefix KV, tokens taken from the prefix cache) each
-        self.remember = remember
+        # the host's prefix store (prefixes.Prefixes): each new request's prefix KV from it, and
+        # finished rows back to it when it remembers
+        self.prefixes = prefixes
         self.num_layers = model.config.num_hidden_layers
         self._pending: list[Request] = []
         self._active: list[Request] = []
@@ -275,7 +61,7 @@ class Engine:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="metagen-decode", daemon=True)
         self._reset()
-        _attach(model)
+        attach(model)
         self._thread.start()
 
     def submit(self, request: Request) -> Future:
@@ -300,7 +86,7 @@ class Engine:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout=30)
-        _detach(self.model)
+        detach(self.model)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -364,7 +150,7 @@ class Engine:
         if not requests:
             return
         try:
-            prefixes = self.prefill([r.tokens[:-1] for r in requests])
+            prefixes = self.prefixes.prefill([r.tokens[:-1] for r in requests])
         except BaseException as exc:
             for request in requests:
                 request.future.set_exception(exc)
@@ -376,15 +162,14 @@ class Engine:
         heads, dim = prefixes[0][0].keys[0].shape[1], prefixes[0][0].keys[0].shape[3]
         if not self._own:
             sample = prefixes[0][0].keys[0]
-            self._own = [_OwnLayer(sample.new_zeros(0, heads, 0, dim), sample.new_zeros(0, heads, 0, dim))
+            self._own = [OwnLayer(sample.new_zeros(0, heads, 0, dim), sample.new_zeros(0, heads, 0, dim))
                          for _ in range(self.num_layers)]
         last, pos, limit = [], [], []
         for request, (prefix, hit) in zip(requests, prefixes):
             request.prefix = prefix
             prefix_len = len(request.tokens) - 1
-            request.passes += int(prefix_len > hit)
-            request.computed = (prefix_len - hit) + request.n  # the last token runs once per row
-            request.reused = hit + prefix_len * (request.n - 1)
+            request.computed, request.reused, prefill = fresh(len(request.tokens), hit, request.n)
+            request.passes += prefill
             if request.slow:
                 request.ids = torch.tensor([request.tokens]).repeat(request.n, 1)
             last += [request.tokens[-1]] * request.n
@@ -440,19 +225,16 @@ class Engine:
         processors, sampling or stopping criteria on its own rows; EOS, lengths and bookkeeping
         for the whole batch at once."""
         if self._layout is None:
-            self._layout = _Layout(self._active, self._valid, self.num_layers)
+            self._layout = Layout(self._active, self._valid, self.num_layers)
         else:
             self._layout.valid = self._valid
         cache = DynamicCache(config=self.model.config)
         cache.layers = self._own
-        token = _active.set(self._layout)
-        try:
-            # A prepared 4D mask is passed through untouched; the attention reads the layout.
-            mask = torch.ones(self._last.shape[0], 1, 1, 1, dtype=torch.bool)
+        # A prepared 4D mask is passed through untouched; the attention reads the layout.
+        mask = torch.ones(self._last.shape[0], 1, 1, 1, dtype=torch.bool)
+        with laid_out(self._layout):
             logits = self.model(input_ids=self._last[:, None], position_ids=self._pos[:, None], attention_mask=mask,
                                 cache=cache, use_cache=True).logits[:, -1, :].float()
-        finally:
-            _active.reset(token)
         self._valid = torch.cat([self._valid, self._valid.new_ones(self._valid.shape[0], 1)], 1)
         chosen = logits.argmax(-1)
         failed: dict[int, tuple[Request, BaseException]] = {}  # id(request) -> its error
@@ -582,9 +364,9 @@ class Engine:
             out[row] = tokens[i][:fed[i]], logprobs[i][:fed[i]]
         for row, (kept, kept_logprobs, _) in r.left.items():
             out[row] = kept, kept_logprobs
-        if self.remember is not None:
+        if self.prefixes.remembers:
             try:
-                self.remember(r, self._own_kv(r, rows, width), out)
+                self.prefixes.remember(r.tokens, r.prefix, self._own_kv(r, rows, width), out)
             except Exception:  # remembering is an optimisation; never lose a result over it
                 pass
         r.future.set_result((out, r.computed, r.reused, r.passes))
@@ -662,7 +444,7 @@ class Engine:
         tokens = self._tokens[at, width - r.steps:].tolist()[:fed]
         logprobs = self._logprobs[at, width - r.steps:].tolist()[:fed]
         kv = None
-        if self.remember is not None:
+        if self.prefixes.remembers:
             kv = [(layer.keys[at:at + 1, :, width - r.steps:].clone(),
                    layer.values[at:at + 1, :, width - r.steps:].clone()) for layer in self._own]
         r.left[row] = tokens, logprobs, kv
@@ -680,25 +462,3 @@ class Engine:
         self._fed = torch.zeros(0, dtype=torch.long)  # [B] steps while unfinished (tokens generated)
         self._done = torch.zeros(0, dtype=torch.bool)  # [B]
         self._renumber()
-
-
-def request_generator(seed_material: tuple) -> torch.Generator:
-    """A request's random stream, derived from ``seed_material`` (e.g. the configured seed,
-    the prompt, the call and prefix index): the same whatever shares the batch."""
-    import hashlib
-
-    digest = hashlib.blake2b(repr(seed_material).encode("utf-8"), digest_size=8).digest()
-    generator = torch.Generator()
-    generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
-    return generator
-
-
-def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of ``probs`` [rows, vocab], by inverse transform sampling: one uniform
-    number per row from ``generator``, and the first token whose cumulative probability
-    (in float64) exceeds it; a token of probability 0 is never drawn. One call for all of a
-    request's rows (``torch.multinomial`` with a generator draws one row per call, and spends
-    a random number per vocabulary entry)."""
-    cdf = probs.double().cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
