@@ -22,7 +22,6 @@ import metagen_plugins
 from metagen_plugins.errors import ConfigError
 from metagen_plugins.templates import KINDS, write
 
-BIN = Path(sys.executable).parent / "metagen"
 # The code under test (this checkout), put first in every subprocess.
 SOURCES = [str(Path(metagen_plugins.__file__).resolve().parents[1]),
            str(Path(metagen_hooks.__file__).resolve().parents[1])]
@@ -112,5 +111,6 @@ def test_installs_passes_its_own_tests_and_is_listed(tmp_path, venv, kind):
     record = next(r for r in listed if r["name"] == name)
     assert record["status"] == "loaded" and record["distribution"] == f"metagen-{name.replace('_', '-')}"
     assert record["components"] == {group: [name]}
-    # ... and the shared environment does not see it.
-    assert name not in run(BIN, "plugins", "list").stdout.split()
+    # ... and this environment does not see it.
+    assert name not in run(sys.executable, "-m", "metagen_plugins.cli", "plugins", "list",
+                           pythonpath=SOURCES).stdout.split()
