@@ -32,6 +32,18 @@ def test_tutorial_plugin_is_short_and_works(install_plugin, registry, tiny):
     assert not any(ch.isdigit() for ch in tok.decode(out[0, 3:]))
 
 
+def install_tutorial(doc: str, install_plugin, registry) -> list[str]:
+    """Install a tutorial's first python block as the distribution its first toml block
+    describes, reload the registry, and return the tutorial's python blocks."""
+    python = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    meta = tomllib.loads(re.findall(r"```toml\n(.*?)```", doc, flags=re.S)[0])
+    [(entry_name, module)] = meta["project"]["entry-points"]["metagen"].items()
+    install_plugin(module, python[0], dist=meta["project"]["name"], version=meta["project"]["version"],
+                   entry_name=entry_name)
+    registry()
+    return python
+
+
 STRATEGY_DOC = (Path(__file__).resolve().parent.parent / "docs" / "strategy-tutorial.md").read_text()
 
 
@@ -39,12 +51,7 @@ def test_strategy_tutorial_installs_and_runs_on_the_demo_model(install_plugin, r
     """The strategy tutorial's code and pyproject, installed as a distribution, run as written."""
     from metagen_hooks import EVENTS, check_event
 
-    code, run_example = re.findall(r"```python\n(.*?)```", STRATEGY_DOC, flags=re.S)
-    meta = tomllib.loads(re.findall(r"```toml\n(.*?)```", STRATEGY_DOC, flags=re.S)[0])
-    [(entry_name, module)] = meta["project"]["entry-points"]["metagen"].items()
-    install_plugin(module, code, dist=meta["project"]["name"], version=meta["project"]["version"],
-                   entry_name=entry_name)
-    registry()
+    code, run_example = install_tutorial(STRATEGY_DOC, install_plugin, registry)
     info = metagen_plugins.components("strategies")["until_agree"]
     assert info["distribution"] == "metagen-until-agree"
     assert info["parameters"] == ["agree: int = 3", "batch: int = 2", "n: int = 12"]
@@ -92,13 +99,8 @@ def test_search_tutorial_variant_passes_its_own_test_and_runs_on_the_demo_model(
     ScriptedGenerator) passes, metagen checks its parameters, and it runs on the demo model."""
     from metagen_hooks import EVENTS, check_event
 
-    code, test_code, run_example = re.findall(r"```python\n(.*?)```", SEARCH_DOC, flags=re.S)
+    code, test_code, run_example = install_tutorial(SEARCH_DOC, install_plugin, registry)
     assert "metagen_plugins" not in code and "import torch" not in code + test_code
-    meta = tomllib.loads(re.findall(r"```toml\n(.*?)```", SEARCH_DOC, flags=re.S)[0])
-    [(entry_name, module)] = meta["project"]["entry-points"]["metagen"].items()
-    install_plugin(module, code, dist=meta["project"]["name"], version=meta["project"]["version"],
-                   entry_name=entry_name)
-    registry()
     info = metagen_plugins.components("strategies")["diverse_beam_search"]
     assert info["distribution"] == "metagen-diverse-beam"
     assert "per_parent: int = 1" in info["parameters"]
