@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     new = commands.add_parser("new-plugin", help="write a ready-to-install plugin distribution")
     new.add_argument("name", metavar="NAME", help="the plugin's name, e.g. shout (-> metagen-shout, metagen_shout)")
     new.add_argument("--dir", default=".", help="where to create metagen-NAME/ (default: here)")
+    from .templates import KINDS
+
+    new.add_argument("--kind", choices=tuple(KINDS), default="scorer",
+                     help="what the plugin registers: a scorer (default), a logits processor, a stopping "
+                          "criterion, a strategy or a host")
 
     args = parser.parse_args(argv)
     from .errors import MetagenError
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "new-plugin":
             from .templates import new_plugin
 
-            return new_plugin(args.name, args.dir)
+            return new_plugin(args.name, args.dir, args.kind)
         return _run(args)
     except MetagenError as exc:
         if args.debug:

@@ -4,8 +4,11 @@ Plugin authors import from here only: ``hookimpl`` to mark hook implementations,
 strategies and scorers exchange, the protocols components satisfy, and the kit for strategy
 authors: :class:`Run` (sampling, scoring, budget and trace in one helper), samples watched and
 cancelled as they decode (:mod:`metagen_hooks.inflight`: :class:`Watch`, :class:`InFlight`), the trace-event
-schema :data:`EVENTS`, and the selection rules ``majority``, ``argmax`` and ``mbr``
-(:mod:`metagen_hooks.selection`; answers extracted by :mod:`metagen_hooks.answers`). A component
+schema :data:`EVENTS`, the selection rules ``majority``, ``argmax`` and ``mbr``
+(:mod:`metagen_hooks.selection`; answers extracted by :mod:`metagen_hooks.answers`), the
+step-search kit (:mod:`metagen_hooks.search`: :class:`StepSearch`, :class:`BeamSearch`,
+:class:`TreeNode`, ``root``, ``softmax``, ``apportion``) and a model-free Generator for tests
+(:mod:`metagen_hooks.testing`). A component
 that runs inside a serving engine declares it with :mod:`metagen_hooks.engines`. Nothing here imports
 torch, transformers or an HTTP client.
 """
@@ -17,6 +20,7 @@ from .types import Budget, BudgetExceeded, Candidate, Result, ScorerNeeded
 from .run import EVENTS, Run, check_event
 from .inflight import InFlight, Watch
 from .selection import argmax, majority, mbr
+from .search import BeamSearch, StepSearch, TreeNode
 
 PROJECT_NAME = "metagen"
 """The pluggy project name; also the entry-point group plugins register under."""
@@ -42,6 +46,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 __all__ = [
+    "BeamSearch",
     "Begins",
     "Budget",
     "EVENTS",
@@ -63,7 +68,9 @@ __all__ = [
     "Scorer",
     "ScorerNeeded",
     "StepScorer",
+    "StepSearch",
     "Strategy",
+    "TreeNode",
     "Watch",
     "argmax",
     "check_event",
