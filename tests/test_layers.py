@@ -31,7 +31,7 @@ LAYERS = [
     ("contract", ["metagen_hooks", "metagen_hooks."]),
     ("core", ["metagen_plugins.errors", "metagen_plugins.params", "metagen_plugins.plugins",
               "metagen_plugins.registry", "metagen_plugins.components", "metagen_plugins.config",
-              "metagen_plugins.models", "metagen_plugins.text_stop", "metagen_plugins.sandbox",
+              "metagen_plugins.models", "metagen_plugins.text_stop", "metagen_plugins.sandbox", "metagen_plugins.sandbox.",
               "metagen_plugins.event_loop", "metagen_plugins.retrying", "metagen_plugins.moved"]),
     ("plugins", ["metagen_plugins.builtin", "metagen_plugins.builtin.", "metagen_plugins.demo",
                  "metagen_plugins.demo.", "metagen_plugins.hosts", "metagen_plugins.hosts.",

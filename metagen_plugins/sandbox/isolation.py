@@ -1,9 +1,6 @@
-"""A sandbox for running model-written Python, and a test runner on it (``check_program``) for
-the ``code_tests`` scorer and the ``program_aided`` strategy.
-
-Each run is its own process tree, started through this file run as a launcher
-(``python -I -S sandbox.py SPEC``; module level imports only the standard library for that
-reason). Two isolation levels:
+"""Isolation: running model-written Python (``run_python``) in its own process tree, started
+through this file run as a launcher (``python -I -S isolation.py SPEC``; this module imports
+only the standard library for that reason, and nothing of metagen). Two isolation levels:
 
 ``full`` (needs root, i.e. CAP_SYS_ADMIN, and a kernel that allows ``unshare``)
     new mount, network, PID, IPC and UTS namespaces; the program sees a fresh root made of a
@@ -30,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import resource
 import selectors
 import shutil
@@ -39,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 # --- the parent side ---------------------------------------------------------------------------
 
@@ -454,114 +450,6 @@ def _exec_program(spec: dict, work: str, root: str | None, libc, status_fd: int)
             os._exit(127)
 
 
-# --- running a program's tests --------------------------------------------------------------------
-
-_HARNESS = r'''
-import json, os, sys
-
-def _main():
-    with open("tests.json", encoding="utf-8") as f:
-        spec = json.load(f)
-    os.remove("tests.json")
-    mark = spec["mark"]
-
-    def report(**fields):
-        sys.stdout.write("\n" + mark + json.dumps(fields) + "\n")
-        sys.stdout.flush()
-
-    def describe(exc):
-        text = str(exc).strip().splitlines()
-        return type(exc).__name__ + (": " + text[0][:300] if text else "")
-
-    namespace = {"__name__": "solution", "__builtins__": __builtins__}
-    try:
-        with open("solution.py", encoding="utf-8", errors="surrogateescape") as f:
-            code = compile(f.read(), "solution.py", "exec")
-        exec(code, namespace)
-        if spec["setup"]:
-            exec(compile(spec["setup"], "setup", "exec"), namespace)
-    except BaseException as exc:
-        report(stage="load", ok=False, error=describe(exc))
-        return
-    report(stage="load", ok=True)
-    for index, test in enumerate(spec["tests"]):
-        try:
-            exec(compile(test, "test %d" % index, "exec"), namespace)
-        except BaseException as exc:
-            report(stage="test", index=index, ok=False, error=describe(exc))
-        else:
-            report(stage="test", index=index, ok=True)
-
-_main()
-'''
-
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-
-
-def extract_program(text: str) -> str:
-    """The program in a candidate: its first ```python (or ```py) block, else its first fenced
-    block, else the whole text. An unterminated fence runs to the end (a truncated answer)."""
-    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
-    for language, body in blocks:
-        if language in ("python", "py", "python3"):
-            return body
-    return blocks[0][1] if blocks else text
-
-
-@dataclass
-class TestReport:
-    """What ``check_program`` found: tests passed of total, and why the rest failed."""
-
-    passed: int
-    total: int
-    sandbox: str  # how the sandboxed process ended (Outcome.status): ok, timeout, cpu_limit, ...
-    reason: str  # empty when every test passed
-    failures: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def check_program(program: str, tests: list[str], setup: str = "", limits: Limits | None = None,
-                  isolation: str = "full") -> TestReport:
-    """Run ``program`` then each test statement in one sandboxed process; count the tests that
-    ran without raising. Test results are read only from the harness's marked lines, so a
-    program that exits early passes nothing."""
-    mark = f"@@metagen-{random.getrandbits(64):016x}@@"
-    spec = {"mark": mark, "setup": setup, "tests": list(tests)}
-    outcome = run_python({"solution.py": program, "tests.json": json.dumps(spec), "_harness.py": _HARNESS},
-                         "_harness.py", limits, isolation)
-    loaded, results = None, {}
-    for line in outcome.stdout.splitlines():
-        if line.startswith(mark):
-            try:
-                event = json.loads(line[len(mark):])
-            except json.JSONDecodeError:
-                continue
-            if event.get("stage") == "load":
-                loaded = event
-            elif event.get("stage") == "test" and isinstance(event.get("index"), int):
-                results[event["index"]] = event
-    failures = []
-    if loaded is not None and not loaded.get("ok"):
-        failures.append({"test": None, "error": f"the program failed to load: {loaded.get('error')}"})
-    for index, test in enumerate(tests):
-        event = results.get(index)
-        if event is None:
-            if loaded is not None and not loaded.get("ok"):
-                continue
-            failures.append({"test": index, "error": "did not run (" + (outcome.reason or "the program exited early") + ")"})
-        elif not event.get("ok"):
-            failures.append({"test": index, "error": f"{event.get('error')} in: {test.strip()[:200]}"})
-    passed = sum(1 for e in results.values() if e.get("ok"))
-    if outcome.ok and loaded is None:
-        outcome.status, outcome.reason = "error", "the program exited before its tests ran"
-    reasons = [] if outcome.ok else [outcome.reason]
-    reasons += [f["error"] if f["test"] is None else f"test {f['test']}: {f['error']}" for f in failures
-                if not (f["error"].startswith("did not run") and not outcome.ok)]
-    return TestReport(passed, len(tests), outcome.status, "; ".join(r for r in reasons if r), failures)
-
-
 _PROBED: dict[str, str | None] = {}
 
 
@@ -576,5 +464,5 @@ def probe(isolation: str = "full") -> str | None:
     return _PROBED[isolation]
 
 
-if __name__ == "__main__":  # the launcher: python -I -S -B sandbox.py SPEC STATUS_FD
+if __name__ == "__main__":  # the launcher: python -I -S -B isolation.py SPEC STATUS_FD
     _launcher(json.loads(sys.argv[1]), int(sys.argv[2]))
