@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from metagen_hooks import hookimpl
+from metagen_hooks import Capabilities, hookimpl
 
 from ..errors import HostError
 
@@ -28,7 +28,7 @@ TRANSFORMERS_SETTINGS: dict[str, Any] = {
     "batching": bool,  # the batched decode loop (hosts/batching.py); false: one generate() per request
     "max_batch_tokens": int,  # KV tokens the loop holds at once
 }
-# What every host talking to a server over HTTP takes (hosts/remote.py).
+# What every host talking to a server over HTTP takes (hostkit/remote.py).
 REMOTE_SETTINGS: dict[str, Any] = {"url": str, "timeout": float, "concurrency": int, "retries": int,
                                    "api_key": str,
                                    "urls": list[str],  # several replicas of one model (instead of url)
@@ -103,11 +103,18 @@ def _missing(name: str, exc: ImportError) -> HostError:
                      f"pip install 'metagen-plugins[{name}]'")
 
 
+# What the remote hosts realise natively: stop strings (a request's stop), streaming, and
+# conversations (with [host] tokenizer); their default concurrency is their in-flight limit
+# (host.default_concurrency: requests_per_replica x replicas).
+REMOTE = Capabilities(stop_strings=True, streaming=True, conversations=True)
+
+
 @hookimpl
 def register_hosts(register):
-    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS, in_process=True)
-    register("vllm", _vllm, settings=VLLM_SETTINGS, deploy="metagen_plugins.deploy.vllm")
-    register("tgi", _tgi, settings=TGI_SETTINGS, deploy="metagen_plugins.deploy.tgi")
+    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS,
+             capabilities=Capabilities(in_process=True, stop_strings=True, streaming=True, conversations=True))
+    register("vllm", _vllm, settings=VLLM_SETTINGS, deploy="metagen_plugins.deploy.vllm", capabilities=REMOTE)
+    register("tgi", _tgi, settings=TGI_SETTINGS, deploy="metagen_plugins.deploy.tgi", capabilities=REMOTE)
 
 
 def create(config, registry, **objects: Any):

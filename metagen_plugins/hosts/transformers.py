@@ -21,7 +21,7 @@ from ..errors import ConfigError, HostError
 from ..models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
 from ..text_stop import stop_strings
 from .batching import Engine, Request, Prefix, request_generator
-from .chat import chat_enabled, chat_format
+from ..hostkit.chat import chat_enabled, chat_format
 from .detokenize import TextDeltas
 from .prefix_cache import PrefixCache, extend_cache, sliceable
 from .watching import Watcher
