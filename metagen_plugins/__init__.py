@@ -35,16 +35,18 @@ def components(kind: str) -> dict[str, dict[str, Any]]:
 
 def generate_kwargs(config: Any, model=None, tokenizer=None) -> dict[str, Any]:
     """Keyword arguments for ``model.generate()``: logits_processor, stopping_criteria and the
-    sampling flags. The configuration's host must be transformers (the default).
+    sampling flags. The configuration's host must build its components in-process (declared
+    ``Capabilities(in_process=True)``, as the default host does).
 
     Hard constraints (grammar, bad_words) apply before the other processors whatever the listed
     order, and one check after the processors stops generation with an error naming the one that
     left NaN, +inf or no allowed token (found by replaying the step only when the check fails)."""
     registry = get_registry()
     cfg = validate(config, registry)
-    if cfg.host_name != "transformers":
-        raise ConfigError(f"generate_kwargs is for the transformers host; this configuration's "
-                          f"[host] name is {cfg.host_name!r}")
+    if not registry.host(cfg.host_name).capabilities.in_process:
+        raise ConfigError(f"generate_kwargs builds the components for model.generate(), in this process; "
+                          f"this configuration's [host] name is {cfg.host_name!r}, which runs them on its "
+                          f"engine: leave [host] out (the default host builds them in-process)")
     from .engines.transformers.finite import checked
     from .engines.transformers.kwargs import generate_kwargs as build_kwargs
 

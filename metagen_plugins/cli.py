@@ -112,7 +112,7 @@ def _plugins_list(args) -> int:
     registry = _registry(args)
     records = list(registry.manager.records.values())
     if args.json:
-        print(json.dumps([_record(r) for r in records], indent=2))
+        print(json.dumps([_record(r, registry) for r in records], indent=2))
         return 0
     rows = [("NAME", "VERSION", "STATUS", "HOOKS", "COMPONENTS")]
     for r in records:
@@ -128,9 +128,13 @@ def _plugins_list(args) -> int:
     return 0
 
 
-def _record(r) -> dict[str, Any]:
-    return {"name": r.name, "distribution": r.distribution, "version": r.version, "status": r.status,
-            "error": r.error, "source": r.source, "hooks": r.hooks, "components": r.components}
+def _record(r, registry) -> dict[str, Any]:
+    record = {"name": r.name, "distribution": r.distribution, "version": r.version, "status": r.status,
+              "error": r.error, "source": r.source, "hooks": r.hooks, "components": r.components}
+    hosts = [registry.hosts[h] for h in r.components.get("hosts", ()) if h in registry.hosts]
+    if hosts:  # each host's realiser keys, declared capabilities and settings
+        record["hosts"] = {h.name: h.as_dict() for h in hosts}
+    return record
 
 
 def _run(args) -> int:

@@ -1,8 +1,10 @@
-"""Where modules of metagen_plugins used to be, so imports written against the old paths keep
-working (the hook contract is public, and plugins import these): one table, and an import hook
-that answers an old name with the module now at the new one, loaded only when asked for.
+"""Where modules of metagen-plugins used to be, so that imports written against the old paths
+keep working (outside plugins import them): one table, old module path -> new, and the import
+hook that serves an old path as the new module itself (the same object, so ``isinstance`` and
+the classes' identity hold under either name). Nothing is imported until an old path is.
 
-(The built-in plugin's own moves are in ``builtin.MOVED``.)
+``metagen_plugins/__init__.py`` installs the hook, so it is in place before any submodule of
+metagen_plugins can be imported. (The built-in plugin's own moves are ``builtin.MOVED``.)
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ import importlib.util
 import sys
 
 MOVED = {
+    # the host kit (docs/host-kit.md): out of hosts/ and the core into one public package
+    "metagen_plugins.hosts.remote": "metagen_plugins.hostkit.remote",
+    "metagen_plugins.hosts.replicas": "metagen_plugins.hostkit.replicas",
+    "metagen_plugins.hosts.completions": "metagen_plugins.hostkit.completions",
+    "metagen_plugins.hosts.chat": "metagen_plugins.hostkit.chat",
+    "metagen_plugins.hosts.remote_watch": "metagen_plugins.hostkit.remote_watch",
+    "metagen_plugins.retrying": "metagen_plugins.hostkit.retrying",
+    "metagen_plugins.event_loop": "metagen_plugins.hostkit.event_loop",
+    # the in-process engine: one package, one module per job
     "metagen_plugins.hosts.transformers": "metagen_plugins.engines.transformers.host",
     "metagen_plugins.hosts.batching": "metagen_plugins.engines.transformers.engine",
     "metagen_plugins.hosts.shared_prefix": "metagen_plugins.engines.transformers.attention",
@@ -22,24 +33,29 @@ MOVED = {
 }
 
 
-class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds an old module name in ``MOVED``; loading it imports the new module and returns it
-    (the import system then gives it the old name's spec: it gets its own back)."""
+class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds the old paths of :data:`MOVED` (before any other finder) and loads each as its new
+    module."""
 
-    def find_spec(self, name, path=None, target=None):
-        if name in MOVED:
-            return importlib.util.spec_from_loader(name, self)
-        return None
+    def __init__(self) -> None:
+        self._specs: dict[str, object] = {}  # new module name -> its own spec, put back after loading
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
         module = importlib.import_module(MOVED[spec.name])
-        spec.loader_state = module.__spec__
+        self._specs[module.__name__] = module.__spec__
         return module
 
     def exec_module(self, module) -> None:
-        module.__spec__ = module.__spec__.loader_state  # the new module's own
+        # the import system has set the old name's spec on the module: it keeps its own
+        module.__spec__ = self._specs[module.__name__]
 
 
 def install() -> None:
-    if not any(isinstance(finder, _Moved) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _Moved())
+    """Put the old paths' finder first on ``sys.meta_path`` (once)."""
+    if not any(isinstance(finder, _OldPaths) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _OldPaths())

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from metagen_hooks import KINDS
+from metagen_hooks import KINDS, Capabilities
 
 from .errors import ConfigError, PluginError, nearest
 from .params import Schema, schema_of
@@ -17,7 +17,9 @@ from .plugins import PluginManager, _describe
 _registry: "Registry | None" = None
 _plugins_dir: str | None = None  # the --plugins-dir the shared registry was loaded with
 
-_METADATA = {"sampling", "constraint", "doc", "caller", "runs_code"}  # besides the installed hosts' realiser keys
+# besides the installed hosts' realiser keys; ``stop_strings``: what the component amounts to as
+# stop strings, for the hosts that declare Capabilities(stop_strings=True)
+_METADATA = {"sampling", "constraint", "doc", "caller", "runs_code", "stop_strings"}
 SINGULAR = {"logits_processors": "logits processor", "stopping_criteria": "stopping criterion",
             "scorers": "scorer", "strategies": "strategy"}
 
@@ -32,7 +34,7 @@ class ComponentInfo:
     plugin: str
     distribution: str | None
     version: str | None
-    realisers: dict[str, Callable[..., dict] | None]  # host -> engine parameters (None: in-process)
+    realisers: dict[str, Callable[..., dict] | None]  # realiser key -> engine parameters (None: in-process)
     sampling: bool = False
     constraint: bool = False  # a hard constraint (bans tokens): applied before every other processor
     doc: str = ""
@@ -40,12 +42,23 @@ class ComponentInfo:
     caller: frozenset[str] = frozenset()  # parameters a request to ``metagen serve`` may set
     runs_code: bool = False  # executes programs (in the sandbox): metagen serve requires full isolation
     registry: "Registry | None" = field(default=None, repr=False, compare=False)  # the one it is in
+    excluded: frozenset[str] = frozenset()  # realiser keys it was registered with ``<key>=False`` for
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        """The installed hosts this component runs on (those whose realiser key it has)."""
+        """The installed hosts this component runs on (those with a realiser for it)."""
         hosts = self.registry.hosts.values() if self.registry is not None else ()
-        return tuple(h.name for h in hosts if h.realiser in self.realisers)
+        return tuple(h.name for h in hosts if self.realiser_key(h.keys) is not None)
+
+    def realiser_key(self, keys: tuple[str, ...]) -> str | None:
+        """The first of ``keys`` (a host's own realiser key, then its fallbacks) this component
+        has a realiser for, or None; a key it was registered ``False`` for ends the search."""
+        for key in keys:
+            if key in self.realisers:
+                return key
+            if key in self.excluded:
+                return None
+        return None
 
     def label(self) -> str:
         origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
@@ -66,7 +79,8 @@ class ComponentInfo:
 
 @dataclass
 class HostInfo:
-    """A registered host (``register_hosts``): its settings schema, factory and realiser key."""
+    """A registered host (``register_hosts``): its settings schema, factory, realiser key (and
+    the keys it falls back to) and declared capabilities."""
 
     name: str
     factory: Callable[..., Any]
@@ -75,19 +89,33 @@ class HostInfo:
     plugin: str
     distribution: str | None
     version: str | None
-    in_process: bool = False
+    capabilities: Capabilities = field(default_factory=Capabilities)
     deploy: str | None = None
     doc: str = ""
+    fallback: tuple[str, ...] = ()  # realiser keys read when a component has none for ``realiser``
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the host calls component factories itself (``capabilities.in_process``)."""
+        return self.capabilities.in_process
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The realiser keys this host reads, in order: its own, then its fallbacks."""
+        return (self.realiser, *self.fallback)
 
     def label(self) -> str:
         origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
         return f"host {self.name!r} (plugin {self.plugin!r}, {origin})"
 
     def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
         from .params import type_name
 
         return {"plugin": self.plugin, "distribution": self.distribution, "version": self.version,
-                "realiser": self.realiser, "in_process": self.in_process, "docstring": self.doc,
+                "realiser": self.realiser, "fallback": list(self.fallback), "in_process": self.in_process,
+                "capabilities": asdict(self.capabilities), "docstring": self.doc,
                 "settings": {k: type_name(v) for k, v in sorted(self.settings.items())}}
 
 
@@ -114,9 +142,11 @@ class Registry:
         added: list[HostInfo] = []
 
         def register(name: str, factory: Callable[..., Any], *, settings: dict[str, Any],
-                     realiser: str | None = None, in_process: bool = False, deploy: str | None = None,
-                     doc: str = "") -> None:
-            added.append(_host_info(name, factory, settings, realiser, in_process, deploy, doc, record))
+                     realiser: str | None = None, fallback: tuple[str, ...] | list[str] = (),
+                     capabilities: Capabilities | None = None, in_process: bool = False,
+                     deploy: str | None = None, doc: str = "") -> None:
+            added.append(_host_info(name, factory, settings, realiser, in_process, deploy, doc, record,
+                                    capabilities, fallback))
 
         try:
             hook(register=register)
@@ -145,15 +175,35 @@ class Registry:
 
     def realiser_keys(self) -> dict[str, bool]:
         """Each installed host's realiser key -> whether that host calls factories in-process."""
-        keys: dict[str, bool] = {}
+        return {key: caps.in_process for key, caps in self.key_capabilities().items()}
+
+    def key_capabilities(self) -> dict[str, Capabilities]:
+        """Each realiser key the installed hosts read (their own and their fallbacks) -> what the
+        hosts whose own key it is declare natively (merged: any of them; none for a key that is
+        only a fallback)."""
+        keys: dict[str, Capabilities] = {}
         for info in self.hosts.values():
-            keys[info.realiser] = keys.get(info.realiser, False) or info.in_process
+            mine = keys.get(info.realiser, Capabilities())
+            caps = info.capabilities
+            keys[info.realiser] = Capabilities(in_process=mine.in_process or caps.in_process,
+                                               stop_strings=mine.stop_strings or caps.stop_strings)
+            for key in info.fallback:
+                keys.setdefault(key, Capabilities())
         return keys
+
+    def realiser_chain(self, key: str) -> tuple[str, ...]:
+        """``key`` and the fallback keys of the host(s) whose own realiser key it is, in order: what
+        :func:`~metagen_plugins.components.realised` reads for a host that declared ``key``."""
+        chain = [key]
+        for info in self.hosts.values():
+            if info.realiser == key:
+                chain += [k for k in info.fallback if k not in chain]
+        return tuple(chain)
 
     def _collect(self, kind: str, plugin: str, hook: Callable[..., Any]) -> None:
         record = self.manager.records[plugin]
         added: list[ComponentInfo] = []
-        keys = self.realiser_keys()
+        keys = self.key_capabilities()
 
         def register(name: str, factory: Callable[..., Any], **metadata: Any) -> None:
             added.append(_info(kind, name, factory, metadata, record, keys))
@@ -190,7 +240,8 @@ class Registry:
             raise ConfigError(unknown_name_message(kind, name, self.components[kind])) from None
 
 
-def _host_info(name, factory, settings, realiser, in_process, deploy, doc, record) -> HostInfo:
+def _host_info(name, factory, settings, realiser, in_process, deploy, doc, record, capabilities=None,
+               fallback=()) -> HostInfo:
     where = f"plugin {record.name!r}"
     if not isinstance(name, str) or not name.isidentifier():
         raise PluginError(f"{where} registered a host with name {name!r}; use an identifier such as 'vllm'")
@@ -206,13 +257,26 @@ def _host_info(name, factory, settings, realiser, in_process, deploy, doc, recor
     if not isinstance(realiser, str) or not realiser.isidentifier() or realiser in _METADATA:
         raise PluginError(f"{where} registered host {name!r} with realiser={realiser!r}; use an identifier "
                           f"other than {', '.join(sorted(_METADATA))}")
+    if capabilities is None:
+        capabilities = Capabilities(in_process=bool(in_process))
+    elif not isinstance(capabilities, Capabilities):
+        raise PluginError(f"{where} registered host {name!r} with capabilities={capabilities!r}; give a "
+                          f"metagen_hooks.Capabilities(...), e.g. Capabilities(stop_strings=True)")
+    elif in_process and not capabilities.in_process:
+        raise PluginError(f"{where} registered host {name!r} with in_process=True but capabilities saying "
+                          f"in_process=False; declare it once, in Capabilities(in_process=True)")
+    if isinstance(fallback, str) or not all(isinstance(k, str) and k.isidentifier() and k not in _METADATA
+                                            for k in fallback):
+        raise PluginError(f"{where} registered host {name!r} with fallback={fallback!r}; give a tuple of "
+                          f"realiser keys read after its own, e.g. fallback=(\"vllm\",)")
+    fallback = tuple(k for k in dict.fromkeys(fallback) if k != realiser)
     return HostInfo(name=name, factory=factory, settings=dict(settings), realiser=realiser, plugin=record.name,
-                    distribution=record.distribution, version=record.version, in_process=bool(in_process),
-                    deploy=deploy, doc=doc or inspect.getdoc(factory) or "")
+                    distribution=record.distribution, version=record.version, capabilities=capabilities,
+                    deploy=deploy, doc=doc or inspect.getdoc(factory) or "", fallback=fallback)
 
 
-def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> ComponentInfo:
-    """``keys``: the installed hosts' realiser keys -> whether that host builds factories in-process."""
+def _info(kind, name, factory, metadata, record, keys: dict[str, Capabilities]) -> ComponentInfo:
+    """``keys``: the installed hosts' realiser keys -> what the hosts of that key realise natively."""
     where = f"plugin {record.name!r}"
     if not isinstance(name, str) or not name:
         raise PluginError(f"{where} registered a {kind} component with name {name!r}; use a non-empty str")
@@ -224,18 +288,28 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> Compo
             f"{where} registered {name!r} with unknown metadata {sorted(unknown)}; "
             f"known: {sorted(_METADATA | set(keys))} (a host's key is known once its plugin is installed)"
         )
+    stops = metadata.get("stop_strings")
+    if stops is not None and not callable(stops):
+        raise PluginError(f"{where} registered {name!r} with stop_strings= that is not callable; give a "
+                          f"callable taking its parameters and returning its stop strings, e.g. "
+                          f"stop_strings=lambda stop: stop")
     realisers: dict[str, Any] = {}
-    for key, in_process in keys.items():
+    excluded = set()
+    for key, caps in keys.items():
         value = metadata.get(key)
         if kind in ("scorers", "strategies"):  # they run client-side, beside any host's Generator
             if value is not False:
                 realisers[key] = None
+            else:
+                excluded.add(key)
         elif value is False:
-            continue
+            excluded.add(key)
         elif value is None:
-            if in_process:
+            if caps.in_process:
                 realisers[key] = None  # the host builds the factory itself
-        elif value is True and in_process:
+            elif caps.stop_strings and stops is not None:
+                realisers[key] = _as_stop(stops)  # the host's Generator honours stop= natively
+        elif value is True and caps.in_process:
             realisers[key] = None
         elif not callable(value):
             raise PluginError(f"{where} registered {name!r} with {key}= that is not callable")
@@ -265,7 +339,21 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> Compo
         schema=schema,
         caller=frozenset(caller),
         runs_code=bool(metadata.get("runs_code", False)),
+        excluded=frozenset(excluded),
     )
+
+
+def _as_stop(stops: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
+    """A component's ``stop_strings=`` as a realiser: ``{"stop": [...]}``, the Generator's own
+    argument, which a host declaring ``Capabilities(stop_strings=True)`` adds to every call's."""
+
+    def realise(**params: Any) -> dict[str, Any]:
+        value = stops(**params)
+        strings = [value] if isinstance(value, str) else list(value)
+        return {"stop": strings}
+
+    realise.stop_strings = True  # type: ignore[attr-defined]
+    return realise
 
 
 def _conflict_message(infos: list[ComponentInfo]) -> str:

@@ -125,3 +125,45 @@ def test_search_tutorial_variant_passes_its_own_test_and_runs_on_the_demo_model(
     for event in result.trace:
         check_event(event)
     assert {e["event"] for e in result.trace} <= set(EVENTS)
+HOST_DOC = (Path(__file__).resolve().parent.parent / "docs" / "host-tutorial.md").read_text()
+
+
+def test_host_tutorial_installs_and_runs_against_a_llama_server(install_plugin, registry):
+    """The host tutorial's code and pyproject, installed as a distribution, run its example as
+    written against a stand-in llama-server: every checklist item holds."""
+    from metagen_hooks import Budget
+    from llamacpp_server import LlamaCppServer
+
+    code, run_example = re.findall(r"```python\n(.*?)```", HOST_DOC, flags=re.S)
+    meta = tomllib.loads(re.findall(r"```toml\n(.*?)```", HOST_DOC, flags=re.S)[0])
+    [(entry_name, module)] = meta["project"]["entry-points"]["metagen"].items()
+    assert "metagen_plugins.hostkit" in code and "metagen_plugins." not in code.replace("metagen_plugins.hostkit", "")
+    install_plugin(module, code, dist=meta["project"]["name"], version=meta["project"]["version"],
+                   entry_name=entry_name)
+    reg = registry()
+    host = reg.host("llamacpp")
+    assert host.distribution == "metagen-llamacpp" and host.capabilities.stop_strings
+    with LlamaCppServer() as server:
+        namespace: dict = {}
+        exec(run_example.replace("http://127.0.0.1:8080", server.url).replace("print(", "printed = ("), namespace)
+        result = namespace["result"]
+        assert result.strategy == "self_consistency" and result.budget.samples == 8 == len(server.requests)
+        assert "#### 16" in result.best.text  # the stand-in's solver is right more often than not
+        assert sorted(r["seed"] for r in server.requests) == list(range(1, 9))  # one stream per request
+        assert all(r["stop"] == ["\n\n"] and "temperature" not in r and r["n_predict"] == 64 for r in server.requests)
+        assert result.budget.tokens_generated == sum(a["tokens_predicted"] for a in server.answers)
+        assert result.budget.prompt_tokens_reused == sum(a["timings"]["cache_n"] for a in server.answers) > 0
+
+        greedy = {"host": {"name": "llamacpp", "url": server.url, "retries": 1}}
+        server.fail_next = [503]  # sent again
+        with metagen_plugins.Runner(greedy, registry=reg) as runner:
+            assert runner.concurrency == 4  # requests_per_replica, one replica
+            before = len(server.requests)
+            [[step]] = runner.host.generator(Budget()).sample(["Q: 12+7-3=? A:"], stop=[". "])
+            assert len(server.requests) == before + 2 and not server.fail_next  # the 503, then the answer
+            assert (step.text, step.finish_reason) == (" 12+7=19. ", "stop")  # the stop string kept
+            assert server.requests[-1]["temperature"] == 0.0
+            [[rest]] = runner.host.generator(Budget(max_samples=1)).extend([step], 3)  # fewer than n allowed
+            assert rest.text == " 12+7=19. 19-3=16. #### 16"
+        with pytest.raises(metagen_plugins.ConfigError, match="'top_k'.* cannot run on the llamacpp host"):
+            metagen_plugins.validate({**greedy, "processors": [{"name": "top_k", "top_k": 4}]}, reg)

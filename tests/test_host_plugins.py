@@ -48,10 +48,17 @@ def test_without_the_plugin_the_host_is_unknown_and_its_realiser_key_is_not_meta
     ('register("x", lambda *a, **k: None, settings={"name": str})', "a setting called 'name'"),
     ('register("x", lambda *a, **k: None, settings={}, realiser="doc")', "realiser='doc'"),
     ('register("x y", lambda *a, **k: None, settings={})', "use an identifier"),
+    ('register("x", lambda *a, **k: None, settings={}, capabilities={"stop_strings": True})',
+     "give a metagen_hooks.Capabilities(...)"),
+    ('register("x", lambda *a, **k: None, settings={}, in_process=True, capabilities=Capabilities())',
+     "declare it once, in Capabilities(in_process=True)"),
+    ('register("x", lambda *a, **k: None, settings={}, capabilities=Capabilities(concurrency=0))',
+     "Capabilities.concurrency (prompts in flight by default) must be an int >= 1"),
+    ('register("x", lambda *a, **k: None, settings={}, fallback="vllm")', "with fallback='vllm'; give a tuple"),
 ])
 def test_a_bad_host_registration_fails_its_plugin_not_metagen(tmp_path, registry, body, message):
     (tmp_path / "bad_host.py").write_text(
-        f"from metagen_hooks import hookimpl\n\n@hookimpl\ndef register_hosts(register):\n    {body}\n")
+        f"from metagen_hooks import Capabilities, hookimpl\n\n@hookimpl\ndef register_hosts(register):\n    {body}\n")
     reg = registry(plugins_dir=tmp_path)
     record = reg.manager.records["bad_host"]
     assert record.status == "FAILED" and message in record.error
@@ -88,3 +95,67 @@ def test_a_host_plugins_deploy_tooling_becomes_a_subcommand(tmp_path, capsys):
     out = capsys.readouterr()
     assert out.out.strip() == "ECHO echo_host"
     assert "deploy='no_such_module_here', which failed to load" in out.err
+
+
+def test_a_host_with_stop_strings_and_no_processors_runs_the_stop_string_components(tmp_path, registry):
+    """A host that declares Capabilities(stop_strings=True) and realises no processor: the
+    components that amount to stop strings (stop_strings, step_delimiter) run on it with no
+    realiser of their own; processors and the other stopping criteria are refused, named."""
+    reg = registry(plugins_dir=plugins_dir(tmp_path, "stop_host"))
+    host = reg.host("stopper")
+    assert host.capabilities.stop_strings and not host.in_process and host.keys == ("stopper",)
+    assert "stopper" in reg.get("stopping_criteria", "stop_strings").hosts
+    assert "stopper" in reg.get("stopping_criteria", "step_delimiter").hosts
+    assert "stopper" not in reg.get("stopping_criteria", "regex").hosts
+    assert "stopper" not in reg.get("logits_processors", "temperature").hosts
+
+    config = {"host": {"name": "stopper", "text": "one two. three four. five"},
+              "stopping": [{"name": "stop_strings", "stop": ["."]}],
+              "strategy": {"name": "self_consistency", "n": 3}}
+    result = metagen_plugins.run(config, "count", registry=reg)
+    # seeds 0, 1, 2 start at words 0, 1, 2: each sample ends at its first "." (kept in the text)
+    assert sorted(c.text for c in result.candidates) == ["one two.", "three four.", "two."]
+    assert all(c.finish_reason == "stop" for c in result.candidates) and result.budget.samples == 3
+
+    delimited = {**config, "stopping": [{"name": "step_delimiter", "delimiter": "four"}]}
+    assert metagen_plugins.run(delimited, "count", registry=reg).candidates[0].text == "one two. three four"
+    with pytest.raises(ConfigError, match="'temperature'.* cannot run on the stopper host"):
+        metagen_plugins.validate({"host": {"name": "stopper"}, "processors": [{"name": "temperature",
+                                                                             "temperature": 0.5}]}, reg)
+    with pytest.raises(ConfigError, match="'regex'.* cannot run on the stopper host"):
+        metagen_plugins.validate({"host": {"name": "stopper"}, "stopping": [{"name": "regex", "pattern": "x"}]}, reg)
+    with metagen_plugins.Runner({"host": {"name": "stopper"}}, registry=reg) as runner:
+        assert runner.concurrency == 3  # the declared default concurrency
+        assert not runner.streams
+
+
+def test_without_the_declaration_a_host_refuses_stop_strings(tmp_path, registry):
+    """The same host registered without Capabilities(stop_strings=True): stop_strings has no
+    realiser for it, so a configuration using it fails validation, before anything runs."""
+    (tmp_path / "stop_host.py").write_text(source("stop_host").replace(
+        "capabilities=Capabilities(stop_strings=True, concurrency=3)", "capabilities=Capabilities()"))
+    reg = registry(plugins_dir=tmp_path)
+    with pytest.raises(ConfigError, match="'stop_strings'.* cannot run on the stopper host; it runs on transformers"):
+        metagen_plugins.validate({"host": {"name": "stopper"}, "stopping": [{"name": "stop_strings", "stop": ["."]}]},
+                                 reg)
+
+
+def test_a_host_reads_its_fallback_keys_after_its_own(tmp_path, registry):
+    """``fallback=``: a component with no realiser for the host's own key is read as the fallback
+    key's; its own key wins where both exist, and ``<key>=False`` keeps a component off it."""
+    (tmp_path / "relay.py").write_text(
+        "from metagen_hooks import hookimpl\n\n"
+        "@hookimpl\ndef register_hosts(register):\n"
+        "    register('relay', lambda *a, **k: None, settings={}, fallback=('vllm',))\n\n"
+        "@hookimpl\ndef register_logits_processors(register):\n"
+        "    register('mine', lambda: None, vllm=lambda: {'a': 1}, relay=lambda: {'b': 2})\n"
+        "    register('not_here', lambda: None, vllm=lambda: {'a': 1}, relay=False)\n")
+    reg = registry(plugins_dir=tmp_path)
+    assert reg.host("relay").keys == ("relay", "vllm")
+    assert "relay" in reg.get("logits_processors", "top_k").hosts  # vLLM's realisation
+    assert "relay" not in reg.get("logits_processors", "not_here").hosts
+    from metagen_plugins.hostkit import realised
+
+    config = metagen_plugins.validate({"host": {"name": "relay"}, "processors": [{"name": "mine"}, {"name": "top_k",
+                                                                                                   "top_k": 5}]}, reg)
+    assert [values for _, values in realised(config, reg, "relay")] == [{"b": 2}, {"top_k": 5}]

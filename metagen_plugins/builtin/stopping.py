@@ -89,11 +89,14 @@ class TokenBudget:
 
 
 def register_all(register) -> None:
-    register("stop_strings", stop_strings, caller=("stop",), vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
+    # stop_strings=: what they amount to as the Generator's own stop strings, so every host that
+    # honours them (Capabilities(stop_strings=True)) runs them with no realiser of its own
+    register("stop_strings", stop_strings, caller=("stop",), stop_strings=lambda stop: stop,
+             vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
     from metagen_hooks.engines import server_side
 
     register("regex", RegexStop, caller=("pattern",), vllm=server_side("regex", "stopping"))
-    register("step_delimiter", StepDelimiter, caller=("delimiter",),
+    register("step_delimiter", StepDelimiter, caller=("delimiter",), stop_strings=lambda delimiter="\n": [delimiter],
              vllm=lambda delimiter="\n": {"stop": [delimiter], "include_stop_str_in_output": True})
     register("answer_complete", AnswerComplete, caller=("pattern",), vllm=server_side("answer_complete", "stopping"))
     register("confidence", ConfidenceStop, caller=("threshold", "window", "min_tokens"), vllm=server_side("confidence", "stopping"))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from metagen_hooks import hookimpl
+from metagen_hooks import Capabilities, hookimpl
 
 from ..errors import HostError
 
-# What every host talking to a server over HTTP takes (hosts/remote.py).
+# What every host talking to a server over HTTP takes (hostkit/remote.py).
 REMOTE_SETTINGS: dict[str, Any] = {"url": str, "timeout": float, "concurrency": int, "retries": int,
                                    "api_key": str,
                                    "urls": list[str],  # several replicas of one model (instead of url)
@@ -80,10 +80,16 @@ def _missing(name: str, exc: ImportError) -> HostError:
                      f"pip install 'metagen-plugins[{name}]'")
 
 
+# What the remote hosts realise natively: stop strings (a request's stop), streaming, and
+# conversations (with [host] tokenizer); their default concurrency is their in-flight limit
+# (host.default_concurrency: requests_per_replica x replicas).
+REMOTE = Capabilities(stop_strings=True, streaming=True, conversations=True)
+
+
 @hookimpl
 def register_hosts(register):
-    register("vllm", _vllm, settings=VLLM_SETTINGS, deploy="metagen_plugins.deploy.vllm")
-    register("tgi", _tgi, settings=TGI_SETTINGS, deploy="metagen_plugins.deploy.tgi")
+    register("vllm", _vllm, settings=VLLM_SETTINGS, deploy="metagen_plugins.deploy.vllm", capabilities=REMOTE)
+    register("tgi", _tgi, settings=TGI_SETTINGS, deploy="metagen_plugins.deploy.tgi", capabilities=REMOTE)
 
 
 def create(config, registry, **objects: Any):

@@ -23,9 +23,10 @@ from typing import Any
 
 from ..components import sampling
 from ..errors import HostError
-from ..retrying import retry_after, status_kind
-from .remote import Failure, RemoteGenerator, RemoteHost, Sample
-from .remote_watch import Stream, Watching
+from ..hostkit.retrying import retry_after, status_kind
+from ..hostkit.generator import Failure, RemoteGenerator, Sample
+from ..hostkit.remote import RemoteHost
+from ..hostkit.remote_watch import Stream, Watching
 
 # TGI's launcher defaults and accepted values (text-generation-inference, launcher/src/main.rs).
 DEFAULT_MAX_BEST_OF = 2

@@ -23,8 +23,8 @@ from metagen_hooks.engines import XARG, server_side  # re-exported: plugins once
 
 from ..components import realised, sampling
 from ..errors import ConfigError, HostError
-from .completions import INCLUDE_STOP, CompletionsGenerator, request_body
-from .remote import RemoteHost
+from ..hostkit.completions import INCLUDE_STOP, CompletionsGenerator, request_body
+from ..hostkit.remote import RemoteHost
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 # What vLLM ignores once speculative decoding is on (vllm/v1/sample/logits_processor: custom

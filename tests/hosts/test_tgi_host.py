@@ -10,7 +10,7 @@ import metagen_plugins
 from metagen_hooks import Budget, Candidate
 from metagen_plugins import ConfigError, HostError
 from metagen_plugins.config import validate
-from metagen_plugins.hosts.remote import RemoteError
+from metagen_plugins.hostkit import RemoteError
 from metagen_plugins.hosts.tgi import TGIHost
 from tgi_server import Fault, TGIServer, snapshot
 from fixture_plugins import source

@@ -23,7 +23,7 @@ import httpx2
 import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.errors import ConfigError, HostError
-from metagen_plugins.hosts.remote import RemoteError
+from metagen_plugins.hostkit import RemoteError
 from fixture_plugins import plugins_dir
 from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, free_port
 
@@ -458,8 +458,8 @@ def test_failures_are_classified(answer, kind, pattern):
 
 
 def test_rate_limits_wait_for_retry_after_then_succeed(monkeypatch):
-    from metagen_plugins import retrying
-    from metagen_plugins.hosts import remote
+    from metagen_plugins.hostkit import retrying
+    from metagen_plugins.hostkit import generator as remote
 
     waits, sleep = [], remote.asyncio.sleep
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from metagen_hooks import hookimpl
+from metagen_hooks import Capabilities, hookimpl
 
 from ...errors import HostError
 
@@ -53,4 +53,5 @@ def _transformers(config, registry, model=None, tokenizer=None):
 
 @hookimpl
 def register_hosts(register):
-    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS, in_process=True)
+    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS,
+             capabilities=Capabilities(in_process=True, stop_strings=True, streaming=True, conversations=True))

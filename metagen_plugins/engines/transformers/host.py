@@ -10,7 +10,7 @@ from metagen_hooks import Budget
 
 from ...config import Config
 from ...errors import HostError
-from ...hosts.chat import chat_enabled, chat_format
+from ...hostkit.chat import chat_enabled, chat_format
 from ...models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
 from ...registry import Registry
 from ...text_stop import stop_strings

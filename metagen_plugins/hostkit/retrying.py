@@ -1,6 +1,6 @@
 """When a request to a serving engine is worth sending again, and how long to wait first.
 
-Shared by the remote hosts (``hosts/remote.py``) and the served scorers
+Shared by the remote hosts (``hostkit/generator.py``) and the served scorers
 (``builtin/scorers/served.py``), which may not import each other (docs/architecture.md): a
 connection error, a timeout, a 5xx or a 429 may pass; any other error status means the engine
 rejected the request, and sending it again cannot help.

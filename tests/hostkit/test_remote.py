@@ -12,7 +12,7 @@ import pytest
 import metagen_plugins
 from metagen_hooks import Budget, Candidate
 from metagen_plugins.config import validate
-from metagen_plugins.hosts.remote import Failure, RemoteError, RemoteGenerator, RemoteHost, Sample
+from metagen_plugins.hostkit import Failure, RemoteError, RemoteGenerator, RemoteHost, Sample
 
 
 class ScriptedGenerator(RemoteGenerator):
@@ -137,3 +137,20 @@ def test_host_needs_a_url():
     cfg = validate({"host": {"name": "vllm"}}, metagen_plugins.get_registry())
     with pytest.raises(metagen_plugins.HostError, match=r'set \[host\] url = "http://127.0.0.1:8000"'):
         ScriptedHost(cfg, metagen_plugins.get_registry())
+
+
+def test_token_healing_is_refused_by_a_host_that_sends_text():
+    """[generation] token_healing needs the prompt's tokens: a remote host says so, before any
+    request, and for a per-prompt configuration too."""
+    registry = metagen_plugins.get_registry()
+    healing = validate({"host": {"name": "vllm", "url": "http://127.0.0.1:1"}, "generation": {"token_healing": True}},
+                       registry)
+    with pytest.raises(metagen_plugins.HostError, match="token_healing = true regrows the prompt's last token, "
+                                                        "which the vllm host cannot"):
+        ScriptedHost(healing, registry)
+    plain = ScriptedHost(validate({"host": dict(healing.host)}, registry), registry)
+    try:
+        with pytest.raises(metagen_plugins.HostError, match="token_healing"):
+            plain.generator(Budget(), healing)
+    finally:
+        plain.close()

@@ -28,9 +28,10 @@ import threading
 from dataclasses import replace
 
 from metagen_hooks import BudgetExceeded, Candidate, Watch
+from metagen_hooks.hosting import Seeds
 from metagen_hooks.inflight import CANCELLED, InFlight
 
-from .remote import CANCEL_POLL, Failure, Sample
+from .generator import CANCEL_POLL, Failure, Sample
 
 POLL = 0.1  # seconds: the longest the watching thread sleeps without news
 FAILED = "error"  # a watched sample whose request failed (it is left out of the results)
@@ -119,8 +120,8 @@ class _Call:
     def __init__(self, generator, jobs, planned, stop: list[str], watch: Watch) -> None:
         self.gen, self.jobs, self.stop, self.watch = generator, jobs, stop, watch
         self.planned = planned
-        self.requests = [(index, 1, tokens, None if seed is None else seed + j)
-                         for index, take, tokens, seed in planned for j in range(take)]
+        self.requests = [(index, 1, tokens, one) for index, take, tokens, seed in planned
+                         for one in Seeds.split(seed, take)]
         self.of = [r for r, (_, take, _, _) in enumerate(planned) for _ in range(take)]  # sample -> planned request
         self.wake = threading.Condition()
         self.streams = [Stream(self.wake, watch.top_logprobs) for _ in self.requests]

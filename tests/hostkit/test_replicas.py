@@ -17,7 +17,7 @@ import pytest
 
 import metagen_plugins
 from metagen_plugins.errors import ConfigError, HostError
-from metagen_plugins.hosts.replicas import Replicas
+from metagen_plugins.hostkit.replicas import Replicas
 
 from completions_server import CompletionsServer
 from tgi_server import TGIServer

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..retrying import retry_after, status_kind
-from .remote import Failure, RemoteGenerator, Sample
+from .retrying import retry_after, status_kind
+from .generator import Failure, RemoteGenerator, Sample
 from .remote_watch import Stream, Watching
 
 # A component's request parameter that the host, not the component, decides: whether texts keep
@@ -196,18 +196,6 @@ class CompletionsGenerator(Watching, RemoteGenerator):
         except (ValueError, KeyError, TypeError) as exc:
             raise Failure("protocol", f"malformed /v1/completions stream ({type(exc).__name__}: {exc})") from None
         return usage
-
-    def classify(self, exc: BaseException, url: str | None = None) -> Failure:
-        import httpx2
-
-        if isinstance(exc, httpx2.TimeoutException):
-            return Failure("timeout", f"{type(exc).__name__}: {exc or 'no answer in time'}")
-        if isinstance(exc, (httpx2.ConnectError, httpx2.NetworkError, httpx2.RemoteProtocolError)):
-            return Failure("connection", f"{type(exc).__name__}: {exc or 'the connection failed'} "
-                                         f"(is the {self.host.server} at {url or self.host.url} running?)")
-        if isinstance(exc, httpx2.HTTPError):
-            return Failure("protocol", f"{type(exc).__name__}: {exc}")
-        return Failure("connection", f"{type(exc).__name__}: {exc}")  # e.g. an OSError the client let through
 
 
 def _choice() -> dict[str, Any]:

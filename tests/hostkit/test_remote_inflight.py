@@ -1,5 +1,5 @@
 """Samples watched and cancelled as they decode on the remote hosts (metagen_hooks.inflight over
-hosts/remote_watch.py): each watched sample is its own streamed request, a cancelled one's
+hostkit/remote_watch.py): each watched sample is its own streamed request, a cancelled one's
 stream is closed (the server stops it), it comes back cancelled with what it had, the others are
 what an unwatched seeded run draws, and the budget counts what came.
 
@@ -20,7 +20,7 @@ from metagen_hooks import Budget, BudgetExceeded, Candidate, Watch, inflight
 from metagen_hooks.answers import extract
 from metagen_hooks.inflight import CANCELLED
 from metagen_plugins.errors import HostError
-from metagen_plugins.hosts.remote import RemoteGenerator
+from metagen_plugins.hostkit import RemoteGenerator
 
 from completions_server import CompletionsServer
 from tgi_server import TGIServer
@@ -214,7 +214,7 @@ def test_a_remote_generator_that_does_not_stream_is_watched_after_the_fact(serve
 
     class Whole(RemoteGenerator):
         async def request(self, text, n, max_new_tokens, stop, seed, replica):
-            from metagen_plugins.hosts.remote import Sample
+            from metagen_plugins.hostkit import Sample
 
             return [Sample(text=" 16", token_ids=[5], logprobs=[-0.1], finish_reason="stop") for _ in range(n)]
 
