@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-import zlib
 from typing import Sequence
 
-from metagen_hooks import Budget, Candidate, hookimpl
+from metagen_hooks import Budget, Candidate, Capabilities, ConfigError, HostError, Seeds, hookimpl
 
 SETTINGS = {"url": str, "model": str, "timeout": float, "temperature": float}
 """The ``[host]`` settings (name -> type): metagen checks a configuration against them before
@@ -27,11 +26,9 @@ name, if the server wants one; ``temperature`` (default 1.0) applies when sampli
 class CompletionsHost:
     """The server at ``[host] url``, for one run."""
 
-    default_concurrency = 8  # prompts metagen's runner keeps in flight at once on this host
-
     def __init__(self, config, registry=None, model=None, tokenizer=None) -> None:
         if "url" not in config.host:
-            raise ValueError('the @name@ host needs [host] url, the server\'s root, e.g. url = "http://127.0.0.1:8000"')
+            raise ConfigError('the @name@ host needs [host] url, the server\'s root, e.g. url = "http://127.0.0.1:8000"')
         self.config = config
         self.url = config.host["url"].rstrip("/") + "/v1/completions"
         self.timeout = config.host.get("timeout", 60.0)
@@ -53,10 +50,10 @@ class CompletionsHost:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
                 return json.load(answer)
         except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"the @name@ host: {self.url} answered {exc.code}: "
+            raise HostError(f"the @name@ host: {self.url} answered {exc.code}: "
                                f"{exc.read()[:300].decode(errors='replace')}") from None
         except (urllib.error.URLError, TimeoutError) as exc:
-            raise ConnectionError(f"the @name@ host cannot reach {self.url} ({getattr(exc, 'reason', exc)}); "
+            raise HostError(f"the @name@ host cannot reach {self.url} ({getattr(exc, 'reason', exc)}); "
                                   f"is the server running? ([host] url)") from None
 
 
@@ -70,8 +67,7 @@ class CompletionsGenerator:
         sampling = generation.get("do_sample", False)  # metagen's rule: greedy unless asked
         self.temperature = config.host.get("temperature", 1.0) if sampling else 0.0
         self.model = config.host.get("model")
-        self.seed = generation.get("seed")
-        self.requests = 0
+        self.seeds = Seeds(generation.get("seed"))  # seed, seed + 1, ... one per request (None: unseeded)
 
     def sample(self, prompts: Sequence[str], n: int = 1, *, max_new_tokens: int | None = None,
                stop: Sequence[str] | None = None) -> list[list[Candidate]]:
@@ -86,14 +82,14 @@ class CompletionsGenerator:
         # The budget protocol: ask before (it may grant fewer samples or tokens, or raise
         # BudgetExceeded, which ends the strategy's generation), charge what was spent after.
         n, limit = self.budget.allow(n, max_new_tokens or self.max_new_tokens)
-        self.requests += 1
         body = {"prompt": prompt + prefix, "n": n, "max_tokens": limit, "temperature": self.temperature}
         if self.model:
             body["model"] = self.model
         if stop:
             body["stop"] = list(stop)
-        if self.seed is not None:  # a stream of its own per prompt and request: never depends on other prompts
-            body["seed"] = zlib.crc32(f"{self.seed}:{prompt}:{self.requests}".encode())
+        seed = self.seeds.next()
+        if seed is not None:  # this prompt's generator numbers its own requests: nothing else shares its seeds
+            body["seed"] = seed
         answer = self.host.post(body)
         choices = sorted(answer["choices"], key=lambda c: c.get("index", 0))
         usage = answer.get("usage") or {}
@@ -123,8 +119,8 @@ def create(config, registry, model=None, tokenizer=None) -> CompletionsHost:
 
 @hookimpl
 def register_hosts(register):
-    # The realiser key defaults to the host's name, which no component is registered with: a
-    # configuration with a logits processor or stopping criterion is refused for this host before
-    # the run, naming the hosts where it works. To accept some, register them with
-    # @name@=callable (or pass realiser="vllm" to read vLLM's) and send what those return.
-    register("@name@", create, settings=SETTINGS)
+    # What it realises natively: stop strings (the server's "stop"), so the stop-string components
+    # (stop_strings, step_delimiter) run on it; 8 prompts in flight by default. Other processors
+    # and stopping criteria are refused before the run, naming the hosts where they work; to
+    # accept some, register them with @name@=callable (or fallback=("vllm",) to read vLLM's).
+    register("@name@", create, settings=SETTINGS, capabilities=Capabilities(stop_strings=True, concurrency=8))
