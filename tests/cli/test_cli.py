@@ -41,7 +41,8 @@ def test_plugins_list_json_shows_a_failing_local_plugin(tmp_path):
     assert records["metagen_plugins.builtin"]["status"] == "loaded"
     assert "broken_one" in proc.stderr  # warned, not fatal
     hosts = records["metagen_plugins.hosts"]["hosts"]  # each host with what it declared
-    assert hosts["transformers"]["capabilities"]["in_process"] and not hosts["vllm"]["in_process"]
+    in_process = records["metagen_plugins.engines.transformers"]["hosts"]["transformers"]
+    assert in_process["capabilities"]["in_process"] and not hosts["vllm"]["in_process"]
     assert hosts["vllm"]["capabilities"]["stop_strings"] and hosts["vllm"]["realiser"] == "vllm"
 
 
