@@ -50,8 +50,8 @@ class Engine:
                  kv: KVQuant | None = None) -> None:
         self.model = model
         self.kv = kv  # the rows' own KV quantized (kv_quant), as the prefix store quantizes prefixes
-        self.measure = False  # record peak_kv_bytes each step (the benchmark's memory figure)
-        self.peak_kv_bytes = 0
+        self.measure = False  # record the peak bytes held each step (the benchmark's memory figures)
+        self.peak_kv_bytes = self.peak_layout_bytes = 0
         self.eos = torch.tensor(sorted(eos_ids)) if eos_ids else torch.tensor([], dtype=torch.long)
         self._eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
@@ -243,6 +243,7 @@ class Engine:
         self._valid = torch.cat([self._valid, self._valid.new_ones(self._valid.shape[0], 1)], 1)
         if self.measure:
             self.peak_kv_bytes = max(self.peak_kv_bytes, self.kv_bytes())
+            self.peak_layout_bytes = max(self.peak_layout_bytes, held_bytes(self._layout.tensors()))
         chosen = logits.argmax(-1)
         failed: dict[int, tuple[Request, BaseException]] = {}  # id(request) -> its error
         for r in self._active:
@@ -455,12 +456,10 @@ class Engine:
         r.left[row] = tokens, logprobs, kv
 
     def kv_bytes(self) -> int:
-        """Bytes of KV the loop holds now: its requests' prefixes, what the layout stacked of them,
-        and the rows' own positions (each storage once)."""
+        """Bytes of KV the loop holds now: its requests' prefixes and the rows' own positions
+        (each storage once; the layout's stacked copy of unquantized prefixes is not counted)."""
         tensors = [t for layer in self._own for t in layer.tensors()]
         tensors += [t for r in self._active if r.prefix is not None for t in r.prefix.tensors()]
-        if self._layout is not None:
-            tensors += self._layout.tensors()
         return held_bytes(tensors)
 
     def _reset(self) -> None:

@@ -52,6 +52,9 @@ class QuantLayout:
             mask[g, :, :, :body] = True
             mask[g, :, :, self.body:self.body + tail] = True
         self.mask = mask
+        # added to the scores: 0 where a prefix has a position, the lowest float where it is padding
+        self.bias = torch.zeros(mask.shape).masked_fill_(~mask, _LOWEST)
+        self.empty = not all(body or tail for body, tail in zip(lengths, tails))  # a prefix with no position
         self.tail_keys = [_stack([p.tail_keys[layer] for p in prefixes], self.tail) for layer in range(num_layers)]
         self.tail_values = [_stack([p.tail_values[layer] for p in prefixes], self.tail) for layer in range(num_layers)]
 
@@ -82,9 +85,11 @@ def prefix_part(layout: QuantLayout, layer: int, query: torch.Tensor, scaling: f
             scores[g, :, :, at:at + segment.length] = (
                 ints.float() * (qscale * segment.key_step) + scaled.sum(-1, keepdim=True) * segment.key_offset)
     scores[..., body:] = torch.matmul(query, layout.tail_keys[layer].transpose(-1, -2))
-    scores = scores.mul_(scaling).masked_fill_(~layout.mask, _LOWEST)
+    scores = scores.mul_(scaling).add_(layout.bias)
     peak = scores.amax(-1, keepdim=True)
-    weights = (scores - peak).exp_().mul_(layout.mask)
+    weights = (scores - peak).exp_()  # padding: exp(lowest - peak) = 0, unless a row has no position
+    if layout.empty:
+        weights.mul_(layout.mask)
     total = weights.sum(-1, keepdim=True)
     out = torch.matmul(weights[..., body:], layout.tail_values[layer])
     for g, prefix in enumerate(layout.prefixes):
