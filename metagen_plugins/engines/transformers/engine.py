@@ -166,9 +166,8 @@ class Engine:
         rows = sum(r.n for r in requests)
         heads, dim = prefixes[0][0].heads, prefixes[0][0].dim
         if not self._own:
-            sample = prefixes[0][0].tensors()[0]
-            empty = torch.zeros(0, heads, 0, dim, dtype=torch.float32 if self.kv else sample.dtype)
-            self._own = [QuantOwnLayer(self.kv, empty, empty) if self.kv else OwnLayer(empty, empty)
+            empty = prefixes[0][0].tensors()[0].new_zeros(0, heads, 0, dim)
+            self._own = [QuantOwnLayer(self.kv, heads, dim) if self.kv else OwnLayer(empty, empty)
                          for _ in range(self.num_layers)]
         last, pos, limit = [], [], []
         for request, (prefix, hit) in zip(requests, prefixes):
@@ -181,8 +180,12 @@ class Engine:
             last += [request.tokens[-1]] * request.n
             pos += [prefix_len] * request.n
             limit += [request.max_new_tokens] * request.n
-        for layer in self._own:
-            layer.add_rows(rows)
+        for index, layer in enumerate(self._own):
+            if self.kv:  # each row's own keys quantized with its prefix's channel scale
+                layer.add_rows(rows, torch.cat([prefix.key_scale(index).expand(r.n, -1, -1, -1)
+                                                for r, (prefix, _) in zip(requests, prefixes)]))
+            else:
+                layer.add_rows(rows)
         self._valid = torch.cat([self._valid, self._valid.new_zeros(rows, width)], 0)
         self._tokens = torch.cat([self._tokens, self._tokens.new_zeros(rows, width)], 0)
         self._logprobs = torch.cat([self._logprobs, self._logprobs.new_zeros(rows, width)], 0)

@@ -14,8 +14,9 @@ Two holders:
 - ``QuantPrefix``: a request's prefix KV, one row, held once for all its rows and in the prefix
   cache: quantized ``Segment``s (immutable, shared by the prefixes that extend them) and a full-
   precision tail of the last ``residual`` positions (the prompt's end, which every row reads);
-- ``QuantOwnLayer``: each row's own positions in the engine, quantized ``group`` columns at a
-  time once ``residual + group`` are in full precision.
+- ``QuantOwnLayer``: each row's own positions in the engine, each quantized once it is older than
+  the last ``residual`` (with the row's prefix's channel scale, so a position's codes depend
+  only on its row).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class KVQuant:
     """``[host] kv_cache = "int8"`` / ``"int4"`` or ``{bits, group, residual}``."""
 
     bits: int = 8
-    group: int = 32  # positions quantized together (each row's own KV)
+    group: int = 32  # a prefix's positions quantized together once past the residual
     residual: int = 32  # the most recent positions kept in full precision
 
     @property
@@ -244,6 +245,17 @@ class QuantPrefix:
             out.append((keys, values))
         return out
 
+    def key_scale(self, layer: int) -> torch.Tensor:
+        """[H, 1, D]: the largest magnitude of each key channel over the prefix in ``layer`` (the
+        channel scale its rows' own keys are quantized with; ones for an empty prefix)."""
+        parts = [s.key_scale for s in self.segments[layer]]
+        tail = self.tail_keys[layer][0]
+        if tail.shape[-2]:
+            parts.append(tail.abs().amax(-2, keepdim=True))
+        if not parts:
+            return torch.ones(tail.shape[0], 1, tail.shape[-1])
+        return torch.stack(parts).amax(0).clamp(min=1e-6)
+
     def tensors(self) -> list[torch.Tensor]:
         out = [t for layer in self.segments for s in layer for t in s.tensors()]
         return out + list(self.tail_keys) + list(self.tail_values)
@@ -259,74 +271,92 @@ def held_bytes(tensors) -> int:
 
 
 class QuantOwnLayer(DynamicLayer):
-    """Each row's own positions in one layer: ``chunks`` of ``group`` quantized columns (codes,
-    per-channel scale, per-position step and offset, for keys and values) and a full-precision
-    ``tail``. The engine's columns are shared by all rows (a row that joined later has invalid
-    columns first), so columns move to a chunk together; ``update`` returns the layer's keys and
-    values in full precision for the attention of this step (this layer only, then dropped)."""
+    """Each row's own positions in one layer: all but the last ``residual`` quantized (a
+    position moves once it is that old), the last ``residual`` in full precision (``keys`` /
+    ``values``). Keys are divided by the row's own per-channel scale (its prefix's, so the same
+    whatever shares the batch) and quantized per position, values per position: a position's
+    codes depend on nothing but the row, so seeded results do not depend on the batch company.
+    ``update`` returns the layer's keys and values in full precision for this step's attention
+    (this layer only, then dropped)."""
 
-    def __init__(self, spec: KVQuant, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def __init__(self, spec: KVQuant, heads: int, dim: int) -> None:
         super().__init__()
         self.spec = spec
-        self.chunks: list[tuple[torch.Tensor, ...]] = []
-        self.keys, self.values = keys.float(), values.float()  # the tail [B, H, t, D]
+        width = dim // 2 if spec.bits == 4 else dim
+        kind = torch.uint8 if spec.bits == 4 else torch.int8
+        self.scale = torch.ones(0, heads, 1, dim)  # [B, H, 1, D] each row's channel scale
+        self.key_codes = torch.zeros(0, heads, 0, width, dtype=kind)
+        self.value_codes = torch.zeros(0, heads, 0, width, dtype=kind)
+        self.key_params = torch.zeros(0, heads, 0, 2)  # per position: step, offset
+        self.value_params = torch.zeros(0, heads, 0, 2)
+        self.keys, self.values = torch.zeros(0, heads, 0, dim), torch.zeros(0, heads, 0, dim)  # the residual
         self.is_initialized = True
-        self.dtype, self.device = keys.dtype, keys.device
+        self.dtype, self.device = torch.float32, torch.device("cpu")
 
     @property
-    def columns(self) -> int:
-        return len(self.chunks) * self.spec.group + self.keys.shape[-2]
+    def quantized(self) -> int:
+        return self.key_codes.shape[2]
 
     def update(self, key_states, value_states, *args, **kwargs):
         self.keys = torch.cat([self.keys, key_states.float()], dim=-2)
         self.values = torch.cat([self.values, value_states.float()], dim=-2)
-        group = self.spec.group
-        if self.keys.shape[-2] >= self.spec.residual + group:
-            k, scale, k_step, k_offset = quantize_keys(self.keys[:, :, :group], self.spec.bits)
-            v, v_step, v_offset = quantize_values(self.values[:, :, :group], self.spec.bits)
-            self.chunks.append((k, scale, k_step, k_offset, v, v_step, v_offset))
-            self.keys, self.values = self.keys[:, :, group:].contiguous(), self.values[:, :, group:].contiguous()
-        if not self.chunks:
+        old = self.keys.shape[-2] - self.spec.residual
+        if old > 0:
+            self._quantize(self.keys[:, :, :old], self.values[:, :, :old])
+            # copies, so the positions just quantized are not kept alive under a view
+            self.keys, self.values = self.keys[:, :, old:].clone(), self.values[:, :, old:].clone()
+        if not self.quantized:
             return self.keys, self.values
         keys, values = self._dequantized()
         return torch.cat([keys, self.keys], -2), torch.cat([values, self.values], -2)
 
+    def _quantize(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        bits = self.spec.bits
+        k, k_step, k_offset = _rows(keys / self.scale, bits)
+        v, v_step, v_offset = _rows(values, bits)
+        self.key_codes = torch.cat([self.key_codes, pack(k, -1) if bits == 4 else k], -2)
+        self.value_codes = torch.cat([self.value_codes, pack(v, -1) if bits == 4 else v], -2)
+        self.key_params = torch.cat([self.key_params, torch.cat([k_step, k_offset], -1)], -2)
+        self.value_params = torch.cat([self.value_params, torch.cat([v_step, v_offset], -1)], -2)
+
     def _dequantized(self, rows=slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-        bits, keys, values = self.spec.bits, [], []
-        for k, scale, k_step, k_offset, v, v_step, v_offset in self.chunks:
-            keys.append((codes(k[rows], bits).float() * k_step[rows] + k_offset[rows]) * scale[rows])
-            values.append(codes(v[rows], bits).float() * v_step[rows] + v_offset[rows])
-        return torch.cat(keys, -2), torch.cat(values, -2)
+        bits = self.spec.bits
+        kp, vp = self.key_params[rows], self.value_params[rows]
+        keys = (codes(self.key_codes[rows], bits).float() * kp[..., :1] + kp[..., 1:]) * self.scale[rows]
+        values = codes(self.value_codes[rows], bits).float() * vp[..., :1] + vp[..., 1:]
+        return keys, values
 
-    # -- what the engine does to its own KV (OwnLayer has the same four) --
+    # -- what the engine does to its own KV (OwnLayer has the same) --
 
-    def add_rows(self, rows: int) -> None:
-        """``rows`` new rows with every column invalid (zeros)."""
+    def add_rows(self, rows: int, scale: torch.Tensor | None = None) -> None:
+        """``rows`` new rows with every column invalid (zeros); ``scale`` [rows, H, 1, D] their
+        channel scales."""
         def grow(t: torch.Tensor) -> torch.Tensor:
             return torch.cat([t, t.new_zeros(rows, *t.shape[1:])], 0)
-        self.chunks = [tuple(grow(t) for t in chunk) for chunk in self.chunks]
-        self.keys, self.values = grow(self.keys), grow(self.values)
+        for name in ("key_codes", "value_codes", "key_params", "value_params", "keys", "values"):
+            setattr(self, name, grow(getattr(self, name)))
+        self.scale = torch.cat([self.scale, scale if scale is not None else self.scale.new_ones(rows, *self.scale.shape[1:])])
 
     def droppable(self, first: int) -> int:
-        """How many of the first ``first`` columns (no row needs them) can go: whole chunks, or
-        every chunk and some tail columns."""
-        body = len(self.chunks) * self.spec.group
-        return first if first >= body else first - first % self.spec.group
+        return first
 
     def select(self, index: torch.Tensor, first: int) -> None:
-        """Keep rows ``index`` and drop the first ``first`` columns (``droppable(first)``)."""
-        body = len(self.chunks) * self.spec.group
-        self.chunks = [tuple(t[index] for t in chunk) for chunk in self.chunks[min(first, body) // self.spec.group:]]
-        tail_from = max(0, first - body)
-        self.keys, self.values = self.keys[index][:, :, tail_from:], self.values[index][:, :, tail_from:]
+        """Keep rows ``index`` and drop the first ``first`` columns."""
+        quantized = min(first, self.quantized)
+        for name in ("key_codes", "value_codes", "key_params", "value_params"):
+            setattr(self, name, getattr(self, name)[index][:, :, quantized:])
+        self.keys = self.keys[index][:, :, first - quantized:]
+        self.values = self.values[index][:, :, first - quantized:]
+        self.scale = self.scale[index]
 
     def rows(self, rows, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-precision keys and values of ``rows`` from column ``start`` on."""
-        if not self.chunks:
+        if not self.quantized:
             return self.keys[rows, :, start:].clone(), self.values[rows, :, start:].clone()
         keys, values = self._dequantized(rows)
         return (torch.cat([keys, self.keys[rows]], -2)[:, :, start:],
                 torch.cat([values, self.values[rows]], -2)[:, :, start:])
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for chunk in self.chunks for t in chunk] + [self.keys, self.values]
+        return [self.scale, self.key_codes, self.value_codes, self.key_params, self.value_params, self.keys,
+                self.values]
