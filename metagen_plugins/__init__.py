@@ -50,6 +50,12 @@ def generate_kwargs(config: Any, model=None, tokenizer=None) -> dict[str, Any]:
     from .engines.transformers.finite import checked
     from .engines.transformers.kwargs import generate_kwargs as build_kwargs
 
+    from .engines.transformers.kv_quant import kv_quant
+
+    if kv_quant(cfg.host.get("kv_cache")) is not None:
+        raise ConfigError(f"[host] kv_cache = {cfg.host['kv_cache']!r} quantizes the KV inside metagen's batched "
+                          f"engine (metagen run, Runner); model.generate() called directly takes generate()'s "
+                          f"own caches: kv_cache = \"quantized\" (or a table with implementation = ...)")
     kwargs = build_kwargs(cfg, registry, model=model, tokenizer=tokenizer)
     if kwargs.get("logits_processor"):  # stop with the culprit's name, not inside torch.multinomial
         kwargs["logits_processor"] = checked(kwargs["logits_processor"], cfg, registry)

@@ -27,6 +27,9 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from .kv_quant import QuantPrefix
+from .quant_attention import QuantLayout, prefix_part
+
 NAME = "metagen_shared_prefix"
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 
@@ -43,6 +46,17 @@ class Prefix:
     @property
     def length(self) -> int:
         return self.keys[0].shape[-2]
+
+    @property
+    def heads(self) -> int:
+        return self.keys[0].shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.keys[0].shape[3]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(self.keys) + list(self.values)
 
 
 class SharedPrefixLayer(DynamicLayer):
@@ -85,6 +99,29 @@ class OwnLayer(DynamicLayer):
         self.values = torch.cat([self.values, value_states], dim=-2)
         return self.keys, self.values
 
+    # -- what the engine does to its own KV (kv_quant.QuantOwnLayer has the same) --
+
+    def add_rows(self, rows: int) -> None:
+        """``rows`` new rows with every column invalid (zeros)."""
+        self.keys = torch.cat([self.keys, self.keys.new_zeros(rows, *self.keys.shape[1:])], 0)
+        self.values = torch.cat([self.values, self.values.new_zeros(rows, *self.values.shape[1:])], 0)
+
+    def droppable(self, first: int) -> int:
+        """How many of the first ``first`` columns (no row needs them) can go: all of them."""
+        return first
+
+    def select(self, index: torch.Tensor, first: int) -> None:
+        """Keep rows ``index`` and drop the first ``first`` columns."""
+        self.keys = self.keys[index][:, :, first:]
+        self.values = self.values[index][:, :, first:]
+
+    def rows(self, rows, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``rows`` from column ``start`` on (views)."""
+        return self.keys[rows, :, start:], self.values[rows, :, start:]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.keys, self.values]
+
 
 def supported(model) -> bool:
     config = model.config
@@ -109,18 +146,28 @@ class Layout:
         rows_max = max(r.width for r in requests)
         length = max(1, max(r.prefix.length for r in requests))
         self.groups, self.rows_max = len(requests), rows_max
+        self.valid = valid  # [B, S] own columns each row attends to (before this step's column)
         slots = []
         for g, r in enumerate(requests):
             slots.extend(g * rows_max + j for j in range(r.width))
         self.slots = torch.tensor(slots)
+        self.quant = None
+        self.keys, self.values = [], []
+        if isinstance(requests[0].prefix, QuantPrefix):  # quantized prefixes: read where they are
+            self.quant = QuantLayout([r.prefix for r in requests], num_layers)
+            return
         self.prefix_mask = torch.zeros(len(requests), 1, 1, length, dtype=torch.bool)
         for g, r in enumerate(requests):
             self.prefix_mask[g, :, :, :r.prefix.length] = True
-        self.keys, self.values = [], []
         for layer in range(num_layers):
             self.keys.append(_stack([r.prefix.keys[layer] for r in requests], length))
             self.values.append(_stack([r.prefix.values[layer] for r in requests], length))
-        self.valid = valid  # [B, S] own columns each row attends to (before this step's column)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """What it holds beside the prefixes themselves (stacked copies, or the quantized tails)."""
+        if self.quant is not None:
+            return self.quant.tail_keys + self.quant.tail_values
+        return self.keys + self.values
 
 
 def _stack(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
@@ -150,7 +197,7 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     if q_len > 1:  # several new positions (the engine feeds one): causal among them
         newest = own_len - q_len + torch.arange(q_len, device=query.device)
         own = own & (torch.arange(own_len, device=query.device)[None, :] <= newest[:, None])
-    if layout.rows_max == 1:  # no prefix is shared by two rows: one fused attention over [prefix, own]
+    if layout.rows_max == 1 and layout.quant is None:  # no prefix is shared by two rows: one fused attention over [prefix, own]
         prefix_mask = layout.prefix_mask.expand(-1, -1, q_len, -1)
         mask = torch.cat([prefix_mask, own.expand(batch, 1, q_len, own_len)], -1)
         keys = torch.cat([layout.keys[module.layer_idx], key], 2)
@@ -165,14 +212,17 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     padded[layout.slots] = q
     padded = padded.reshape(layout.groups, layout.rows_max, kv_heads, groups * q_len, dim).transpose(1, 2)
     padded = padded.reshape(layout.groups, kv_heads, layout.rows_max * groups * q_len, dim)
-    prefix_keys = layout.keys[module.layer_idx].float()
-    prefix_values = layout.values[module.layer_idx].float()
-    p_scores = torch.matmul(padded, prefix_keys.transpose(-1, -2)) * scaling  # [G, Hkv, R*g, P]
-    p_scores = p_scores.masked_fill(~layout.prefix_mask, lowest)
-    p_max = p_scores.amax(-1, keepdim=True)
-    p_weights = (p_scores - p_max).exp() * layout.prefix_mask
-    p_sum = p_weights.sum(-1, keepdim=True)
-    p_out = torch.matmul(p_weights, prefix_values)  # [G, Hkv, R*g, D]
+    if layout.quant is not None:
+        p_max, p_sum, p_out = prefix_part(layout.quant, module.layer_idx, padded, scaling)
+    else:
+        prefix_keys = layout.keys[module.layer_idx].float()
+        prefix_values = layout.values[module.layer_idx].float()
+        p_scores = torch.matmul(padded, prefix_keys.transpose(-1, -2)) * scaling  # [G, Hkv, R*g, P]
+        p_scores = p_scores.masked_fill(~layout.prefix_mask, lowest)
+        p_max = p_scores.amax(-1, keepdim=True)
+        p_weights = (p_scores - p_max).exp() * layout.prefix_mask
+        p_sum = p_weights.sum(-1, keepdim=True)
+        p_out = torch.matmul(p_weights, prefix_values)  # [G, Hkv, R*g, D]
 
     def back(t: torch.Tensor) -> torch.Tensor:  # [G, Hkv, R*g, X] -> [B, Hkv, g, X]
         t = t.reshape(layout.groups, kv_heads, layout.rows_max, groups * q_len, -1).transpose(1, 2)

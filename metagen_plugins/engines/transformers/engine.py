@@ -35,6 +35,7 @@ from metagen_hooks import BudgetExceeded
 from ...errors import HostError
 from .accounting import fresh
 from .attention import Layout, OwnLayer, attach, detach, laid_out
+from .kv_quant import KVQuant, QuantOwnLayer, held_bytes
 from .requests import Progress, Request, draw, request_generator  # noqa: F401 (re-exported)
 
 GATHER_GAP, GATHER_MAX = 0.005, 0.05  # seconds: how an idle loop waits for a batch to assemble
@@ -45,8 +46,12 @@ class Engine:
     holds ``(rows, computed, reused, passes)``: each row's new tokens (up to and including EOS)
     and their log-probs under the model, prompt tokens computed and reused, forward passes."""
 
-    def __init__(self, model, prefixes, *, eos_ids: set[int], pad_id: int, max_batch_tokens: int) -> None:
+    def __init__(self, model, prefixes, *, eos_ids: set[int], pad_id: int, max_batch_tokens: int,
+                 kv: KVQuant | None = None) -> None:
         self.model = model
+        self.kv = kv  # the rows' own KV quantized (kv_quant), as the prefix store quantizes prefixes
+        self.measure = False  # record the peak bytes held each step (the benchmark's memory figures)
+        self.peak_kv_bytes = self.peak_layout_bytes = 0
         self.eos = torch.tensor(sorted(eos_ids)) if eos_ids else torch.tensor([], dtype=torch.long)
         self._eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
@@ -159,10 +164,10 @@ class Engine:
             self._compact()  # the layout is rebuilt anyway: drop finished rows now
         width = self._valid.shape[1]
         rows = sum(r.n for r in requests)
-        heads, dim = prefixes[0][0].keys[0].shape[1], prefixes[0][0].keys[0].shape[3]
+        heads, dim = prefixes[0][0].heads, prefixes[0][0].dim
         if not self._own:
-            sample = prefixes[0][0].keys[0]
-            self._own = [OwnLayer(sample.new_zeros(0, heads, 0, dim), sample.new_zeros(0, heads, 0, dim))
+            empty = prefixes[0][0].tensors()[0].new_zeros(0, heads, 0, dim)
+            self._own = [QuantOwnLayer(self.kv, heads, dim) if self.kv else OwnLayer(empty, empty)
                          for _ in range(self.num_layers)]
         last, pos, limit = [], [], []
         for request, (prefix, hit) in zip(requests, prefixes):
@@ -175,9 +180,12 @@ class Engine:
             last += [request.tokens[-1]] * request.n
             pos += [prefix_len] * request.n
             limit += [request.max_new_tokens] * request.n
-        for layer in self._own:
-            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(rows, heads, width, dim)], 0)
-            layer.values = torch.cat([layer.values, layer.values.new_zeros(rows, heads, width, dim)], 0)
+        for index, layer in enumerate(self._own):
+            if self.kv:  # each row's own keys quantized with its prefix's channel scale
+                layer.add_rows(rows, torch.cat([prefix.key_scale(index).expand(r.n, -1, -1, -1)
+                                                for r, (prefix, _) in zip(requests, prefixes)]))
+            else:
+                layer.add_rows(rows)
         self._valid = torch.cat([self._valid, self._valid.new_zeros(rows, width)], 0)
         self._tokens = torch.cat([self._tokens, self._tokens.new_zeros(rows, width)], 0)
         self._logprobs = torch.cat([self._logprobs, self._logprobs.new_zeros(rows, width)], 0)
@@ -236,6 +244,9 @@ class Engine:
             logits = self.model(input_ids=self._last[:, None], position_ids=self._pos[:, None], attention_mask=mask,
                                 cache=cache, use_cache=True).logits[:, -1, :].float()
         self._valid = torch.cat([self._valid, self._valid.new_ones(self._valid.shape[0], 1)], 1)
+        if self.measure:
+            self.peak_kv_bytes = max(self.peak_kv_bytes, self.kv_bytes())
+            self.peak_layout_bytes = max(self.peak_layout_bytes, held_bytes(self._layout.tensors()))
         chosen = logits.argmax(-1)
         failed: dict[int, tuple[Request, BaseException]] = {}  # id(request) -> its error
         for r in self._active:
@@ -375,8 +386,7 @@ class Engine:
     def _own_kv(self, r: Request, rows: slice, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values each of the request's n rows wrote, in row order (rows
         that left early padded to the request's steps)."""
-        own = [(layer.keys[rows, :, width - r.steps:], layer.values[rows, :, width - r.steps:])
-               for layer in self._own]
+        own = [layer.rows(rows, width - r.steps) for layer in self._own]
         if not r.left:
             return own
         live = torch.tensor(r.live, dtype=torch.long)
@@ -426,9 +436,9 @@ class Engine:
         valid = self._valid[index]
         used = valid.any(0)
         first = int(used.nonzero()[0, 0]) if bool(used.any()) else valid.shape[1]
+        first = self._own[0].droppable(first)
         for layer in self._own:
-            layer.keys = layer.keys[index][:, :, first:]
-            layer.values = layer.values[index][:, :, first:]
+            layer.select(index, first)
         self._valid = valid[:, first:]
         self._tokens = self._tokens[index][:, first:]
         self._logprobs = self._logprobs[index][:, first:]
@@ -445,9 +455,15 @@ class Engine:
         logprobs = self._logprobs[at, width - r.steps:].tolist()[:fed]
         kv = None
         if self.prefixes.remembers:
-            kv = [(layer.keys[at:at + 1, :, width - r.steps:].clone(),
-                   layer.values[at:at + 1, :, width - r.steps:].clone()) for layer in self._own]
+            kv = [tuple(t.clone() for t in layer.rows(slice(at, at + 1), width - r.steps)) for layer in self._own]
         r.left[row] = tokens, logprobs, kv
+
+    def kv_bytes(self) -> int:
+        """Bytes of KV the loop holds now: its requests' prefixes and the rows' own positions
+        (each storage once; the layout's stacked copy of unquantized prefixes is not counted)."""
+        tensors = [t for layer in self._own for t in layer.tensors()]
+        tensors += [t for r in self._active if r.prefix is not None for t in r.prefix.tensors()]
+        return held_bytes(tensors)
 
     def _reset(self) -> None:
         self._active = []

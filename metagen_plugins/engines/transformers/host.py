@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from metagen_hooks import Budget
 
 from ...config import Config
-from ...errors import HostError
+from ...errors import ConfigError, HostError
 from ...hostkit.chat import chat_enabled, chat_format
 from ...models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
 from ...registry import Registry
@@ -17,6 +17,7 @@ from ...text_stop import stop_strings
 from .attention import supported
 from .engine import Engine
 from .generator import TransformersGenerator
+from .kv_quant import kv_quant
 from .kwargs import UNSHARED, cache_kwargs, context_length, generate_kwargs  # noqa: F401 (re-exported)
 from .prefixes import Prefixes
 
@@ -56,11 +57,36 @@ class TransformersHost:
         self.pad_id = next(iter(self.eos_ids), None)
         if self.pad_id is None:
             self.pad_id = tokenizer.pad_token_id or 0
+        self.kv = kv_quant(settings.get("kv_cache"))  # the engine's quantized KV, or None
+        if self.kv is not None:
+            self._check_quantized_kv(settings)
         self.prefixes = Prefixes(model, settings.get("prefix_cache_bytes", 512 * 2**20),
-                                 eos_ids=self.eos_ids, pad_id=self.pad_id)
+                                 eos_ids=self.eos_ids, pad_id=self.pad_id, kv=self.kv)
         self.lock = threading.Lock()  # generate() calls (paths the engine does not take) one at a time
         self._engine: Engine | None = None
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
+
+    def _check_quantized_kv(self, settings) -> None:
+        """The engine's quantized KV needs every request in the engine: a clear error otherwise."""
+        setting = f"[host] kv_cache = {settings['kv_cache']!r}"
+        for key in ("draft_model", "prompt_lookup_num_tokens"):
+            if key in settings:
+                raise ConfigError(f"{setting} quantizes the KV inside the batched engine, but [host] {key} sends "
+                                  f"every request to generate(); drop one of them, or use kv_cache = "
+                                  f"\"quantized\" (generate()'s own quantized cache)")
+        if not settings.get("batching", True):
+            raise ConfigError(f"{setting} quantizes the KV inside the batched engine, which [host] batching = false "
+                              f"turns off; set batching = true, or use kv_cache = \"quantized\" (generate()'s own "
+                              f"quantized cache)")
+        if not self.shared_prefix:
+            raise ConfigError(f"{setting} needs the shared-prefix attention path, which this model "
+                              f"({self.model.config.model_type}) does not take or [host] shared_prefix_attention "
+                              f"turns off (supported: llama, mistral, qwen2, qwen3 with full attention); use "
+                              f"kv_cache = \"quantized\" (generate()'s own quantized cache) instead")
+        if self.kv.bits == 4 and (getattr(self.model.config, "head_dim", None) or
+                                  self.model.config.hidden_size // self.model.config.num_attention_heads) % 2:
+            raise ConfigError(f"{setting}: int4 packs two channels per byte and this model's head dimension is odd; "
+                              f"use kv_cache = \"int8\"")
 
     @property
     def prefix_cache(self):
@@ -104,7 +130,7 @@ class TransformersHost:
         with self.lock:
             if self._engine is None:
                 self._engine = Engine(self.model, self.prefixes, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                      max_batch_tokens=self.config.host.get("max_batch_tokens", 65536))
+                                      max_batch_tokens=self.config.host.get("max_batch_tokens", 65536), kv=self.kv)
             return self._engine
 
     def batched(self, kwargs: dict[str, Any]) -> bool:

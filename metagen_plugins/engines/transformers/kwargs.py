@@ -13,6 +13,7 @@ from ...config import Config
 from ...errors import ConfigError
 from ...models import load_model_cached
 from ...registry import Registry
+from .kv_quant import kv_quant
 
 # With sampling on, these neutralise generate()'s own warpers (and top_k's default of 50), so
 # only the configured processors apply, in the configured order.
@@ -45,13 +46,14 @@ def generate_kwargs(config: Config, registry: Registry, model=None, tokenizer=No
         kwargs["assistant_model"] = load_model_cached(settings["draft_model"], what="[host] draft_model")
     if "prompt_lookup_num_tokens" in settings:
         kwargs["prompt_lookup_num_tokens"] = settings["prompt_lookup_num_tokens"]
-    if "kv_cache" in settings:
+    if "kv_cache" in settings and kv_quant(settings["kv_cache"]) is None:  # int8/int4: the engine's own
         kwargs.update(cache_kwargs(settings["kv_cache"]))
     return kwargs
 
 
 def cache_kwargs(kv_cache: str | dict) -> dict[str, Any]:
-    """``cache_implementation`` (and ``cache_config``) for ``[host] kv_cache``.
+    """``cache_implementation`` (and ``cache_config``) for ``[host] kv_cache`` (generate()'s own
+    caches; ``"int8"``, ``"int4"`` and tables with ``bits`` are the batched engine's, kv_quant).
 
     ``"quantized"`` picks a backend that runs on this machine: quanto int4 when optimum-quanto is
     installed, else fp8 (needs nothing). A table passes its keys through:

@@ -4,7 +4,8 @@ The transformers host asks it for the longest cached prefix of the tokens it mus
 prompt shared by N samples is computed once, and a step-level search that extends a branch pays
 only for the branch's new tokens. Entries may be views into one batch cache (one row each, up
 to a length): a generate() call's whole cache is stored once, without copying, and sliced only
-when a row is reused.
+when a row is reused. A quantized prefix (``kv_quant.QuantPrefix``, one row, immutable) is an
+entry of its own, sliced by views; entries that share its segments each count them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from .attention import SharedPrefixLayer
+from .kv_quant import QuantPrefix, held_bytes
 
 
 @dataclass
@@ -25,7 +27,9 @@ class _Entry:
     length: int
 
 
-def cache_bytes(cache: DynamicCache) -> int:
+def cache_bytes(cache: DynamicCache | QuantPrefix) -> int:
+    if isinstance(cache, QuantPrefix):
+        return held_bytes(cache.tensors())
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in _tensors(layer))
 
 
@@ -42,13 +46,18 @@ def _row(layer, row: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sliceable(cache) -> bool:
-    """Only full-attention dynamic layers can be sliced and extended freely."""
+    """Only full-attention dynamic layers (and quantized prefixes) can be sliced and extended freely."""
+    if isinstance(cache, QuantPrefix):
+        return True
     return isinstance(cache, DynamicCache) and all(
         not layer.is_sliding and getattr(layer, "keys", None) is not None for layer in cache.layers)
 
 
-def take(cache: DynamicCache, row: int, length: int, config) -> DynamicCache:
-    """A new single-row cache holding the first ``length`` positions of ``row`` (copied)."""
+def take(cache: DynamicCache | QuantPrefix, row: int, length: int, config) -> DynamicCache | QuantPrefix:
+    """A new single-row cache holding the first ``length`` positions of ``row`` (copied; a
+    quantized prefix's first positions, as views: it is never mutated)."""
+    if isinstance(cache, QuantPrefix):
+        return cache.head(length)
     return DynamicCache(ddp_cache_data=[_row(layer, row, length) for layer in cache.layers], config=config)
 
 
