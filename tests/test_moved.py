@@ -22,17 +22,29 @@ def test_an_old_path_imports_the_module_where_it_is_now(old, new):
     assert getattr(importlib.import_module(parent), leaf) is module  # `from parent import leaf` works
 
 
-def test_old_paths_work_in_a_fresh_process_in_every_import_form():
+FRESH = {
+    "hostkit": ("import metagen_plugins.hosts.remote\n"
+                "from metagen_plugins.hosts.completions import CompletionsGenerator\n"
+                "from metagen_plugins import retrying\n"
+                "from metagen_plugins.hostkit import CompletionsGenerator as kit, RemoteHost\n"
+                "assert CompletionsGenerator is kit and metagen_plugins.hosts.remote.RemoteHost is RemoteHost\n"
+                "assert retrying.__name__ == 'metagen_plugins.hostkit.retrying'\n"
+                "import sys; assert 'httpx2' not in sys.modules, 'the kit imported its HTTP client'\n"),
+    "engine": ("from metagen_plugins.hosts.transformers import TransformersHost, generate_kwargs, cache_kwargs\n"
+               "from metagen_plugins.hosts.batching import Engine, Request, request_generator\n"
+               "from metagen_plugins.hosts.shared_prefix import SharedPrefixLayer, decoding, shared_cache\n"
+               "from metagen_plugins.hosts.prefix_cache import PrefixCache\n"
+               "from metagen_plugins.hosts import transformers\n"
+               "import metagen_plugins.engines.transformers.host as new\n"
+               "assert transformers is new and TransformersHost is new.TransformersHost\n"),
+}
+
+
+@pytest.mark.parametrize("moved", sorted(FRESH))
+def test_old_paths_work_in_a_fresh_process_in_every_import_form(moved):
     """Before anything imported the new modules: ``import a.b.c``, ``from a.b.c import X`` and
     ``from a.b import c`` all give the new module's objects."""
-    code = ("import metagen_plugins.hosts.remote\n"
-            "from metagen_plugins.hosts.completions import CompletionsGenerator\n"
-            "from metagen_plugins import retrying\n"
-            "from metagen_plugins.hostkit import CompletionsGenerator as kit, RemoteHost\n"
-            "assert CompletionsGenerator is kit and metagen_plugins.hosts.remote.RemoteHost is RemoteHost\n"
-            "assert retrying.__name__ == 'metagen_plugins.hostkit.retrying'\n"
-            "import sys; assert 'httpx2' not in sys.modules, 'the kit imported its HTTP client'\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", FRESH[moved]], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
@@ -50,15 +62,3 @@ def test_the_errors_are_the_contracts_classes_under_their_old_names():
         assert getattr(errors, name) is getattr(metagen_hooks, name) is getattr(metagen_hooks.errors, name)
     assert metagen_plugins.HostError is metagen_hooks.HostError
     assert issubclass(metagen_hooks.ConfigError, ValueError)
-
-
-def test_the_engines_old_names_import_in_a_fresh_process():
-    code = ("from metagen_plugins.hosts.transformers import TransformersHost, generate_kwargs, cache_kwargs\n"
-            "from metagen_plugins.hosts.batching import Engine, Request, request_generator\n"
-            "from metagen_plugins.hosts.shared_prefix import SharedPrefixLayer, decoding, shared_cache, supported\n"
-            "from metagen_plugins.hosts.prefix_cache import PrefixCache\n"
-            "from metagen_plugins.hosts import transformers\n"
-            "import metagen_plugins.engines.transformers.host as new\n"
-            "assert transformers is new and TransformersHost is new.TransformersHost\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
