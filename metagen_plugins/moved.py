@@ -30,7 +30,15 @@ MOVED = {
     "metagen_plugins.hosts.prefix_cache": "metagen_plugins.engines.transformers.prefix_cache",
     "metagen_plugins.hosts.watching": "metagen_plugins.engines.transformers.watching",
     "metagen_plugins.hosts.detokenize": "metagen_plugins.engines.transformers.detokenize",
+    # each serving engine one package (engines/<engine>/: host, deployment tooling, realisations)
+    "metagen_plugins.hosts.vllm": "metagen_plugins.engines.vllm.host",
+    "metagen_plugins.hosts.tgi": "metagen_plugins.engines.tgi.host",
+    "metagen_plugins.deploy": None,  # the package is gone; its modules below still import
+    "metagen_plugins.deploy.vllm": "metagen_plugins.engines.vllm.deploy",
+    "metagen_plugins.deploy.tgi": "metagen_plugins.engines.tgi.deploy",
 }
+"""Old module path -> where the module is now; None: a package that is gone, kept (empty) so
+that its old modules' paths import."""
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -43,16 +51,19 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in MOVED:
             return None
-        return importlib.util.spec_from_loader(fullname, self)
+        return importlib.util.spec_from_loader(fullname, self, is_package=MOVED[fullname] is None)
 
     def create_module(self, spec):
+        if MOVED[spec.name] is None:
+            return None  # an empty package: the import system makes it
         module = importlib.import_module(MOVED[spec.name])
         self._specs[module.__name__] = module.__spec__
         return module
 
     def exec_module(self, module) -> None:
         # the import system has set the old name's spec on the module: it keeps its own
-        module.__spec__ = self._specs[module.__name__]
+        if module.__name__ in self._specs:
+            module.__spec__ = self._specs[module.__name__]
 
 
 def install() -> None:

@@ -1,5 +1,6 @@
 """The registry: calls each plugin's register hooks, records who registered what, resolves names;
-and owns the registry's lifecycle (:func:`get_registry`: loaded once, then shared)."""
+and owns the registry's lifecycle (:func:`get_registry`: loaded once, then shared). What it
+records of hosts and commands is :mod:`.host_info`'s."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ from typing import Any, Callable
 from metagen_hooks import KINDS, Capabilities
 
 from .errors import ConfigError, PluginError, nearest
+from .host_info import METADATA as _METADATA
+from .host_info import CommandInfo, HostInfo, KeyReaders, command_info, host_info, key_readers
 from .params import Schema, schema_of
 from .plugins import PluginManager, _describe
 
 _registry: "Registry | None" = None
 _plugins_dir: str | None = None  # the --plugins-dir the shared registry was loaded with
 
-# besides the installed hosts' realiser keys; ``stop_strings``: what the component amounts to as
-# stop strings, for the hosts that declare Capabilities(stop_strings=True)
-_METADATA = {"sampling", "constraint", "doc", "caller", "runs_code", "stop_strings"}
 SINGULAR = {"logits_processors": "logits processor", "stopping_criteria": "stopping criterion",
             "scorers": "scorer", "strategies": "strategy"}
 
@@ -77,48 +77,6 @@ class ComponentInfo:
         }
 
 
-@dataclass
-class HostInfo:
-    """A registered host (``register_hosts``): its settings schema, factory, realiser key (and
-    the keys it falls back to) and declared capabilities."""
-
-    name: str
-    factory: Callable[..., Any]
-    settings: dict[str, Any]
-    realiser: str
-    plugin: str
-    distribution: str | None
-    version: str | None
-    capabilities: Capabilities = field(default_factory=Capabilities)
-    deploy: str | None = None
-    doc: str = ""
-    fallback: tuple[str, ...] = ()  # realiser keys read when a component has none for ``realiser``
-
-    @property
-    def in_process(self) -> bool:
-        """Whether the host calls component factories itself (``capabilities.in_process``)."""
-        return self.capabilities.in_process
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """The realiser keys this host reads, in order: its own, then its fallbacks."""
-        return (self.realiser, *self.fallback)
-
-    def label(self) -> str:
-        origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
-        return f"host {self.name!r} (plugin {self.plugin!r}, {origin})"
-
-    def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        from .params import type_name
-
-        return {"plugin": self.plugin, "distribution": self.distribution, "version": self.version,
-                "realiser": self.realiser, "fallback": list(self.fallback), "in_process": self.in_process,
-                "capabilities": asdict(self.capabilities), "docstring": self.doc,
-                "settings": {k: type_name(v) for k, v in sorted(self.settings.items())}}
-
-
 class DuplicateComponent(PluginError):
     pass
 
@@ -129,10 +87,13 @@ class Registry:
     def __init__(self, manager: PluginManager) -> None:
         self.manager = manager
         self.hosts: dict[str, HostInfo] = {}
+        self.commands: dict[str, CommandInfo] = {}
         self.components: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
         self.conflicts: dict[tuple[str, str], list[ComponentInfo]] = {}
         for plugin, hook in manager.implementations("register_hosts"):  # first: components name them
             self._collect_hosts(plugin, hook)
+        for plugin, hook in manager.implementations("register_commands"):
+            self._collect_commands(plugin, hook)
         for kind in KINDS:
             for plugin, hook in manager.implementations(f"register_{kind}"):
                 self._collect(kind, plugin, hook)
@@ -143,10 +104,11 @@ class Registry:
 
         def register(name: str, factory: Callable[..., Any], *, settings: dict[str, Any],
                      realiser: str | None = None, fallback: tuple[str, ...] | list[str] = (),
-                     capabilities: Capabilities | None = None, in_process: bool = False,
-                     deploy: str | None = None, doc: str = "") -> None:
-            added.append(_host_info(name, factory, settings, realiser, in_process, deploy, doc, record,
-                                    capabilities, fallback))
+                     capabilities: Capabilities | None = None,
+                     realisations: dict[str, dict[str, Callable[..., dict]]] | None = None,
+                     in_process: bool = False, deploy: str | None = None, doc: str = "") -> None:
+            added.append(host_info(name, factory, settings, realiser, in_process, deploy, doc, record,
+                                   capabilities, fallback, realisations))
 
         try:
             hook(register=register)
@@ -162,6 +124,34 @@ class Registry:
                 continue
             self.hosts[info.name] = info
             record.components.setdefault("hosts", []).append(info.name)
+
+    def _collect_commands(self, plugin: str, hook: Callable[..., Any]) -> None:
+        record = self.manager.records[plugin]
+        added: list[CommandInfo] = []
+
+        def register(name: str, add_arguments: Callable[[Any], None], main: Callable[[Any, Any], int], *,
+                     help: str = "") -> None:
+            added.append(command_info(name, add_arguments, main, help, record))
+
+        try:
+            hook(register=register)
+        except Exception as exc:
+            self.manager.fail(plugin, f"register_commands raised {_describe(exc)}")
+            return
+        for info in added:
+            if info.name in self.commands or any(h.deploy and h.name == info.name for h in self.hosts.values()):
+                owner = self.commands[info.name].plugin if info.name in self.commands else self.hosts[info.name].plugin
+                self.manager.fail(plugin, f"command {info.name!r} is registered by plugin {owner!r} and plugin "
+                                          f"{plugin!r}; a command name must be unique: uninstall one, or block "
+                                          f"it with METAGEN_DISABLE_PLUGINS={plugin}")
+                continue
+            self.commands[info.name] = info
+            record.components.setdefault("commands", []).append(info.name)
+
+    def create_host(self, config, **objects: Any):
+        """The host object for ``config.host_name`` (a validated configuration), made by the
+        factory its plugin registered; ``objects``: ``model=`` / ``tokenizer=`` lent to it."""
+        return self.host(config.host_name).factory(config, self, **objects)
 
     def host(self, name: str) -> HostInfo:
         """The host registered as ``name``; a ConfigError listing the installed ones otherwise."""
@@ -181,15 +171,8 @@ class Registry:
         """Each realiser key the installed hosts read (their own and their fallbacks) -> what the
         hosts whose own key it is declare natively (merged: any of them; none for a key that is
         only a fallback)."""
-        keys: dict[str, Capabilities] = {}
-        for info in self.hosts.values():
-            mine = keys.get(info.realiser, Capabilities())
-            caps = info.capabilities
-            keys[info.realiser] = Capabilities(in_process=mine.in_process or caps.in_process,
-                                               stop_strings=mine.stop_strings or caps.stop_strings)
-            for key in info.fallback:
-                keys.setdefault(key, Capabilities())
-        return keys
+        return {key: Capabilities(in_process=r.in_process, stop_strings=r.stop_strings)
+                for key, r in key_readers(self.hosts.values()).items()}
 
     def realiser_chain(self, key: str) -> tuple[str, ...]:
         """``key`` and the fallback keys of the host(s) whose own realiser key it is, in order: what
@@ -203,7 +186,7 @@ class Registry:
     def _collect(self, kind: str, plugin: str, hook: Callable[..., Any]) -> None:
         record = self.manager.records[plugin]
         added: list[ComponentInfo] = []
-        keys = self.key_capabilities()
+        keys = key_readers(self.hosts.values())
 
         def register(name: str, factory: Callable[..., Any], **metadata: Any) -> None:
             added.append(_info(kind, name, factory, metadata, record, keys))
@@ -240,43 +223,9 @@ class Registry:
             raise ConfigError(unknown_name_message(kind, name, self.components[kind])) from None
 
 
-def _host_info(name, factory, settings, realiser, in_process, deploy, doc, record, capabilities=None,
-               fallback=()) -> HostInfo:
-    where = f"plugin {record.name!r}"
-    if not isinstance(name, str) or not name.isidentifier():
-        raise PluginError(f"{where} registered a host with name {name!r}; use an identifier such as 'vllm'")
-    if not callable(factory):
-        raise PluginError(f"{where} registered host {name!r} with a factory that is not callable: {factory!r}")
-    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
-        raise PluginError(f"{where} registered host {name!r} with settings={settings!r}; give a dict of "
-                          f"setting name -> type, e.g. {{'url': str, 'timeout': float}}")
-    if "name" in settings:
-        raise PluginError(f"{where} registered host {name!r} with a setting called 'name', which [host] uses "
-                          f"to select the host; rename it")
-    realiser = realiser or name
-    if not isinstance(realiser, str) or not realiser.isidentifier() or realiser in _METADATA:
-        raise PluginError(f"{where} registered host {name!r} with realiser={realiser!r}; use an identifier "
-                          f"other than {', '.join(sorted(_METADATA))}")
-    if capabilities is None:
-        capabilities = Capabilities(in_process=bool(in_process))
-    elif not isinstance(capabilities, Capabilities):
-        raise PluginError(f"{where} registered host {name!r} with capabilities={capabilities!r}; give a "
-                          f"metagen_hooks.Capabilities(...), e.g. Capabilities(stop_strings=True)")
-    elif in_process and not capabilities.in_process:
-        raise PluginError(f"{where} registered host {name!r} with in_process=True but capabilities saying "
-                          f"in_process=False; declare it once, in Capabilities(in_process=True)")
-    if isinstance(fallback, str) or not all(isinstance(k, str) and k.isidentifier() and k not in _METADATA
-                                            for k in fallback):
-        raise PluginError(f"{where} registered host {name!r} with fallback={fallback!r}; give a tuple of "
-                          f"realiser keys read after its own, e.g. fallback=(\"vllm\",)")
-    fallback = tuple(k for k in dict.fromkeys(fallback) if k != realiser)
-    return HostInfo(name=name, factory=factory, settings=dict(settings), realiser=realiser, plugin=record.name,
-                    distribution=record.distribution, version=record.version, capabilities=capabilities,
-                    deploy=deploy, doc=doc or inspect.getdoc(factory) or "", fallback=fallback)
-
-
-def _info(kind, name, factory, metadata, record, keys: dict[str, Capabilities]) -> ComponentInfo:
-    """``keys``: the installed hosts' realiser keys -> what the hosts of that key realise natively."""
+def _info(kind, name, factory, metadata, record, keys: dict[str, KeyReaders]) -> ComponentInfo:
+    """``keys``: the installed hosts' realiser keys -> what the hosts of that key realise natively
+    and the realisations they registered for components."""
     where = f"plugin {record.name!r}"
     if not isinstance(name, str) or not name:
         raise PluginError(f"{where} registered a {kind} component with name {name!r}; use a non-empty str")
@@ -307,6 +256,8 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, Capabilities]) 
         elif value is None:
             if caps.in_process:
                 realisers[key] = None  # the host builds the factory itself
+            elif (kind, name) in caps.realisations:  # the host's own realisation of this component
+                realisers[key] = caps.realisations[(kind, name)]
             elif caps.stop_strings and stops is not None:
                 realisers[key] = _as_stop(stops)  # the host's Generator honours stop= natively
         elif value is True and caps.in_process:

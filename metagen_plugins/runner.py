@@ -49,9 +49,7 @@ class Runner:
         self._scorers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._check_before_loading(self.config)
-        from . import hosts
-
-        self.host = hosts.create(self.config, registry, model=model, tokenizer=tokenizer)
+        self.host = registry.create_host(self.config, model=model, tokenizer=tokenizer)
         try:  # a scorer that needs the host's model fails here, once, not in every prompt
             self._scorer(self.config, self.host)
         except BaseException:

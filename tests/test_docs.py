@@ -150,7 +150,7 @@ def test_host_tutorial_installs_and_runs_against_a_llama_server(install_plugin, 
         assert result.strategy == "self_consistency" and result.budget.samples == 8 == len(server.requests)
         assert "#### 16" in result.best.text  # the stand-in's solver is right more often than not
         assert sorted(r["seed"] for r in server.requests) == list(range(1, 9))  # one stream per request
-        assert all(r["stop"] == ["\n\n"] and "temperature" not in r and r["n_predict"] == 64 for r in server.requests)
+        assert all(r["stop"] == ["\n\n"] and r["temperature"] == 0.8 and r["n_predict"] == 64 for r in server.requests)
         assert result.budget.tokens_generated == sum(a["tokens_predicted"] for a in server.answers)
         assert result.budget.prompt_tokens_reused == sum(a["timings"]["cache_n"] for a in server.answers) > 0
 
@@ -165,5 +165,9 @@ def test_host_tutorial_installs_and_runs_against_a_llama_server(install_plugin, 
             assert server.requests[-1]["temperature"] == 0.0
             [[rest]] = runner.host.generator(Budget(max_samples=1)).extend([step], 3)  # fewer than n allowed
             assert rest.text == " 12+7=19. 19-3=16. #### 16"
-        with pytest.raises(metagen_plugins.ConfigError, match="'top_k'.* cannot run on the llamacpp host"):
-            metagen_plugins.validate({**greedy, "processors": [{"name": "top_k", "top_k": 4}]}, reg)
+        with pytest.raises(metagen_plugins.ConfigError, match="'mirostat'.* cannot run on the llamacpp host"):
+            metagen_plugins.validate({**greedy, "processors": [{"name": "mirostat"}]}, reg)
+        top_k = metagen_plugins.validate({**greedy, "processors": [{"name": "top_k", "top_k": 4}]}, reg)
+        with metagen_plugins.Runner(top_k, registry=reg) as runner:  # realised by the host's realisations=
+            runner.host.generator(Budget()).sample(["Q: 1+2=? A:"])
+            assert server.requests[-1]["top_k"] == 4 and "temperature" not in server.requests[-1]

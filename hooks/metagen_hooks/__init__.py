@@ -53,7 +53,7 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-HOOKS = tuple(f"register_{kind}" for kind in KINDS) + ("register_hosts",)
+HOOKS = tuple(f"register_{kind}" for kind in KINDS) + ("register_hosts", "register_commands")
 """Every hook a plugin may implement."""
 
 CONTEXT_PARAMETERS = ("model", "tokenizer", "generator", "registry")

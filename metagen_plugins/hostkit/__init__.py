@@ -27,7 +27,7 @@ from .chat import chat_enabled, chat_format
 from .completions import INCLUDE_STOP, CompletionsGenerator, request_body, samples, status_failure
 from .event_loop import EventLoopThread
 from .generator import Failure, RemoteError, RemoteGenerator, Sample
-from .remote import RemoteHost, chat_template
+from .remote import REMOTE_SETTINGS, RemoteHost, chat_template
 from .remote_watch import Stream, Watching
 from .replicas import Replica, Replicas, replica_urls
 from .retrying import RETRYABLE, delay, retry_after, status_kind
@@ -37,6 +37,7 @@ __all__ = [
     "EventLoopThread",
     "Failure",
     "INCLUDE_STOP",
+    "REMOTE_SETTINGS",
     "RETRYABLE",
     "RemoteError",
     "RemoteGenerator",

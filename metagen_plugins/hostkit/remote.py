@@ -7,7 +7,7 @@ too (this module held both before they were split).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from metagen_hooks import Budget
 
@@ -18,6 +18,15 @@ from .event_loop import EventLoopThread
 from .generator import CANCEL_POLL, Failure, RemoteError, RemoteGenerator, Sample  # noqa: F401 (re-exported)
 from .replicas import Replicas, check_limits, replica_urls
 
+REMOTE_SETTINGS: dict[str, Any] = {
+    "url": str, "timeout": float, "concurrency": int, "retries": int, "api_key": str,
+    "urls": list[str],  # several replicas of one model (instead of url)
+    "cooldown": float,  # seconds a failed replica is skipped
+    "tokenizer": str,  # the served model's tokenizer, to format prompts with its chat template
+    "chat_template": bool | Literal["auto"],
+}
+"""The ``[host]`` settings :class:`RemoteHost` reads: a remote host's registration accepts these
+(``settings={**REMOTE_SETTINGS, ...its own}``)."""
 
 def chat_template(settings: dict[str, Any], host: str) -> tuple[Any, bool]:
     """``[host] tokenizer`` (loaded) and whether prompts go through its chat template:

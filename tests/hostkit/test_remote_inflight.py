@@ -36,11 +36,11 @@ def make_host(config: dict, url: str | None = None, name: str = "vllm"):
         config = {**config, "host": {"name": name, "url": url, "retries": 1}}
     config = metagen_plugins.validate(config, registry)
     if name == "tgi":
-        from metagen_plugins.hosts.tgi import TGIHost as Host
+        from metagen_plugins.engines.tgi.host import TGIHost as Host
     elif name == "openai":
         from metagen_openai.host import OpenAIHost as Host
     else:
-        from metagen_plugins.hosts.vllm import VLLMHost as Host
+        from metagen_plugins.engines.vllm.host import VLLMHost as Host
     return Host(config, registry)
 
 

@@ -200,7 +200,7 @@ def test_urls_must_be_a_list_of_strings():
 
 
 def test_serve_args_emit_vllms_data_parallel_form(tmp_path):
-    from metagen_plugins.deploy.vllm import serve_args
+    from metagen_plugins.engines.vllm.deploy import serve_args
 
     registry = metagen_plugins.get_registry()
     config = metagen_plugins.validate({"host": {"name": "vllm", "model": "my-model", "data_parallel_size": 4}}, registry)
@@ -220,7 +220,7 @@ def test_serve_args_emit_vllms_data_parallel_form(tmp_path):
 
 def test_a_data_parallel_server_gets_a_larger_default_limit():
     registry = metagen_plugins.get_registry()
-    from metagen_plugins.hosts.vllm import VLLMHost
+    from metagen_plugins.engines.vllm.host import VLLMHost
 
     one = VLLMHost(metagen_plugins.validate({"host": {"name": "vllm", "url": "http://127.0.0.1:1"}}, registry), registry)
     four = VLLMHost(metagen_plugins.validate({"host": {"name": "vllm", "urls": ["http://127.0.0.1:1", "http://127.0.0.1:2"],

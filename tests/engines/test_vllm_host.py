@@ -144,7 +144,7 @@ def test_structured_outputs_constrain_the_text(plain):
 def test_prefix_cache_hits_are_charged_as_reused(plain):
     """extend() resends prompt + prefix; the server's prefix cache serves the blocks it has seen."""
     config = metagen_plugins.validate(plain.config(), metagen_plugins.get_registry())
-    from metagen_plugins.hosts.vllm import VLLMHost
+    from metagen_plugins.engines.vllm.host import VLLMHost
 
     host = VLLMHost(config, metagen_plugins.get_registry())
     try:
@@ -277,7 +277,7 @@ def test_a_server_killed_mid_run_keeps_the_samples_that_arrived(servers):
     server.wait()
     config = metagen_plugins.validate(server.config(processors=[{"name": "temperature", "temperature": 1.0}]),
                                       metagen_plugins.get_registry())
-    from metagen_plugins.hosts.vllm import VLLMHost
+    from metagen_plugins.engines.vllm.host import VLLMHost
 
     host = VLLMHost(config, metagen_plugins.get_registry())
     try:
@@ -321,7 +321,7 @@ def test_serve_args_prints_a_runnable_command(tmp_path):
                              str(config)], capture_output=True, text=True)
     assert failed.returncode == 2 and "not a vLLM --kv-cache-dtype" in failed.stderr
     with pytest.raises(ConfigError, match="two kinds of speculative decoding"):
-        from metagen_plugins.hosts.vllm import speculation
+        from metagen_plugins.engines.vllm.host import speculation
 
         speculation({"draft_model": "a", "speculative_ngram": 2})
 
@@ -345,7 +345,7 @@ def test_serve_args_loads_the_plugins_dir(tmp_path, capsys):
 
 
 def offline_host(**sections):
-    from metagen_plugins.hosts.vllm import VLLMHost
+    from metagen_plugins.engines.vllm.host import VLLMHost
 
     config = metagen_plugins.validate({"host": {"name": "vllm", "url": "http://127.0.0.1:9", "model": "m",
                                                 "retries": 2}, **sections}, metagen_plugins.get_registry())

@@ -1,19 +1,20 @@
 """The TGI host: strategies over a text-generation-inference deployment.
 
 TGI has no plugin point: per request it takes a fixed set of sampling parameters, so every
-configured component must map onto them (each declares its ``tgi=`` realiser) or validation
+configured component must map onto them (its realisation for the ``tgi`` key: :mod:`.realisations`
+for the built-in components, a plugin's own ``tgi=``; stop strings natively) or validation
 rejects it before any request. Requests go through ``huggingface_hub``'s
 ``AsyncInferenceClient.text_generation`` (POST to the deployment's root route, which answers
 ``/generate`` or, streamed, ``/generate_stream``) with ``details=True`` for token ids and
 log-probabilities. N samples are N concurrent requests (the host's in-flight limit and its
-replicas are :mod:`.remote`'s and :mod:`.replicas`').
+replicas are the host kit's, :mod:`metagen_plugins.hostkit`).
 
 More stop strings than the deployment accepts (``--max-stop-sequences``, 4 by default) are
 enforced here: the first ones go to the server, the rest are watched over ``/generate_stream``
 and the stream is closed as soon as one appears in the text.
 
 Launcher arguments and the check of a running deployment are deployment tooling:
-:mod:`metagen_plugins.deploy.tgi`.
+:mod:`.deploy`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..components import sampling
-from ..errors import HostError
-from ..hostkit.retrying import retry_after, status_kind
-from ..hostkit.generator import Failure, RemoteGenerator, Sample
-from ..hostkit.remote import RemoteHost
-from ..hostkit.remote_watch import Stream, Watching
+from metagen_hooks import HostError
+
+from ...hostkit import (Failure, RemoteGenerator, RemoteHost, Sample, Stream, Watching, retry_after, sampling,
+                        status_kind)
 
 # TGI's launcher defaults and accepted values (text-generation-inference, launcher/src/main.rs).
 DEFAULT_MAX_BEST_OF = 2

@@ -17,7 +17,7 @@ import pytest
 
 import metagen_plugins
 from metagen_plugins.cli import main
-from metagen_plugins.deploy.vllm import serve_args
+from metagen_plugins.engines.vllm.deploy import serve_args
 from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, available
 
 SERVER_START_TIMEOUT = 300.0

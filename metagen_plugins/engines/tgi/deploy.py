@@ -5,7 +5,7 @@
 :func:`launcher_args` builds the ``text-generation-launcher`` arguments (and the equivalent
 ``docker run``); :func:`check_deployment` reads a running deployment's ``/info`` and ``/health``
 and says which limits and configured components it supports. The runtime host that talks to the
-deployment is :mod:`metagen_plugins.hosts.tgi`.
+deployment is :mod:`.host`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError, HostError
-from ..hosts.tgi import (DEFAULT_MAX_BEST_OF, DEFAULT_MAX_STOP_SEQUENCES, DEFAULT_MAX_TOP_N_TOKENS,
-                         TGIHost, check_settings, classify)
+from ...errors import ConfigError, HostError
+from .host import (DEFAULT_MAX_BEST_OF, DEFAULT_MAX_STOP_SEQUENCES, DEFAULT_MAX_TOP_N_TOKENS, TGIHost,
+                   check_settings, classify)
 
 IMAGE = "ghcr.io/huggingface/text-generation-inference:latest"
 
@@ -177,7 +177,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args, registry) -> int:
-    from ..config import validate
+    from ...config import validate
 
     cfg = validate(args.config, registry) if args.config else None
     if cfg is not None and cfg.host_name != "tgi":

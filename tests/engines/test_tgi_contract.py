@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.config import validate
-from metagen_plugins.hosts.tgi import TGIHost
+from metagen_plugins.engines.tgi.host import TGIHost
 from tgi_server import DATA, TGIServer, snapshot, spec_validator
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "tgi"

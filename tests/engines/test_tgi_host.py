@@ -11,7 +11,7 @@ from metagen_hooks import Budget, Candidate
 from metagen_plugins import ConfigError, HostError
 from metagen_plugins.config import validate
 from metagen_plugins.hostkit import RemoteError
-from metagen_plugins.hosts.tgi import TGIHost
+from metagen_plugins.engines.tgi.host import TGIHost
 from tgi_server import Fault, TGIServer, snapshot
 from fixture_plugins import source
 
@@ -89,7 +89,7 @@ def test_json_grammar_is_sent_as_tgis_json_grammar(server):
 def test_lark_grammars_and_custom_watermark_keys_are_refused_before_any_request(server):
     with pytest.raises(ConfigError, match="not a Lark grammar"):
         make_host(server, processors=[{"name": "grammar", "lark": "start: /a+/"}])
-    with pytest.raises(ConfigError, match="hashing_key = 7 needs the transformers host"):
+    with pytest.raises(ConfigError, match="hashing_key = 7 needs an in-process host"):
         make_host(server, processors=[{"name": "watermark", "hashing_key": 7}])
     assert server.requests == []
 

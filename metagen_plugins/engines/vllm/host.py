@@ -1,16 +1,18 @@
 """The vLLM host: strategies over a vLLM server's OpenAI-compatible ``POST /v1/completions``.
 
-Each configured component becomes request parameters through its ``vllm=`` realiser: sampling
-parameters vLLM implements itself (temperature, top-k/p, min-p, penalties, logit bias, stop
-strings, structured outputs), or, for a component only metagen implements, an entry in
+Each configured component becomes request parameters through its realisation for the ``vllm``
+key (:mod:`.realisations` for the built-in components, a plugin's own ``vllm=``; stop strings
+natively): sampling parameters vLLM implements itself (temperature, top-k/p, min-p, penalties,
+logit bias, stop strings, structured outputs), or, for a component only metagen implements, an entry in
 ``vllm_xargs`` that the ``metagen-vllm`` plugin (a vLLM logits processor, installed in the
 server's environment) builds and runs per request (:func:`server_side`). A prompt's n samples
 are one request with ``n`` (one prefill on the server); log-probabilities and token ids come back
-with each choice. Fan-out, timeouts, retries and partial failures are :mod:`.remote`'s.
+with each choice. Fan-out, timeouts, retries and partial failures are the host kit's
+(:mod:`metagen_plugins.hostkit`).
 
 Combinations vLLM cannot serve (custom logits processors, min-p or logit bias under speculative
 decoding) fail before sending. The server command for a configuration is deployment tooling:
-:mod:`metagen_plugins.deploy.vllm`.
+:mod:`.deploy`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ import json
 import sys
 from typing import Any
 
+from metagen_hooks import ConfigError, HostError
 from metagen_hooks.engines import XARG, server_side  # re-exported: plugins once imported them from here
 
-from ..components import realised, sampling
-from ..errors import ConfigError, HostError
-from ..hostkit.completions import INCLUDE_STOP, CompletionsGenerator, request_body
-from ..hostkit.remote import RemoteHost
+from ...hostkit import INCLUDE_STOP, CompletionsGenerator, RemoteHost, realised, request_body, sampling
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 # What vLLM ignores once speculative decoding is on (vllm/v1/sample/logits_processor: custom
@@ -63,7 +63,7 @@ def speculation(settings: dict[str, Any]) -> dict[str, Any] | None:
 def _model_path(name: str, what: str) -> str:
     """A built-in or packaged model name as its local directory; anything else as given (a
     directory, or a name the server itself resolves)."""
-    from ..models import BUILTIN_MODELS, PACKAGED_MODELS, resolve
+    from ...models import BUILTIN_MODELS, PACKAGED_MODELS, resolve
 
     if name in BUILTIN_MODELS or name in PACKAGED_MODELS:
         return resolve(name, what=what)
@@ -129,7 +129,7 @@ class VLLMHost(RemoteHost):
         if spec is None:
             return
         blocked = []
-        for info, values in realised(self.config, self.registry, "vllm"):
+        for info, values in realised(self.config, self.registry, self.realiser or self.name):
             hit = [NOT_WITH_SPECULATION[k] for k in values if k in NOT_WITH_SPECULATION]
             if hit:
                 blocked.append(f"{info.label()} (realised as {', '.join(hit)})")
