@@ -12,6 +12,8 @@ One module per job:
 - ``accounting``: what a request computed and reused, and what a prompt is charged;
 - ``engine`` (on ``requests``): the scheduler, one decode step for every row in flight;
 - ``attention``: shared-prefix attention, for the engine and generate() alike;
+- ``kv_quant``, ``quant_attention``: the quantized KV (``[host] kv_cache = "int8"`` / ``"int4"``)
+  and the integer kernel that reads quantized prefixes;
 - ``unbatched``: what the engine does not run, one generate() call at a time;
 - ``watching``, ``detokenize``: a watching strategy's view of its rows; text from token ids.
 """
