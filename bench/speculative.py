@@ -17,7 +17,8 @@ name and two tests, which the answer tends to quote).
    under 1 for plain decoding); the draft's acceptance ((tokens - target row-passes) / draft
    row-passes: the share of drafted tokens kept, when the draft's passes can be counted); and
    whether every greedy output is token for token (a)'s (``identical_spec_bB``,
-   ``identical_lookup_bB``).
+   ``identical_lookup_bB``; "common prefix": the share of (a)'s tokens reproduced before the
+   first difference), and plain decoding batched vs one at a time (``identical_plain_bB_vs_b1``).
 2. **reference**: transformers' own assisted generation, ``model.generate()`` with
    ``assistant_model=`` and with ``prompt_lookup_num_tokens=``, one prompt at a time on the
    batch-1 prompts: what this hardware allows (transformers' defaults: up to 20 drafted tokens
@@ -32,7 +33,9 @@ demo-arith-draft) and SmolLM2-135M-Instruct drafted by its own first 10 layers.
 Both models run in ``--dtype`` (default bfloat16: on this CPU, with AVX512-BF16, a pass of the
 1.5B over 8 tokens costs 1.2x one token in bfloat16, and 2.5x in float32 (the part
 "cost" shows it). The host loads a draft in the dtype it was saved in, so for bfloat16 the draft
-is a bfloat16 copy in a temporary directory. Torch runs one thread (``--threads``). Every figure
+is a bfloat16 copy in a temporary directory. In bfloat16 a pass over k tokens rounds differently
+from k passes over one, so a near-tie between two tokens can flip and a greedy output differ
+from plain decoding's; --dtype float32 is the check of exact identity. Torch runs one thread (``--threads``). Every figure
 is a ratio within one run; on a shared machine the wall times include the neighbours' load.
 Run time is dominated by the batch-16 rows (16 prompts of ~150 tokens, and speculative decoding
 runs them one at a time while the host has no batched speculation): --quick skips batch 16.
@@ -121,13 +124,17 @@ def host_rows(objects: dict, draft, draft_setting: str, tasks: list[str], batche
             row, tokens = host_row(method, settings, prompts, batch, objects, draft, max_new)
             if base is None:
                 base, base_tokens = row, tokens
-                plain_b1 = tokens if batch == 1 else plain_b1
+                if batch == 1:
+                    plain_b1 = tokens
+                elif plain_b1:  # plain decoding of the same prompts, batched vs one at a time
+                    figures[f"identical_plain_b{batch}_vs_b1"] = tokens[:len(plain_b1)] == plain_b1
             row["speedup"] = row["tok/s"] / base["tok/s"]
             row["cpu speedup"] = base["cpu s"] / row["cpu s"]  # the same tokens when identical
             # the decode phase: CPU time beyond a plain run's prefill and first token
             row["decode cpu speedup"] = ((base["cpu s"] - prefill["cpu s"])
                                          / max(1e-9, row["cpu s"] - prefill["cpu s"]))
             row["identical"] = tokens == base_tokens
+            row["common prefix"] = common_share(tokens, base_tokens)
             if key != "plain":
                 figures[f"{key}_speedup_b{batch}"] = row["speedup"]
                 figures[f"{key}_cpu_speedup_b{batch}"] = row["cpu speedup"]
@@ -138,6 +145,15 @@ def host_rows(objects: dict, draft, draft_setting: str, tasks: list[str], batche
             figures[f"{key}_tokens_per_row_pass_b{batch}"] = row["tokens/row-pass"]
             rows.append(row)
     return rows, figures, plain_b1
+
+
+def common_share(outputs: list[list[int]], base: list[list[int]]) -> float:
+    """The share of ``base``'s tokens that ``outputs`` reproduce before its first difference
+    (1.0: identical; a late near-tie flipped gives nearly 1)."""
+    same = 0
+    for a, b in zip(outputs, base):
+        same += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return same / max(1, sum(len(b) for b in base))
 
 
 # -- 2. transformers' own assisted generation ----------------------------------------------------
@@ -198,6 +214,7 @@ def reference_rows(model, tok, draft, prompts: list[str], max_new: int, lookup: 
         row["cpu speedup"] = plain_row["cpu s"] / row["cpu s"]  # the same tokens when identical
         row["decode cpu speedup"] = (plain_row["cpu s"] - prefill["cpu s"]) / max(1e-9, row["cpu s"] - prefill["cpu s"])
         row["identical"] = outputs[row["method"]] == same
+        row["common prefix"] = common_share(outputs[row["method"]], same)
     prefill["speedup"] = prefill["cpu speedup"] = prefill["identical"] = None
     figures = {"reference_spec_speedup_b1": spec["speedup"], "reference_spec_cpu_speedup_b1": spec["cpu speedup"],
                "reference_spec_decode_cpu_speedup_b1": spec["decode cpu speedup"],
@@ -355,7 +372,7 @@ def run_parts(args, parts, batches, max_new, single, tasks, model, tok, draft, d
                          f"code tasks, up to {max_new} new tokens; "
                          f"batch B = B prompts in flight (batch 1: {single} prompts one at a time)", rows,
                          ["batch", "method", "prompts", "tokens", "seconds", "cpu s", "tok/s", "speedup", "cpu speedup",
-                          "decode cpu speedup", "tokens/row-pass", "acceptance", "identical"]))
+                          "decode cpu speedup", "tokens/row-pass", "acceptance", "identical", "common prefix"]))
     if "reference" in parts:
         rows, ref = reference_rows(model, tok, draft, tasks[:single], max_new, args.lookup)
         figures.update(ref["figures"])
@@ -366,7 +383,7 @@ def run_parts(args, parts, batches, max_new, single, tasks, model, tok, draft, d
         sections.append((f"reference: transformers' model.generate() directly, {single} prompts one at a time, "
                          f"up to {max_new} new tokens", rows,
                          ["method", "tokens", "seconds", "cpu s", "tok/s", "speedup", "cpu speedup",
-                          "decode cpu speedup", "tokens/row-pass", "acceptance", "identical"]))
+                          "decode cpu speedup", "tokens/row-pass", "acceptance", "identical", "common prefix"]))
     if "cost" in parts:
         repeats = args.repeats or (3 if args.quick else 5)
         rows, more = forward_cost({TARGET: model, DRAFT: draft}, batches, [1, 2, 3, 5, 8], repeats)
