@@ -176,14 +176,15 @@ def load_model(path: str, *, gguf_file: str | None = None, dtype: str | None = N
     return model
 
 
-def load_model_cached(path: str, *, what: str = "model"):
-    """One loaded copy per local path, shared by every component and run that names it."""
-    return _load_once(resolve(path, what=what))
+def load_model_cached(path: str, *, what: str = "model", dtype: str | None = None):
+    """One loaded copy per local path (and ``dtype``: None keeps the checkpoint's), shared by
+    every component and run that names it."""
+    return _load_once(resolve(path, what=what), dtype)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_once(path: str):
-    return load_model(path)
+def _load_once(path: str, dtype: str | None = None):
+    return load_model(path, dtype=dtype)
 
 
 def load_tokenizer(path: str, gguf_file: str | None = None):

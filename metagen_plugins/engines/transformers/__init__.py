@@ -32,6 +32,8 @@ TRANSFORMERS_SETTINGS: dict[str, Any] = {
     "tokenizer": str,
     "draft_model": str,
     "prompt_lookup_num_tokens": int,
+    "num_speculative_tokens": int,  # the longest draft of the engine's speculation
+    "speculative_rows": int | Literal["auto"],  # speculate while at most this many rows decode
     "kv_cache": str | dict,
     "dtype": str,
     "device": str,

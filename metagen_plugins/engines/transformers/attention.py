@@ -192,11 +192,14 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     groups = heads // kv_heads
     scaling = dim ** -0.5 if scaling is None else scaling
     own_len = key.shape[-2]
+    # The layout's mask covers the columns before this pass's, and may cover some of its new ones
+    # (a draft model's lagging columns); the rest of the new columns are valid.
     own_valid = torch.cat([layout.valid, layout.valid.new_ones(batch, own_len - layout.valid.shape[1])], 1)
     own = own_valid[:, None, None, :]  # [B, 1, q, S]: the own columns each new position attends to
-    if q_len > 1:  # several new positions (the engine feeds one): causal among them
+    if q_len > 1:  # several new positions: causal among them, and each attends to itself (valid or not)
         newest = own_len - q_len + torch.arange(q_len, device=query.device)
-        own = own & (torch.arange(own_len, device=query.device)[None, :] <= newest[:, None])
+        columns = torch.arange(own_len, device=query.device)[None, :]
+        own = (own & (columns <= newest[:, None])) | (columns == newest[:, None])
     if layout.rows_max == 1 and layout.quant is None:  # no prefix is shared by two rows: one fused attention over [prefix, own]
         prefix_mask = layout.prefix_mask.expand(-1, -1, q_len, -1)
         mask = torch.cat([prefix_mask, own.expand(batch, 1, q_len, own_len)], -1)

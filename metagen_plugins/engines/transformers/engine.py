@@ -36,7 +36,8 @@ from ...errors import HostError
 from .accounting import fresh
 from .attention import Layout, OwnLayer, attach, detach, laid_out
 from .kv_quant import KVQuant, QuantOwnLayer, held_bytes
-from .requests import Progress, Request, draw, request_generator  # noqa: F401 (re-exported)
+from .requests import Progress, Request, draw, inverse_cdf, request_generator  # noqa: F401 (re-exported)
+from .speculation import Speculation, row_seeds, uniforms
 
 GATHER_GAP, GATHER_MAX = 0.005, 0.05  # seconds: how an idle loop waits for a batch to assemble
 
@@ -47,8 +48,9 @@ class Engine:
     and their log-probs under the model, prompt tokens computed and reused, forward passes."""
 
     def __init__(self, model, prefixes, *, eos_ids: set[int], pad_id: int, max_batch_tokens: int,
-                 kv: KVQuant | None = None) -> None:
+                 kv: KVQuant | None = None, speculation: Speculation | None = None) -> None:
         self.model = model
+        self.speculation = speculation  # drafts verified several tokens a step (speculation.py), or None
         self.kv = kv  # the rows' own KV quantized (kv_quant), as the prefix store quantizes prefixes
         self.measure = False  # record the peak bytes held each step (the benchmark's memory figures)
         self.peak_kv_bytes = self.peak_layout_bytes = 0
@@ -92,6 +94,8 @@ class Engine:
             self._wake.notify()
         self._thread.join(timeout=30)
         detach(self.model)
+        if self.speculation is not None:
+            self.speculation.drafter.close()
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -177,9 +181,14 @@ class Engine:
             request.passes += prefill
             if request.slow:
                 request.ids = torch.tensor([request.tokens]).repeat(request.n, 1)
+            if self.speculation is not None:
+                self.speculation.drafter.join(request)
+                if request.generator is not None:
+                    request.seeds = row_seeds(request.generator, request.n)
             last += [request.tokens[-1]] * request.n
             pos += [prefix_len] * request.n
             limit += [request.max_new_tokens] * request.n
+        first_k = self.speculation.first_length() if self.speculation is not None else 0
         for index, layer in enumerate(self._own):
             if self.kv:  # each row's own keys quantized with its prefix's channel scale
                 layer.add_rows(rows, torch.cat([prefix.key_scale(index).expand(r.n, -1, -1, -1)
@@ -193,9 +202,11 @@ class Engine:
         self._pos = torch.cat([self._pos, torch.tensor(pos, dtype=torch.long)])
         self._limit = torch.cat([self._limit, torch.tensor(limit, dtype=torch.long)])
         self._age = torch.cat([self._age, self._age.new_zeros(rows)])
-        self._fed = torch.cat([self._fed, self._fed.new_zeros(rows)])
+        self._k = torch.cat([self._k, torch.full((rows,), first_k, dtype=torch.long)])
         self._done = torch.cat([self._done, self._done.new_zeros(rows)])
         self._active.extend(requests)
+        if self.speculation is not None:
+            self.speculation.drafter.rows_added(self, rows)
         self._renumber()
 
     def _renumber(self) -> None:
@@ -229,31 +240,38 @@ class Engine:
             self._reset()  # every row ended: nothing left to decode
 
     def _step(self) -> None:
-        """One forward pass over every row, then: argmax for the whole batch; each request with
-        processors, sampling or stopping criteria on its own rows; EOS, lengths and bookkeeping
-        for the whole batch at once."""
+        """One forward pass over every row (its last token, and on a speculative step its
+        drafts), then: argmax for the whole batch; each request with processors, sampling or
+        stopping criteria on its own rows; how many tokens each row keeps, EOS, lengths and
+        bookkeeping for the whole batch at once."""
         if self._layout is None:
             self._layout = Layout(self._active, self._valid, self.num_layers)
         else:
             self._layout.valid = self._valid
+        running = ~self._done
+        spec = self.speculation is not None and self.speculation.start(int(running.sum()))
+        drafts, drafted = self._draft() if spec else (None, None)
+        inputs = self._last[:, None] if drafts is None else torch.cat([self._last[:, None], drafts], 1)
+        width = inputs.shape[1]
         cache = DynamicCache(config=self.model.config)
         cache.layers = self._own
         # A prepared 4D mask is passed through untouched; the attention reads the layout.
         mask = torch.ones(self._last.shape[0], 1, 1, 1, dtype=torch.bool)
+        positions = self._pos[:, None] + torch.arange(width)
         with laid_out(self._layout):
-            logits = self.model(input_ids=self._last[:, None], position_ids=self._pos[:, None], attention_mask=mask,
-                                cache=cache, use_cache=True).logits[:, -1, :].float()
-        self._valid = torch.cat([self._valid, self._valid.new_ones(self._valid.shape[0], 1)], 1)
+            logits = self.model(input_ids=inputs, position_ids=positions, attention_mask=mask, cache=cache,
+                                use_cache=True).logits.float()
         if self.measure:
             self.peak_kv_bytes = max(self.peak_kv_bytes, self.kv_bytes())
             self.peak_layout_bytes = max(self.peak_layout_bytes, held_bytes(self._layout.tensors()))
-        chosen = logits.argmax(-1)
+        chosen = logits.argmax(-1)  # [B, width]: the token each position chooses
         failed: dict[int, tuple[Request, BaseException]] = {}  # id(request) -> its error
         for r in self._active:
             if r.zombie:
                 continue
             r.steps += 1
             r.passes += 1
+            r.cols += width
             reason = r.cancelled() if r.cancelled is not None else None
             if reason is not None:  # its run was cancelled (a deadline, a client gone): drop its rows
                 failed[id(r)] = r, BudgetExceeded(f"the run was cancelled: {reason}")
@@ -261,48 +279,41 @@ class Engine:
             if r.slow:
                 rows = slice(r.first, r.first + r.width)
                 try:
-                    chosen[rows] = self._choose(r, logits[rows])
+                    chosen[rows] = self._choose(r, logits[rows], None if drafts is None else drafts[rows])
                 except BaseException as exc:  # a component failed: this request fails alone
                     failed[id(r)] = r, exc
-        chosen = torch.where(self._done, torch.full_like(chosen, self.pad_id), chosen)
-        log_probs = logits.log_softmax(-1)
-        logprobs = log_probs.gather(1, chosen[:, None])[:, 0]
-        running = ~self._done
-        if not bool(torch.isfinite(logprobs[running]).all()):  # one check for every request's rows
-            self._non_finite(logprobs, running, failed)
-        self._fed += running
-        self._age += 1
-        self._tokens = torch.cat([self._tokens, chosen[:, None]], 1)
-        self._logprobs = torch.cat([self._logprobs, logprobs[:, None]], 1)
-        stop = torch.isin(chosen, self.eos) | (self._age >= self._limit)
+        kept, emit, stop = self._kept(chosen, drafts, running)
         for r in self._active:
             if r.slow and not r.zombie and id(r) not in failed:
-                rows = slice(r.first, r.first + r.width)
-                picked = chosen[rows]
-                if r.width < r.n:  # processors and criteria see all n rows; those gone are padding
-                    picked = torch.full((r.n,), self.pad_id, dtype=chosen.dtype)
-                    picked[r.live] = chosen[rows]
-                r.ids = torch.cat([r.ids, picked[:, None]], 1)
                 try:
-                    for criterion in r.criteria:
-                        ended = torch.as_tensor(criterion(r.ids, r.scores), dtype=torch.bool)
-                        stop[rows] |= ended[r.live] if r.width < r.n else ended
+                    self._criteria(r, chosen, emit, stop)
                 except BaseException as exc:
                     failed[id(r)] = r, exc
+        new = torch.arange(width)[None, :] < emit[:, None]  # [B, width]: the positions each row keeps
+        log_probs = logits.log_softmax(-1)
+        logprobs = log_probs.gather(2, chosen.clamp(min=0)[..., None])[..., 0]
+        if not bool(torch.isfinite(logprobs[new]).all()):  # one check for every request's rows
+            self._non_finite(logprobs, new, failed)
+        self._age += emit
+        self._valid = torch.cat([self._valid, new], 1)
+        self._tokens = torch.cat([self._tokens, torch.where(new, chosen, self.pad_id)], 1)
+        self._logprobs = torch.cat([self._logprobs, logprobs], 1)
+        self._last = torch.where(emit > 0, chosen.gather(1, (emit - 1).clamp(min=0)[:, None])[:, 0], self.pad_id)
+        self._pos += emit
         for r in self._active:
-            if r.on_token is not None and not r.zombie and id(r) not in failed and not self._done[r.first]:
-                token = int(chosen[r.first])
-                if token not in self._eos_ids:
-                    try:
-                        r.on_token(token)
-                    except BaseException as exc:  # e.g. its client went away: stop its work
-                        failed[id(r)] = r, exc
+            if r.on_token is not None and not r.zombie and id(r) not in failed:
+                try:
+                    for token in chosen[r.first, :int(emit[r.first])].tolist():
+                        if token not in self._eos_ids:
+                            r.on_token(token)
+                except BaseException as exc:  # e.g. its client went away: stop its work
+                    failed[id(r)] = r, exc
         self._done |= stop
-        self._last = chosen
-        self._pos += 1
         for r in self._active:
             if r.progress is not None and not r.zombie and id(r) not in failed:
-                self._report(r, chosen, logprobs, log_probs, running)
+                self._report(r, chosen, logprobs, log_probs, emit)
+        if self.speculation is not None:
+            self._speculated(inputs, positions, chosen, emit, running, drafted, kept, spec)
         for r, exc in failed.values():
             r.future.set_exception(exc)
             self._retire(r)
@@ -317,29 +328,91 @@ class Engine:
         elif dead >= max(4, self._last.shape[0] // 4):
             self._compact()
 
-    def _report(self, r: Request, chosen, logprobs, log_probs, running) -> None:
+    def _kept(self, chosen: torch.Tensor, drafts: torch.Tensor | None, running: torch.Tensor):
+        """How many drafts each row keeps (those up to the first its target did not choose), how
+        many tokens it emits and whether it ends (EOS, max_new_tokens). The rows of one request
+        advance together (their processors and criteria see rectangular ids): a row that goes on
+        emits as many tokens as the request's slowest row that goes on; a row that ends within
+        them ends."""
+        width = chosen.shape[1]
+        kept = torch.zeros_like(self._last)
+        if drafts is not None:
+            kept = (chosen[:, :-1] == drafts).long().cumprod(1).sum(1)
+        can = kept + 1
+        eos = torch.isin(chosen, self.eos) & (torch.arange(width)[None, :] < can[:, None])
+        end = torch.where(eos.any(1), eos.long().argmax(1) + 1, width + 1)
+        end = torch.minimum(end, (self._limit - self._age).clamp(min=1))
+        ends = end <= can
+        if width == 1:
+            return kept, running.long(), ends & running
+        going = torch.where(running & ~ends, can, width + 1)
+        pace = torch.full((len(self._active),), width + 1, dtype=torch.long).scatter_reduce(
+            0, self._owner, going, "amin")[self._owner]
+        emit = torch.where(ends, torch.minimum(end, pace), torch.minimum(can, pace))
+        return kept, torch.where(running, emit, 0), ends & (end <= pace) & running
+
+    def _criteria(self, r: Request, chosen: torch.Tensor, emit: torch.Tensor, stop: torch.Tensor) -> None:
+        """The request's ids grow by the tokens its rows emit (pad for rows that emit fewer),
+        one position at a time, and its stopping criteria see each: a row they stop emits
+        nothing after."""
+        rows = slice(r.first, r.first + r.width)
+        counts = emit[rows].clone()
+        for j in range(int(counts.max()) if r.width else 0):
+            picked = torch.where(counts > j, chosen[rows, j], self.pad_id)
+            if r.width < r.n:  # processors and criteria see all n rows; those gone are padding
+                picked = torch.full((r.n,), self.pad_id, dtype=chosen.dtype).index_put_(
+                    (torch.tensor(r.live),), picked)
+            r.ids = torch.cat([r.ids, picked[:, None]], 1)
+            scores = r.scores[j] if j < len(r.scores) else r.scores[-1]
+            for criterion in r.criteria:
+                ended = torch.as_tensor(criterion(r.ids, scores), dtype=torch.bool)
+                ended = (ended[r.live] if r.width < r.n else ended) & (counts > j)
+                if bool(ended.any()):
+                    counts = torch.where(ended, j + 1, counts)
+                    stop[rows] |= ended
+        emit[rows] = counts
+
+    def _draft(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Each row's drafts (its own length; padding past it) and how many it drafted; no
+        drafts at all when no row has one."""
+        drafts, drafted = self.speculation.drafter.propose(self, torch.where(self._done, 0, self._k))
+        if not bool(drafted.any()):
+            return None, None
+        return drafts[:, :int(drafted.max())], drafted
+
+    def _speculated(self, inputs, positions, chosen, emit, running, drafted, kept, spec: bool) -> None:
+        """The drafter sees what each row emitted; rows' draft lengths adapt; the step is timed."""
+        counts = emit.tolist()
+        emitted = [row[:count] for row, count in zip(chosen.tolist(), counts)]
+        self.speculation.drafter.fed(self, inputs, positions, emitted)
+        if drafted is not None:
+            self._k = torch.where(running, self.speculation.adapt(self._k, drafted, kept), self._k)
+        self.speculation.record(int(running.sum()), spec, sum(counts))
+
+    def _report(self, r: Request, chosen, logprobs, log_probs, emit) -> None:
         """A watched request's new tokens (not EOS), their log-probs and top log-probs, and which
         rows ended, for the thread watching it."""
         p = r.progress
         rows = slice(r.first, r.first + r.width)
-        tokens, lps, was, now = (chosen[rows].tolist(), logprobs[rows].tolist(), running[rows].tolist(),
-                                 self._done[rows].tolist())
+        tokens, lps, counts, now = (chosen[rows].tolist(), logprobs[rows].tolist(), emit[rows].tolist(),
+                                    self._done[rows].tolist())
         top = log_probs[rows].topk(p.top_k, -1).values.tolist() if p.top_k else None
         for i, row in enumerate(r.live):
-            if was[i] and tokens[i] not in self._eos_ids:
-                p.tokens[row].append(tokens[i])
-                p.logprobs[row].append(lps[i])
-                if top is not None:
-                    p.top[row].append(top[i])
+            for j in range(counts[i]):
+                if tokens[i][j] not in self._eos_ids:
+                    p.tokens[row].append(tokens[i][j])
+                    p.logprobs[row].append(lps[i][j])
+                    if top is not None:
+                        p.top[row].append(top[i][j])
             if now[i]:
                 p.done[row] = True
         with p.wake:
             p.wake.notify_all()
 
-    def _non_finite(self, logprobs: torch.Tensor, running: torch.Tensor, failed: dict) -> None:
+    def _non_finite(self, logprobs: torch.Tensor, new: torch.Tensor, failed: dict) -> None:
         """Fail the requests whose rows' model logits held NaN or +inf, or were all -inf (the
         chosen token's log-probability is then not finite), each alone, naming the model."""
-        bad = (~torch.isfinite(logprobs) & running).tolist()
+        bad = (~torch.isfinite(logprobs) & new).any(1).tolist()
         for r in self._active:
             rows = range(r.first, r.first + r.width)
             if not r.zombie and id(r) not in failed and any(bad[i] for i in rows):
@@ -349,44 +422,78 @@ class Engine:
                     f"(row {row}); metagen does not sample from them. The model's weights or its dtype "
                     f"are the likely cause: try [host] dtype = \"float32\", or check the checkpoint")
 
-    def _choose(self, r: Request, logits: torch.Tensor) -> torch.Tensor:
-        """The request's processors over its rows' ids and scores, then argmax or a draw from
-        each row's own stream (for all n rows, so a row's draws never depend on which of its
-        siblings have left)."""
-        scores = logits
-        if r.width < r.n:
-            scores = logits.new_zeros(r.n, logits.shape[-1])
-            scores[r.live] = logits
-        for processor in r.processors:
-            scores = processor(r.ids, scores)
-        r.scores = scores
-        picked = scores.argmax(-1) if r.generator is None else draw(scores.softmax(-1), r.generator)
-        return picked[r.live] if r.width < r.n else picked
+    def _choose(self, r: Request, logits: torch.Tensor, drafts: torch.Tensor | None) -> torch.Tensor:
+        """The request's processors over its rows' ids and scores at each position (a position
+        after the first sees the drafts before it as its rows' last tokens), then argmax or a
+        draw (for all n rows, so a row's draws never depend on which of its siblings have left);
+        positions after the one where no row chose its draft are not processed (-1)."""
+        out = torch.full(logits.shape[:2], -1, dtype=torch.long)
+        ids, r.scores = r.ids, []
+        live = torch.tensor(r.live) if r.width < r.n else None
+        for j in range(logits.shape[1]):
+            scores = logits[:, j]
+            if live is not None:
+                scores = logits.new_zeros(r.n, logits.shape[-1]).index_put_((live,), scores)
+            for processor in r.processors:
+                scores = processor(ids, scores)
+            r.scores.append(scores)
+            if r.generator is None:
+                picked = scores.argmax(-1)
+            elif r.seeds is not None:  # a speculating engine: the row's t-th token's own number
+                age = torch.zeros(r.n, dtype=torch.long)
+                age[r.live] = self._age[r.first:r.first + r.width]
+                picked = inverse_cdf(scores.softmax(-1), uniforms(r.seeds, age + j))
+            else:
+                picked = draw(scores.softmax(-1), r.generator)
+            out[:, j] = picked[live] if live is not None else picked
+            if drafts is None or j == drafts.shape[1] or not bool((out[:, j] == drafts[:, j]).any()):
+                break
+            column = drafts[:, j] if live is None else torch.full((r.n,), self.pad_id).index_put_((live,), drafts[:, j])
+            ids = torch.cat([ids, column[:, None]], 1)
+        return out
 
     def _finish(self, r: Request) -> None:
         """A request whose rows are all done: its tokens, remembered KV, and its future."""
         rows = slice(r.first, r.first + r.width)
-        width = self._tokens.shape[1]
-        tokens = self._tokens[rows, width - r.steps:].tolist()
-        logprobs = self._logprobs[rows, width - r.steps:].tolist()
-        fed = self._fed[rows].tolist()
+        start = self._tokens.shape[1] - r.cols
         out: list = [None] * r.n
-        for i, row in enumerate(r.live):
-            out[row] = tokens[i][:fed[i]], logprobs[i][:fed[i]]
+        for row, kept in zip(r.live, self._generated(rows, start)):
+            out[row] = kept
         for row, (kept, kept_logprobs, _) in r.left.items():
             out[row] = kept, kept_logprobs
         if self.prefixes.remembers:
             try:
-                self.prefixes.remember(r.tokens, r.prefix, self._own_kv(r, rows, width), out)
+                self.prefixes.remember(r.tokens, r.prefix, self._own_kv(r, rows, start), out)
             except Exception:  # remembering is an optimisation; never lose a result over it
                 pass
         r.future.set_result((out, r.computed, r.reused, r.passes))
         self._retire(r)
 
-    def _own_kv(self, r: Request, rows: slice, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _generated(self, rows: slice, start: int) -> list[tuple[list[int], list[float]]]:
+        """Each row's tokens and their log-probs: its kept positions since column ``start``."""
+        kept = self._valid[rows, start:].tolist()
+        tokens, logprobs = self._tokens[rows, start:].tolist(), self._logprobs[rows, start:].tolist()
+        return [([t for t, k in zip(ts, ks) if k], [lp for lp, k in zip(lps, ks) if k])
+                for ts, lps, ks in zip(tokens, logprobs, kept)]
+
+    def _row_kv(self, rows: slice, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values rows fed since column ``start``, each row's first.
+        Without speculation a row's positions are one run from its first column; with it,
+        drafts the target rejected left holes, and each row's kept columns are gathered."""
+        own = [layer.rows(rows, start) for layer in self._own]
+        if self.speculation is None:
+            return own
+        order = torch.sort((~self._valid[rows, start:]).to(torch.int8), dim=1, stable=True).indices
+        gathered = []
+        for keys, values in own:
+            index = order[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            gathered.append((keys.gather(2, index), values.gather(2, index)))
+        return gathered
+
+    def _own_kv(self, r: Request, rows: slice, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values each of the request's n rows wrote, in row order (rows
-        that left early padded to the request's steps)."""
-        own = [layer.rows(rows, width - r.steps) for layer in self._own]
+        that left early padded to the request's columns)."""
+        own = self._row_kv(rows, start)
         if not r.left:
             return own
         live = torch.tensor(r.live, dtype=torch.long)
@@ -442,20 +549,21 @@ class Engine:
         self._valid = valid[:, first:]
         self._tokens = self._tokens[index][:, first:]
         self._logprobs = self._logprobs[index][:, first:]
-        for name in ("_last", "_pos", "_limit", "_age", "_fed", "_done"):
+        for name in ("_last", "_pos", "_limit", "_age", "_k", "_done"):
             setattr(self, name, getattr(self, name)[index])
+        if self.speculation is not None:
+            self.speculation.drafter.kept(index, first)
         self._active = kept
         self._renumber()
 
     def _leave(self, r: Request, row: int, at: int, width: int) -> None:
         """Keep what a finished row of a running request generated (and its KV, when the host
         remembers finished rows) before the row leaves the batch."""
-        fed = int(self._fed[at])
-        tokens = self._tokens[at, width - r.steps:].tolist()[:fed]
-        logprobs = self._logprobs[at, width - r.steps:].tolist()[:fed]
+        start = width - r.cols
+        (tokens, logprobs), = self._generated(slice(at, at + 1), start)
         kv = None
         if self.prefixes.remembers:
-            kv = [tuple(t.clone() for t in layer.rows(slice(at, at + 1), width - r.steps)) for layer in self._own]
+            kv = [tuple(t.clone() for t in layer) for layer in self._row_kv(slice(at, at + 1), start)]
         r.left[row] = tokens, logprobs, kv
 
     def kv_bytes(self) -> int:
@@ -474,7 +582,9 @@ class Engine:
         self._last = torch.zeros(0, dtype=torch.long)  # [B] the next input of each row
         self._pos = torch.zeros(0, dtype=torch.long)  # [B] its position
         self._limit = torch.zeros(0, dtype=torch.long)  # [B] max_new_tokens
-        self._age = torch.zeros(0, dtype=torch.long)  # [B] steps since the row joined
-        self._fed = torch.zeros(0, dtype=torch.long)  # [B] steps while unfinished (tokens generated)
+        self._age = torch.zeros(0, dtype=torch.long)  # [B] tokens the row generated
+        self._k = torch.zeros(0, dtype=torch.long)  # [B] its next draft's length (speculation)
         self._done = torch.zeros(0, dtype=torch.bool)  # [B]
+        if self.speculation is not None:
+            self.speculation.drafter.reset()
         self._renumber()

@@ -18,8 +18,9 @@ from .attention import supported
 from .engine import Engine
 from .generator import TransformersGenerator
 from .kv_quant import kv_quant
-from .kwargs import UNSHARED, cache_kwargs, context_length, generate_kwargs  # noqa: F401 (re-exported)
+from .kwargs import SPECULATIVE, UNSHARED, cache_kwargs, context_length, generate_kwargs  # noqa: F401 (re-exported)
 from .prefixes import Prefixes
+from .speculation import speculation
 
 
 class TransformersHost:
@@ -62,6 +63,9 @@ class TransformersHost:
             self._check_quantized_kv(settings)
         self.prefixes = Prefixes(model, settings.get("prefix_cache_bytes", 512 * 2**20),
                                  eos_ids=self.eos_ids, pad_id=self.pad_id, kv=self.kv)
+        # the engine's own speculation (speculation.py), or None
+        self.speculation = speculation(settings, model, shared_prefix=self.shared_prefix, eos_ids=self.eos_ids,
+                                       pad_id=self.pad_id) if self.kv is None else None
         self.lock = threading.Lock()  # generate() calls (paths the engine does not take) one at a time
         self._engine: Engine | None = None
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
@@ -130,15 +134,18 @@ class TransformersHost:
         with self.lock:
             if self._engine is None:
                 self._engine = Engine(self.model, self.prefixes, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                      max_batch_tokens=self.config.host.get("max_batch_tokens", 65536), kv=self.kv)
+                                      max_batch_tokens=self.config.host.get("max_batch_tokens", 65536), kv=self.kv,
+                                      speculation=self.speculation)
             return self._engine
 
     def batched(self, kwargs: dict[str, Any]) -> bool:
         """Whether the batched loop can run a request with these generate() arguments (not for
         draft models, prompt lookup or caches of generate()'s own making, nor for model types
         without the shared-prefix attention path)."""
-        return (self.shared_prefix and self.config.host.get("batching", True)
-                and not UNSHARED & set(kwargs))
+        unshared = UNSHARED & set(kwargs)
+        if self.speculation is not None:  # the engine speculates itself
+            unshared -= SPECULATIVE
+        return self.shared_prefix and self.config.host.get("batching", True) and not unshared
 
     def eos_at(self, tokens: list[int]) -> int:
         """Index of the first EOS in ``tokens`` (its length when there is none)."""

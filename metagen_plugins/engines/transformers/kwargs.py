@@ -75,6 +75,7 @@ def cache_kwargs(kv_cache: str | dict) -> dict[str, Any]:
 
 # generate() arguments of the paths the batched engine cannot run (unbatched.py)
 UNSHARED = {"assistant_model", "prompt_lookup_num_tokens", "cache_implementation"}
+SPECULATIVE = {"assistant_model", "prompt_lookup_num_tokens"}  # what a speculating engine runs itself
 
 
 def context_length(model) -> int | None:

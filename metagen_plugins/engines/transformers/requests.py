@@ -39,10 +39,13 @@ class Request:
     future: Future = field(default_factory=Future)
     # filled by the engine
     ids: torch.Tensor | None = None  # [n, len(tokens) + steps] what processors see
-    scores: torch.Tensor | None = None  # the last step's processed scores (stopping criteria see them)
+    scores: list = field(default_factory=list)  # the last step's processed scores, per position (criteria see them)
     first: int = 0  # its first row in the batch
     zombie: bool = False  # ended (its rows wait in the batch for the next compaction)
     steps: int = 0
+    cols: int = 0  # the batch's columns since it joined (one a step; 1 + its draft's length a speculative step)
+    seeds: torch.Tensor | None = None  # its rows' seeds, when a speculating engine samples (speculation.uniforms)
+    drafts: list | None = None  # each row's drafter state (speculation.py)
     prefix: "Prefix | None" = None
     computed: int = 0
     reused: int = 0
@@ -100,6 +103,11 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     (in float64) exceeds it; a token of probability 0 is never drawn. One call for all of a
     request's rows (``torch.multinomial`` with a generator draws one row per call, and spends
     a random number per vocabulary entry)."""
+    return inverse_cdf(probs, torch.rand(probs.shape[0], generator=generator, dtype=torch.float64))
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs``: the first whose cumulative probability (float64, over
+    the row's total) exceeds the row's uniform number ``u`` [rows]."""
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
+    return torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
