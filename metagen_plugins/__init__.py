@@ -25,6 +25,11 @@ __version__ = "0.1.0"
 moved.install()  # old module paths (moved.MOVED) keep importing
 
 
+def __getattr__(name: str):
+    # the modules that moved out of this package (retrying, event_loop, deploy), as attributes
+    return moved.attribute(__name__, name)
+
+
 def components(kind: str) -> dict[str, dict[str, Any]]:
     """Installed components of one kind: name -> plugin, distribution, version, hosts, docstring."""
     if kind not in KINDS:

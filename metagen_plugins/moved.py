@@ -4,7 +4,9 @@ hook that serves an old path as the new module itself (the same object, so ``isi
 the classes' identity hold under either name). Nothing is imported until an old path is.
 
 ``metagen_plugins/__init__.py`` installs the hook, so it is in place before any submodule of
-metagen_plugins can be imported. (The built-in plugin's own moves are ``builtin.MOVED``.)
+metagen_plugins can be imported. A package that held old modules reads them as attributes too
+(``metagen_plugins.builtin.search`` with only ``metagen_plugins.builtin`` imported) through
+:func:`attribute`, its ``__getattr__``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,25 @@ MOVED = {
     "metagen_plugins.deploy": None,  # the package is gone; its modules below still import
     "metagen_plugins.deploy.vllm": "metagen_plugins.engines.vllm.deploy",
     "metagen_plugins.deploy.tgi": "metagen_plugins.engines.tgi.deploy",
+    # the built-in plugin: its kit for strategy authors into the contract, the sandbox out of the
+    # components, the components into one package per kind
+    "metagen_plugins.builtin.answers": "metagen_hooks.answers",
+    "metagen_plugins.builtin.run_state": "metagen_hooks.run",
+    "metagen_plugins.builtin.selection": "metagen_hooks.selection",
+    "metagen_plugins.builtin.sandbox": "metagen_plugins.sandbox",
+    "metagen_plugins.builtin.penalties": "metagen_plugins.builtin.processors.penalties",
+    "metagen_plugins.builtin.mirostat": "metagen_plugins.builtin.processors.mirostat",
+    "metagen_plugins.builtin.multimodel": "metagen_plugins.builtin.processors.multimodel",
+    "metagen_plugins.builtin.grammar": "metagen_plugins.builtin.processors.grammar",
+    "metagen_plugins.builtin.model_scorers": "metagen_plugins.builtin.scorers.model_scorers",
+    "metagen_plugins.builtin.calculator": "metagen_plugins.builtin.scorers.calculator",
+    "metagen_plugins.builtin.gather": "metagen_plugins.builtin.scorers.gather",
+    "metagen_plugins.builtin.parallel": "metagen_plugins.builtin.strategies.parallel",
+    "metagen_plugins.builtin.search": "metagen_plugins.builtin.strategies.search",
+    "metagen_plugins.builtin.refine": "metagen_plugins.builtin.strategies.refine",
+    "metagen_plugins.builtin.compose": "metagen_plugins.builtin.strategies.compose",
+    "metagen_plugins.builtin.program_aided": "metagen_plugins.builtin.strategies.program_aided",
+    "metagen_plugins.builtin.calculator_vote": "metagen_plugins.builtin.strategies.calculator_vote",
 }
 """Old module path -> where the module is now; None: a package that is gone, kept (empty) so
 that its old modules' paths import."""
@@ -55,7 +76,7 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         if MOVED[spec.name] is None:
-            return None  # an empty package: the import system makes it
+            return None  # an empty package: the import system makes it (exec_module fills it in)
         module = importlib.import_module(MOVED[spec.name])
         self._specs[module.__name__] = module.__spec__
         return module
@@ -64,6 +85,19 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         # the import system has set the old name's spec on the module: it keeps its own
         if module.__name__ in self._specs:
             module.__spec__ = self._specs[module.__name__]
+        elif MOVED.get(module.__name__, "") is None:  # a package that is gone: its old modules as attributes
+            module.__getattr__ = lambda name: attribute(module.__name__, name)
+
+
+def attribute(package: str, name: str):
+    """``package.name`` when that is an old path of :data:`MOVED`: the module where it is now,
+    imported on first use. A package that held moved modules defines
+    ``__getattr__ = lambda name: moved.attribute(__name__, name)``, so that attribute access finds
+    them as ``from package import name`` does; any other name is an AttributeError, as before."""
+    old = f"{package}.{name}"
+    if old not in MOVED:
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return importlib.import_module(old)
 
 
 def install() -> None:

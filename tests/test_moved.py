@@ -1,6 +1,7 @@
-"""Modules that moved stay importable under their old paths (metagen_plugins.moved.MOVED), as
-the very module where they are now; the errors a host raises are the contract's classes under
-their old names too."""
+"""Modules that moved stay importable under their old paths (metagen_plugins.moved.MOVED, the
+one table of moves: the built-in plugin's too), as the very module where they are now, in every
+import form and as attributes of their old package; the errors a host raises are the contract's
+classes under their old names too."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ def test_an_old_path_imports_the_module_where_it_is_now(old, new):
     assert getattr(importlib.import_module(parent), leaf) is module  # `from parent import leaf` works
 
 
+def test_a_name_that_never_moved_is_still_no_attribute():
+    import metagen_plugins
+    from metagen_plugins import builtin, hosts
+
+    for package in (metagen_plugins, builtin, hosts):
+        with pytest.raises(AttributeError, match=f"module '{package.__name__}' has no attribute 'no_such_module'"):
+            package.no_such_module
+    assert not hasattr(builtin, "__wrapped__")
+
+
 FRESH = {
     "hostkit": ("import metagen_plugins.hosts.remote\n"
                 "from metagen_plugins.hosts.completions import CompletionsGenerator\n"
@@ -37,6 +48,29 @@ FRESH = {
                "from metagen_plugins.hosts import transformers\n"
                "import metagen_plugins.engines.transformers.host as new\n"
                "assert transformers is new and TransformersHost is new.TransformersHost\n"),
+    "builtin": ("from metagen_plugins.builtin import search, run_state\n"
+                "from metagen_plugins.builtin.answers import extract\n"
+                "from metagen_plugins.builtin.selection import majority\n"
+                "from metagen_plugins.builtin.sandbox import check_program, run_python\n"
+                "import metagen_plugins.builtin.parallel\n"
+                "from metagen_hooks import answers, run, selection\n"
+                "from metagen_plugins import sandbox\n"
+                "from metagen_plugins.builtin.strategies import parallel, search as new_search\n"
+                "assert search is new_search and run_state is run and metagen_plugins.builtin.parallel is parallel\n"
+                "assert (extract, majority) == (answers.extract, selection.majority)\n"
+                "assert (check_program, run_python) == (sandbox.check_program, sandbox.run_python)\n"),
+    # every old path reached by attribute access on its old package, never imported itself
+    # (``import metagen_plugins.builtin`` then ``metagen_plugins.builtin.search``; and
+    # ``metagen_plugins.deploy.vllm``): the package's ``__getattr__`` imports it
+    "attributes": ("import importlib, sys\n"
+                   "from metagen_plugins.moved import MOVED\n"
+                   "for old, new in sorted(MOVED.items()):\n"
+                   "    parent, _, leaf = old.rpartition('.')\n"
+                   "    package = importlib.import_module(parent)\n"
+                   "    assert old not in sys.modules, old\n"
+                   "    module = getattr(package, leaf)\n"
+                   "    assert module is sys.modules[old], old\n"
+                   "    assert new is None or module is importlib.import_module(new), old\n"),
     "serving engines": ("from metagen_plugins.deploy import vllm\n"
                         "from metagen_plugins.deploy.tgi import launcher_args\n"
                         "from metagen_plugins.hosts.vllm import VLLMHost, server_side\n"
@@ -47,8 +81,8 @@ FRESH = {
 
 @pytest.mark.parametrize("moved", sorted(FRESH))
 def test_old_paths_work_in_a_fresh_process_in_every_import_form(moved):
-    """Before anything imported the new modules: ``import a.b.c``, ``from a.b.c import X`` and
-    ``from a.b import c`` all give the new module's objects."""
+    """Before anything imported the new modules: ``import a.b.c``, ``from a.b.c import X``,
+    ``from a.b import c`` and ``a.b.c`` after ``import a.b`` all give the new module's objects."""
     done = subprocess.run([sys.executable, "-c", FRESH[moved]], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 

@@ -13,7 +13,9 @@ the contract (docs/host-kit.md). Its engine-free half is in the contract
 - :mod:`.chat`: prompts through a model's chat template;
 - :mod:`.remote_watch`: samples watched and cancelled while their requests stream;
 - :mod:`.retrying`: which failures are worth another attempt, and how long to wait;
-- :mod:`.event_loop`: an asyncio loop in a thread, for synchronous callers.
+- :mod:`.event_loop`: an asyncio loop in a thread, for synchronous callers;
+- :mod:`.lazy`: :func:`lazy_host` and :func:`lazy_command`, an engine's host and command
+  registered without importing them (its registration stays cheap).
 
 Also here, from metagen's core, the two rules every host follows: :func:`sampling` (whether a
 configuration samples) and :func:`realised` (the configured components as an engine's request
@@ -27,12 +29,14 @@ from .chat import chat_enabled, chat_format
 from .completions import INCLUDE_STOP, CompletionsGenerator, request_body, samples, status_failure
 from .event_loop import EventLoopThread
 from .generator import Failure, RemoteError, RemoteGenerator, Sample
+from .lazy import Command, lazy_command, lazy_host
 from .remote import REMOTE_SETTINGS, RemoteHost, chat_template
 from .remote_watch import Stream, Watching
 from .replicas import Replica, Replicas, replica_urls
 from .retrying import RETRYABLE, delay, retry_after, status_kind
 
 __all__ = [
+    "Command",
     "CompletionsGenerator",
     "EventLoopThread",
     "Failure",
@@ -51,6 +55,8 @@ __all__ = [
     "chat_format",
     "chat_template",
     "delay",
+    "lazy_command",
+    "lazy_host",
     "realised",
     "replica_urls",
     "request_body",

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import moved
+
 
 def create(config, registry, **objects: Any):
     """The host object for ``config.host_name`` (kept for callers of the old place:
     ``registry.create_host`` is the one place hosts are made)."""
     return registry.create_host(config, **objects)
+
+
+def __getattr__(name: str):
+    # the modules that moved out of this package, as attributes (moved.MOVED: their old paths)
+    return moved.attribute(__name__, name)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from metagen_hooks import Capabilities, HostError, hookimpl
+from metagen_hooks import Capabilities, hookimpl
 
-from ...hostkit import REMOTE_SETTINGS
+from ...hostkit import REMOTE_SETTINGS, lazy_command, lazy_host
 from .realisations import REALISATIONS
 
 NAME = "tgi"
@@ -32,38 +32,17 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def create(config, registry, model=None, tokenizer=None):
-    """A text-generation-inference deployment, through huggingface_hub's client."""
-    try:
-        from .host import TGIHost
-    except ImportError as exc:
-        raise HostError(f"the {NAME} host cannot start: {exc}; install what it needs with "
-                        f"pip install 'metagen-plugins[{NAME}]'") from None
-    return TGIHost(config, registry, model=model, tokenizer=tokenizer)
-
-
 @hookimpl
 def register_hosts(register):
     # natively: stop strings (a request's stop; more than the deployment takes are watched while
     # streaming), streaming, conversations (with [host] tokenizer)
-    register(NAME, create, settings=SETTINGS, realisations=REALISATIONS,
+    register(NAME, lazy_host(f"{__name__}.host:TGIHost", install=f"metagen-plugins[{NAME}]",
+                             doc="A text-generation-inference deployment, through huggingface_hub's client."),
+             settings=SETTINGS, realisations=REALISATIONS,
              capabilities=Capabilities(stop_strings=True, streaming=True, conversations=True))
-
-
-def _add_arguments(parser) -> None:
-    from . import deploy
-
-    deploy.add_arguments(parser)
-
-
-def _main(args, registry) -> int:
-    """Launcher arguments for a configuration, and checks of a running deployment."""
-    from . import deploy
-
-    return deploy.main(args, registry)
 
 
 @hookimpl
 def register_commands(register):
-    register(NAME, _add_arguments, _main, help="TGI deployments: launcher arguments for a configuration, and "
-                                               "checks of a running deployment")
+    register(NAME, *lazy_command(f"{__name__}.deploy"),
+             help="TGI deployments: launcher arguments for a configuration, and checks of a running deployment")

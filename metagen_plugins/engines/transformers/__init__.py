@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from metagen_hooks import Capabilities, hookimpl
 
-from ...errors import HostError
+from ...hostkit import lazy_host
 
 TRANSFORMERS_SETTINGS: dict[str, Any] = {
     "model": str,
@@ -45,17 +45,9 @@ TRANSFORMERS_SETTINGS: dict[str, Any] = {
 }
 
 
-def _transformers(config, registry, model=None, tokenizer=None):
-    """In-process: transformers ``generate()`` on a local model (pip install 'metagen-plugins[transformers]')."""
-    try:
-        from .host import TransformersHost
-    except ImportError as exc:
-        raise HostError(f"the transformers host cannot start: {exc}; install what it needs with "
-                        f"pip install 'metagen-plugins[transformers]'") from None
-    return TransformersHost(config, registry, model=model, tokenizer=tokenizer)
-
-
 @hookimpl
 def register_hosts(register):
-    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS,
+    register("transformers", lazy_host(f"{__name__}.host:TransformersHost", install="metagen-plugins[transformers]",
+                                       doc="In-process: transformers generate() on a local model."),
+             settings=TRANSFORMERS_SETTINGS,
              capabilities=Capabilities(in_process=True, stop_strings=True, streaming=True, conversations=True))

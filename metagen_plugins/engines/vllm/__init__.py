@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from metagen_hooks import Capabilities, HostError, hookimpl
+from metagen_hooks import Capabilities, hookimpl
 
-from ...hostkit import REMOTE_SETTINGS
+from ...hostkit import REMOTE_SETTINGS, lazy_command, lazy_host
 from .realisations import REALISATIONS
 
 NAME = "vllm"
@@ -37,37 +37,18 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def create(config, registry, model=None, tokenizer=None):
-    """A vLLM server's OpenAI-compatible API, with metagen components inside it through metagen-vllm."""
-    try:
-        from .host import VLLMHost
-    except ImportError as exc:
-        raise HostError(f"the {NAME} host cannot start: {exc}; install what it needs with "
-                        f"pip install 'metagen-plugins[{NAME}]'") from None
-    return VLLMHost(config, registry, model=model, tokenizer=tokenizer)
-
-
 @hookimpl
 def register_hosts(register):
     # natively: stop strings (a request's stop), streaming, conversations (with [host] tokenizer);
     # its default concurrency is its in-flight limit (host.default_concurrency)
-    register(NAME, create, settings=SETTINGS, realisations=REALISATIONS,
+    register(NAME, lazy_host(f"{__name__}.host:VLLMHost", install=f"metagen-plugins[{NAME}]",
+                             doc="A vLLM server's OpenAI-compatible API, with metagen components inside it "
+                                 "through metagen-vllm."),
+             settings=SETTINGS, realisations=REALISATIONS,
              capabilities=Capabilities(stop_strings=True, streaming=True, conversations=True))
-
-
-def _add_arguments(parser) -> None:
-    from . import deploy
-
-    deploy.add_arguments(parser)
-
-
-def _main(args, registry) -> int:
-    """Print the vLLM server command for a configuration (serve-args)."""
-    from . import deploy
-
-    return deploy.main(args, registry)
 
 
 @hookimpl
 def register_commands(register):
-    register(NAME, _add_arguments, _main, help="vLLM deployments: print the server command for a configuration")
+    register(NAME, *lazy_command(f"{__name__}.deploy"),
+             help="vLLM deployments: print the server command for a configuration")
