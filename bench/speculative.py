@@ -32,8 +32,7 @@ demo-arith-draft) and SmolLM2-135M-Instruct drafted by its own first 10 layers.
 
 Both models run in ``--dtype`` (default bfloat16: on this CPU, with AVX512-BF16, a pass of the
 1.5B over 8 tokens costs 1.2x one token in bfloat16, and 2.5x in float32 (the part
-"cost" shows it). The host loads a draft in the dtype it was saved in, so for bfloat16 the draft
-is a bfloat16 copy in a temporary directory. In bfloat16 a pass over k tokens rounds differently
+"cost" shows it). The host loads a draft in the model's dtype. In bfloat16 a pass over k tokens rounds differently
 from k passes over one, so a near-tie between two tokens can flip and a greedy output differ
 from plain decoding's; --dtype float32 is the check of exact identity. Torch runs one thread (``--threads``). Every figure
 is a ratio within one run; on a shared machine the wall times include the neighbours' load.
@@ -342,22 +341,9 @@ def main() -> None:
         raise SystemExit(f"--batches: at most {len(tasks)} prompts (the code tasks)")
     target_path = resolve(TARGET)
     model, tok = load_model(target_path, dtype=args.dtype), load_tokenizer(target_path)
-    with tempfile.TemporaryDirectory(prefix="speculative-draft-") as scratch:
-        draft_setting = draft_in(args.dtype, scratch)
-        draft = load_model_cached(draft_setting)  # the object [host] draft_model loads: its passes are counted
-        run_parts(args, parts, batches, max_new, single, tasks, model, tok, draft, draft_setting)
-
-
-def draft_in(dtype: str, scratch: str) -> str:
-    """``[host] draft_model`` for the draft in ``dtype``: the built-in name in float32 (its cached
-    checkpoint's dtype), else a copy saved in ``dtype`` under ``scratch`` (a checkpoint loads in
-    the dtype it was saved in; the host has no setting for the draft's dtype)."""
-    if dtype == "float32":
-        return DRAFT
-    copy_of = load_model(resolve(DRAFT), dtype=dtype)
-    copy_of.save_pretrained(scratch)
-    load_tokenizer(resolve(DRAFT)).save_pretrained(scratch)
-    return scratch
+    # the object [host] draft_model loads (in the model's dtype): its passes are counted
+    draft = load_model_cached(DRAFT, dtype=args.dtype)
+    run_parts(args, parts, batches, max_new, single, tasks, model, tok, draft, DRAFT)
 
 
 def run_parts(args, parts, batches, max_new, single, tasks, model, tok, draft, draft_setting) -> None:

@@ -168,10 +168,19 @@ def load_model(path: str, *, gguf_file: str | None = None, dtype: str | None = N
         if not hasattr(torch, dtype):
             raise HostError(f"[host] dtype = {dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16')")
         kwargs["dtype"] = getattr(torch, dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise HostError(f"could not load the {what} from {path!r}: {exc}") from None
+    for _ in range(2):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise HostError(f"could not load the {what} from {path!r}: {exc}") from None
+        # transformers 5.25 now and then leaves a tied output head unloaded (on the meta device,
+        # "newly initialized"); seen in a process that ran other models. Load it again.
+        empty = [name for name, p in model.named_parameters() if p.is_meta]
+        if not empty:
+            break
+    else:
+        raise HostError(f"the {what} from {path!r} loaded without weights for {', '.join(empty[:3])} twice; "
+                        f"check the checkpoint holds them")
     model.eval()
     return model
 
