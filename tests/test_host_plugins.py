@@ -7,7 +7,7 @@ import pytest
 
 import metagen_plugins
 from metagen_plugins.errors import ConfigError
-from fixture_plugins import plugins_dir, source
+from tests.plugins import plugins_dir, source
 
 # A fixture plugin, a real file: copied into a test's plugins directory.
 

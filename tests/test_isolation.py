@@ -17,8 +17,8 @@ import pytest
 
 import metagen_plugins
 from metagen_plugins import PluginError
-from fixture_plugins import plugins_dir, source
 from metagen_plugins.registry import DuplicateComponent
+from tests.plugins import plugins_dir, source
 
 FAULTY = source("faulty")
 

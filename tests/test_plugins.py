@@ -3,8 +3,8 @@
 import pytest
 
 from metagen_plugins import PluginError
-from fixture_plugins import source
 from metagen_plugins.registry import DuplicateComponent
+from tests.plugins import source
 
 GOOD = source("shout")
 

@@ -19,8 +19,8 @@ import metagen_plugins
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hostkit.replicas import Replicas
 
-from completions_server import CompletionsServer
-from tgi_server import TGIServer
+from tests.fakes.completions_server import CompletionsServer
+from tests.fakes.tgi_server import TGIServer
 
 PROMPTS = [f"Q: {a}+{b}-{c}=? A:" for a, b, c in ((12, 7, 3), (40, 2, 9), (5, 5, 5), (33, 21, 8), (9, 14, 6),
                                                    (27, 3, 11), (18, 18, 1), (50, 4, 20))]

@@ -12,7 +12,7 @@ import metagen_plugins
 from metagen_hooks import Budget, Candidate
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.engines.transformers.host import TransformersHost
-from fixture_plugins import plugins_dir
+from tests.plugins import plugins_dir
 
 PROMPTS = ["the quick brown fox", "jumps over the lazy dog and then some more words",
            "a", "lorem ipsum dolor sit amet, consectetur adipiscing elit", "hello hello hello"]
