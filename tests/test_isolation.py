@@ -1,7 +1,8 @@
 """Plugin faults: a plugin that raises while registering, building or generating takes down
 neither the other plugins nor the results already computed, and the error names the
-component, its plugin and its distribution. (Load failures, a hook raising and duplicate names
-across two distributions are in test_plugins.py.)
+component, its plugin and its distribution. (Load failures are test_plugins.py's; a hook raising
+and duplicate names, test_registry.py's; how the runner tells a host's failure from a
+component's, test_runner.py's.)
 
 ``FAULTS`` is also run by ``bench/reliability.py`` for the report in docs/reliability.md.
 """

@@ -3,8 +3,8 @@ across every prompt, several replicas balanced by least in-flight requests, fail
 replica dies mid-run (nothing lost, nothing charged twice), and the cool-down of a failed replica.
 
 The servers are loopback stand-ins (tests/fakes/completions_server.py for vLLM's /v1/completions,
-tests/fakes/tgi_server.py for TGI), so a replica can be killed on cue; test_vllm_host.py has the
-slow test with two real vLLM servers.
+tests/fakes/tgi_server.py for TGI), so a replica can be killed on cue;
+tests/engines/vllm/test_replicas.py has the slow test with two real vLLM servers.
 """
 
 from __future__ import annotations
