@@ -4,7 +4,7 @@ Runs the hostile programs of tests/test_sandbox.py through the ``code_tests`` sc
 each was contained (no file written or read outside, no connection, no process or temporary
 directory left, scored 0 with a reason); runs the property-based tests of
 tests/test_properties.py and counts their examples; injects the plugin faults of
-tests/test_isolation.py into three-prompt runs and counts the results lost.
+tests/test_plugin_faults.py into three-prompt runs and counts the results lost.
 
     python bench/reliability.py [--quick] [--write docs/reliability.md]
 
@@ -94,7 +94,7 @@ def invalid_inputs(quick: bool) -> dict[str, int]:
 
 def injected_faults() -> list[dict]:
     import metagen_plugins
-    from tests import test_isolation as ti
+    from tests import test_plugin_faults as ti
     from metagen_plugins.testing import tiny_model, tiny_tokenizer
 
     site = Path(tempfile.mkdtemp(prefix="metagen-faulty-"))
