@@ -71,8 +71,7 @@ def test_components_api(install_plugin, registry):
         metagen_plugins.components("processors")
 
 
-def test_hosts_are_collected_first_so_a_component_may_name_a_host_of_a_plugin_loaded_after_it(tmp_path,
-                                                                                              registry):
+def test_a_component_may_name_the_host_of_a_plugin_loaded_after_it(tmp_path, registry):
     """Every plugin's register_hosts runs before any component registers: a processor's realiser
     for the host of a plugin loaded after it is known (not 'unknown metadata') and realised."""
     (tmp_path / "a_processor.py").write_text(
