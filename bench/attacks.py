@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from serve_helpers import free_port
+from tests.fakes.serve_helpers import free_port
 
 PROFILES = """[profiles.demo.host]
 model = "demo-arith"
@@ -219,7 +219,7 @@ def main() -> None:
     finally:
         server.stop()
 
-    from vllm_server import DEMO, VLLMServer, available
+    from tests.fakes.vllm_server import DEMO, VLLMServer, available
 
     if available():
         engine = VLLMServer(DEMO, work / "vllm.log")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import metagen_plugins
 from metagen_hooks import Budget
-from vllm_server import VLLM_PYTHON  # tests/fakes, put on sys.path by _common
+from tests.fakes.vllm_server import VLLM_PYTHON  # the repository root is on sys.path through _common
 
 QUESTIONS = ["What is the capital of France?", "Name three colors of the rainbow.",
              "Write one sentence about the sea.", "What is 12 + 7?", "Give a synonym of quick.",

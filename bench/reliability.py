@@ -4,7 +4,7 @@ Runs the hostile programs of tests/test_sandbox.py through the ``code_tests`` sc
 each was contained (no file written or read outside, no connection, no process or temporary
 directory left, scored 0 with a reason); runs the property-based tests of
 tests/test_properties.py and counts their examples; injects the plugin faults of
-tests/test_isolation.py into three-prompt runs and counts the results lost.
+tests/test_plugin_faults.py into three-prompt runs and counts the results lost.
 
     python bench/reliability.py [--quick] [--write docs/reliability.md]
 
@@ -25,12 +25,9 @@ from pathlib import Path
 
 from _common import arguments
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
 
 def hostile_programs() -> tuple[list[dict], dict]:
-    import test_sandbox as ts
+    from tests import test_sandbox as ts
 
     from metagen_plugins import sandbox
 
@@ -77,7 +74,7 @@ def invalid_inputs(quick: bool) -> dict[str, int]:
     import os
 
     os.environ["METAGEN_FUZZ_SCALE"] = "0.5" if quick else "2"  # read when the tests are imported
-    import test_properties as tp
+    from tests import test_properties as tp
 
     tp.EXAMPLES.clear()
     tp.test_every_invalid_configuration_fails_at_validation_naming_the_field()
@@ -97,7 +94,7 @@ def invalid_inputs(quick: bool) -> dict[str, int]:
 
 def injected_faults() -> list[dict]:
     import metagen_plugins
-    import test_isolation as ti
+    from tests import test_plugin_faults as ti
     from metagen_plugins.testing import tiny_model, tiny_tokenizer
 
     site = Path(tempfile.mkdtemp(prefix="metagen-faulty-"))

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import metagen_plugins
 
-ROOT = Path(__file__).resolve().parent.parent
 PROFILE = """# self-consistency over 2 samples on the demo reasoning model
 [host]
 model = "demo-arith"
@@ -77,8 +76,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="metagen-bench-serve-"))
     config_path = work / "bench.toml"
     config_path.write_text(PROFILE)
-    sys.path.insert(0, str(ROOT / "tests" / "fakes"))
-    from serve_helpers import free_port
+    from tests.fakes.serve_helpers import free_port
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}

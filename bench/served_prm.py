@@ -47,7 +47,7 @@ def main() -> None:
     candidates = [r.candidates for r in metagen_plugins.run(config, prompts)]
     print(f"  sampled {sum(map(len, candidates))} candidates", file=sys.stderr, flush=True)
 
-    from vllm_server import DEMO
+    from tests.fakes.vllm_server import DEMO
 
     host = {**DEMO, "model": PRM}
     logs = Path(tempfile.gettempdir())

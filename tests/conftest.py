@@ -1,19 +1,15 @@
+"""Fixtures shared by every test folder. The tests are a package (``tests``, the repository root
+on sys.path through pytest's ``pythonpath``): a test imports the stand-ins for outside services
+from ``tests.fakes``, the fixture plugins' helper from ``tests.plugins``, another test module's
+settings by its package path."""
+
 import importlib
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 import metagen_plugins
 import metagen_plugins.registry
-
-# Stand-ins for outside services (the TGI server), the strategies' small test settings
-# (tests/builtin/test_strategies.py) and the fixture plugins' helper (tests/fixture_plugins.py),
-# imported by the tests of several folders.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
-sys.path.insert(0, str(Path(__file__).resolve().parent / "builtin"))
 
 
 @pytest.fixture(autouse=True)

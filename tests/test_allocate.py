@@ -7,7 +7,7 @@ import pytest
 
 import metagen_plugins
 from metagen_plugins.errors import ConfigError
-from fixture_plugins import plugins_dir
+from tests.plugins import plugins_dir
 
 PROMPTS = ["easy 1", "split 1", "easy 2", "split 2", "easy 3"]
 

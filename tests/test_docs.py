@@ -132,7 +132,7 @@ def test_host_tutorial_installs_and_runs_against_a_llama_server(install_plugin, 
     """The host tutorial's code and pyproject, installed as a distribution, run its example as
     written against a stand-in llama-server: every checklist item holds."""
     from metagen_hooks import Budget
-    from llamacpp_server import LlamaCppServer
+    from tests.fakes.llamacpp_server import LlamaCppServer
 
     code, run_example = re.findall(r"```python\n(.*?)```", HOST_DOC, flags=re.S)
     meta = tomllib.loads(re.findall(r"```toml\n(.*?)```", HOST_DOC, flags=re.S)[0])

@@ -1,5 +1,7 @@
-"""Hosts are plugins: ``register_hosts`` adds a host with its settings schema, factory and
-realiser key, and metagen runs on it with no edit of its own code."""
+"""Hosts are plugins: ``register_hosts`` adds a host with its settings schema, factory, realiser
+key and declared capabilities, each checked, and metagen runs on it with no edit of its own
+code. (What the registry records of hosts and how it settles realisers: test_registry.py; a
+host's ``deploy=`` tooling on the command line: tests/cli/test_plugin_commands.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import pytest
 
 import metagen_plugins
 from metagen_plugins.errors import ConfigError
-from fixture_plugins import plugins_dir, source
+from tests.plugins import plugins_dir, source
 
 # A fixture plugin, a real file: copied into a test's plugins directory.
 
@@ -32,13 +34,6 @@ def test_a_plugin_host_runs_a_strategy_with_its_own_settings_and_realisations(tm
         metagen_plugins.validate({"host": {"name": "echo", "times": "3"}}, reg)
     with pytest.raises(ConfigError, match="'top_k'.* cannot run on the echo host; it runs on tgi, transformers, vllm"):
         metagen_plugins.validate({"host": {"name": "echo"}, "processors": [{"name": "top_k", "top_k": 3}]}, reg)
-
-
-def test_without_the_plugin_the_host_is_unknown_and_its_realiser_key_is_not_metadata(registry):
-    reg = registry()
-    with pytest.raises(ConfigError, match=r"\[host\] name 'echo' is not a host; the installed hosts are "
-                                          r"tgi, transformers, vllm\b"):
-        metagen_plugins.validate({"host": {"name": "echo"}}, reg)
 
 
 @pytest.mark.parametrize("body, message", [
@@ -67,79 +62,6 @@ def test_a_bad_host_registration_fails_its_plugin_not_metagen(tmp_path, registry
     record = reg.manager.records["bad_host"]
     assert record.status == "FAILED" and message in record.error
     assert list(reg.hosts)[:3] == ["tgi", "transformers", "vllm"]
-
-
-def test_the_built_in_hosts_register_through_the_hook(registry):
-    """The in-process host and each serving engine are built-in plugins of their own; an engine's
-    package registers its host, its realisations of the built-in components and its command."""
-    reg = registry()
-    for engine in ("transformers", "vllm", "tgi"):
-        record = reg.manager.records[f"metagen_plugins.engines.{engine}"]
-        assert record.components["hosts"] == [engine]
-    for engine in ("vllm", "tgi"):
-        record = reg.manager.records[f"metagen_plugins.engines.{engine}"]
-        assert record.components["hosts"] == record.components["commands"] == [engine]
-        assert record.hooks == ["register_commands", "register_hosts"]
-        assert reg.commands[engine].plugin == record.name and reg.host(engine).deploy is None
-    assert reg.host("transformers").in_process and not reg.host("vllm").in_process
-    assert reg.get("logits_processors", "min_p").hosts[:3] == ("transformers", "vllm", "openai")
-    assert "tgi" not in reg.get("logits_processors", "min_p").hosts
-    # the engines' realisations of the built-in components, registered with their hosts
-    config = metagen_plugins.validate({"host": {"name": "tgi", "url": "http://127.0.0.1:1"},
-                                       "processors": [{"name": "top_p", "top_p": 0.9}, {"name": "watermark"}],
-                                       "stopping": [{"name": "token_budget", "max_tokens": 5},
-                                                    {"name": "step_delimiter"}]}, reg)
-    from metagen_plugins.hostkit import realised
-
-    assert [v for _, v in realised(config, reg, "tgi")] == [{"top_p": 0.9}, {"watermark": True},
-                                                             {"max_new_tokens": 5}, {"stop": ["\n"]}]
-
-
-def test_a_components_own_realiser_wins_over_its_hosts_and_false_keeps_it_off(tmp_path, registry):
-    """An outside plugin's ``vllm=`` keeps working (and wins over what the engine registers for a
-    component of that name); ``vllm=False`` keeps it off the host the engine would realise it on."""
-    (tmp_path / "own.py").write_text(
-        "from metagen_hooks import hookimpl\n\n"
-        "@hookimpl\ndef register_logits_processors(register):\n"
-        "    register('mine', lambda k: None, vllm=lambda k: {'top_k': k})\n"
-        "    register('both', lambda: None, relay2=lambda: {'own': True})\n\n"
-        "@hookimpl\ndef register_hosts(register):\n"
-        "    register('relay2', lambda *a, **k: None, settings={}, realisations={'processors': {'mine': "
-        "lambda k: {'relayed': k}, 'top_k': lambda top_k: {'k': top_k}, 'both': lambda: {'table': True}}})\n\n"
-        "@hookimpl\ndef register_stopping_criteria(register):\n"
-        "    register('never_remote', lambda: None, vllm=False, relay2=False)\n")
-    reg = registry(plugins_dir=tmp_path)
-    from metagen_plugins.hostkit import realised
-
-    config = metagen_plugins.validate({"host": {"name": "vllm", "url": "http://127.0.0.1:1"},
-                                       "processors": [{"name": "mine", "k": 3}]}, reg)
-    assert [v for _, v in realised(config, reg, "vllm")] == [{"top_k": 3}]
-    relayed = metagen_plugins.validate({"host": {"name": "relay2"}, "processors": [
-        {"name": "mine", "k": 3}, {"name": "top_k", "top_k": 2}, {"name": "both"}]}, reg)
-    assert [v for _, v in realised(relayed, reg, "relay2")] == [{"relayed": 3}, {"k": 2}, {"own": True}]
-    assert reg.get("stopping_criteria", "never_remote").hosts == ("transformers",)
-
-
-def test_a_host_plugins_deploy_tooling_becomes_a_subcommand(tmp_path, capsys):
-    """``deploy=`` names a module with add_arguments/main: the command line offers it as
-    ``metagen <host> ...``; a module that fails to load is reported and leaves the rest working."""
-    from metagen_plugins.cli import main
-
-    (tmp_path / "echo_host.py").write_text(source("echo_host").replace(
-        'register("echo", EchoHost, settings={"reply": str, "times": int})',
-        'register("echo", EchoHost, settings={"reply": str, "times": int}, deploy="echo_tools")\n'
-        '    register("broken", EchoHost, settings={}, deploy="no_such_module_here")'))
-    plugins_dir(tmp_path / "tools", "echo_tools")
-    import sys
-
-    sys.path.insert(0, str(tmp_path / "tools"))
-    try:
-        assert main(["--plugins-dir", str(tmp_path), "echo", "--shout"]) == 0
-    finally:
-        sys.path.remove(str(tmp_path / "tools"))
-    out = capsys.readouterr()
-    assert out.out.strip() == "ECHO echo_host"
-    assert "deploy='no_such_module_here', which failed to load" in out.err
 
 
 def test_a_host_with_stop_strings_and_no_processors_runs_the_stop_string_components(tmp_path, registry):
@@ -183,46 +105,3 @@ def test_without_the_declaration_a_host_refuses_stop_strings(tmp_path, registry)
     with pytest.raises(ConfigError, match="'stop_strings'.* cannot run on the stopper host; it runs on tgi, transformers"):
         metagen_plugins.validate({"host": {"name": "stopper"}, "stopping": [{"name": "stop_strings", "stop": ["."]}]},
                                  reg)
-
-
-def test_a_host_reads_its_fallback_keys_after_its_own(tmp_path, registry):
-    """``fallback=``: a component with no realiser for the host's own key is read as the fallback
-    key's; its own key wins where both exist, and ``<key>=False`` keeps a component off it."""
-    (tmp_path / "relay.py").write_text(
-        "from metagen_hooks import hookimpl\n\n"
-        "@hookimpl\ndef register_hosts(register):\n"
-        "    register('relay', lambda *a, **k: None, settings={}, fallback=('vllm',))\n\n"
-        "@hookimpl\ndef register_logits_processors(register):\n"
-        "    register('mine', lambda: None, vllm=lambda: {'a': 1}, relay=lambda: {'b': 2})\n"
-        "    register('not_here', lambda: None, vllm=lambda: {'a': 1}, relay=False)\n")
-    reg = registry(plugins_dir=tmp_path)
-    assert reg.host("relay").keys == ("relay", "vllm")
-    assert "relay" in reg.get("logits_processors", "top_k").hosts  # vLLM's realisation
-    assert "relay" not in reg.get("logits_processors", "not_here").hosts
-    from metagen_plugins.hostkit import realised
-
-    config = metagen_plugins.validate({"host": {"name": "relay"}, "processors": [{"name": "mine"}, {"name": "top_k",
-                                                                                                   "top_k": 5}]}, reg)
-    assert [values for _, values in realised(config, reg, "relay")] == [{"b": 2}, {"top_k": 5}]
-
-
-def test_a_plugins_command_becomes_a_subcommand(tmp_path, capsys):
-    """register_commands: ``metagen <name> ...`` parses with the plugin's arguments and runs its
-    main with the registry; its error is printed like metagen's own; a command taking one of
-    metagen's names, or another plugin's, fails that plugin and leaves the rest working."""
-    from metagen_plugins.cli import main
-
-    plugins_dir(tmp_path, "echo_command")
-    (tmp_path / "takes_run.py").write_text(
-        "from metagen_hooks import hookimpl\n\n@hookimpl\ndef register_commands(register):\n"
-        "    register('run', lambda p: None, lambda a, r: 0)\n")
-    (tmp_path / "twice.py").write_text(
-        "from metagen_hooks import hookimpl\n\n@hookimpl\ndef register_commands(register):\n"
-        "    register('echo-tools', lambda p: None, lambda a, r: 0)\n")
-    assert main(["--plugins-dir", str(tmp_path), "echo-tools", "hi", "there", "--shout"]) == 0
-    out = capsys.readouterr()
-    assert out.out.startswith("HI THERE | tgi, transformers, vllm")  # (and any host installed besides)
-    assert "plugin 'takes_run'" in out.err and "the command 'run', which is metagen's own" in out.err
-    assert "command 'echo-tools' is registered by plugin 'echo_command' and plugin 'twice'" in out.err
-    assert main(["--plugins-dir", str(tmp_path), "echo-tools", "fail"]) == 2
-    assert "error: echo-tools: 'fail' is not a word to echo" in capsys.readouterr().err

@@ -247,3 +247,11 @@ def test_contrib_plugins_import_only_the_contract_and_the_kits(distribution):
 def test_the_contrib_check_sees_an_internal_import(tmp_path):
     (tmp_path / "plugin.py").write_text("from metagen_plugins.hosts.remote import RemoteHost\n")
     assert contrib_imports(tmp_path) == {"metagen_plugins.hosts.remote"}
+
+
+def test_every_test_folder_is_a_package():
+    """tests/ is a package (docs/architecture.md, "Tests mirror the code"): a folder of tests with
+    no __init__.py would be imported by its path instead, and what it holds could not be
+    imported as tests.<folder>.<module>."""
+    folders = {path.parent for path in (ROOT / "tests").rglob("*.py")}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []

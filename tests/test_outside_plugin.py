@@ -3,7 +3,7 @@
 import torch
 
 import metagen_plugins
-from fixture_plugins import source
+from tests.plugins import source
 
 PLUGIN = source("author")
 

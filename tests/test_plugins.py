@@ -1,10 +1,11 @@
-"""The plugin manager with real entry points: loading, failures, duplicates, disabling."""
+"""The plugin manager (metagen_plugins.plugins) with real entry points and local files: loading,
+load failures, strict mode, disabling, plugin names. What the registry makes of what plugins
+register (records, conflicts, realisers) is test_registry.py's."""
 
 import pytest
 
 from metagen_plugins import PluginError
-from fixture_plugins import source
-from metagen_plugins.registry import DuplicateComponent
+from tests.plugins import source
 
 GOOD = source("shout")
 
@@ -15,16 +16,6 @@ def test_builtin_plugin_is_loaded(registry):
     assert record.status == "loaded"
     assert "top_p" in record.components["logits_processors"]
     assert reg.get("strategies", "generate").distribution == "metagen-plugins"
-
-
-def test_entry_point_plugin_registers_components(install_plugin, registry):
-    install_plugin("metagen_shout", GOOD, dist="metagen-shout", version="2.3")
-    reg = registry()
-    info = reg.get("scorers", "shout")
-    assert (info.plugin, info.distribution, info.version) == ("metagen_shout", "metagen-shout", "2.3")
-    assert info.hosts == tuple(reg.hosts)  # a scorer runs client-side: on every installed host
-    assert info.as_dict()["parameters"] == ["weight: float = 1.0"]
-    assert "test scorer" in info.doc
 
 
 def test_broken_plugin_is_reported_and_others_keep_working(install_plugin, registry, capsys):
@@ -46,34 +37,6 @@ def test_strict_mode_turns_a_load_failure_into_an_error(install_plugin, registry
         registry()
 
 
-def test_plugin_raising_inside_its_hook_is_isolated(install_plugin, registry):
-    install_plugin("metagen_shout", GOOD)
-    install_plugin("metagen_raiser", source("raiser"))
-    reg = registry()
-    record = reg.manager.records["metagen_raiser"]
-    assert record.status == "FAILED"
-    assert "register_strategies raised KeyError" in record.error
-    assert reg.get("scorers", "shout") and reg.get("strategies", "generate")
-
-
-def test_duplicate_name_is_an_error_naming_both_distributions(install_plugin, registry):
-    install_plugin("metagen_shout", GOOD, dist="metagen-shout")
-    install_plugin("metagen_shout_two", GOOD.replace("Shout", "Other"), dist="metagen-shout-two")
-    reg = registry()
-    with pytest.raises(DuplicateComponent) as err:
-        reg.get("scorers", "shout")
-    assert "metagen-shout" in str(err.value) and "metagen-shout-two" in str(err.value)
-    assert "METAGEN_DISABLE_PLUGINS" in str(err.value)
-    assert "shout" not in reg.components["scorers"]  # neither silently wins
-
-
-def test_a_plugin_cannot_replace_a_builtin_component(install_plugin, registry):
-    install_plugin("metagen_hijack", source("hijack"), dist="metagen-hijack")
-    reg = registry()
-    with pytest.raises(DuplicateComponent, match="metagen-plugins.*metagen-hijack"):
-        reg.get("logits_processors", "top_p")
-
-
 def test_disabled_plugin_is_not_loaded(install_plugin, registry, monkeypatch):
     install_plugin("metagen_shout", GOOD)
     monkeypatch.setenv("METAGEN_DISABLE_PLUGINS", "other, metagen_shout")
@@ -91,12 +54,6 @@ def test_unknown_hook_is_a_validation_error_naming_plugin_and_hook(install_plugi
     assert "register_scorers" in record.error
 
 
-def test_bad_registration_metadata_fails_the_plugin(install_plugin, registry):
-    install_plugin("metagen_meta", source("bad_metadata"))
-    record = registry().manager.records["metagen_meta"]
-    assert record.status == "FAILED" and "unknown metadata ['tgl']" in record.error
-
-
 def test_plugins_dir_loads_local_files(tmp_path, registry):
     (tmp_path / "local_thing.py").write_text(GOOD.replace('"shout"', '"local_shout"'))
     reg = registry(plugins_dir=tmp_path)
@@ -109,17 +66,23 @@ def test_plugins_dir_that_does_not_exist(tmp_path, registry):
         registry(plugins_dir=tmp_path / "missing")
 
 
-def test_components_api(install_plugin, registry):
-    import metagen_plugins
+def test_the_built_in_plugins_cannot_be_disabled(registry, monkeypatch):
+    """METAGEN_DISABLE_PLUGINS blocks outside plugins only: metagen without its own components,
+    host and engines would not run at all."""
+    monkeypatch.setenv("METAGEN_DISABLE_PLUGINS", "metagen_plugins.builtin,metagen_plugins.engines.vllm")
+    reg = registry()
+    assert reg.manager.records["metagen_plugins.builtin"].status == "loaded"
+    assert reg.manager.records["metagen_plugins.engines.vllm"].status == "loaded"
+    assert reg.get("strategies", "generate") and reg.host("vllm")
 
-    install_plugin("metagen_shout", GOOD, dist="metagen-shout", version="2.3")
-    registry()
-    info = metagen_plugins.components("scorers")["shout"]
-    assert set(info) >= {"plugin", "distribution", "version", "hosts", "docstring"}
-    hosts = metagen_plugins.components("logits_processors")["top_p"]["hosts"]
-    assert hosts[:3] == ["tgi", "transformers", "vllm"]  # and any installed host reading vLLM's realisations
-    assert set(hosts[3:]) <= {name for name, h in metagen_plugins.get_registry().hosts.items() if "vllm" in h.keys}
-    eta = metagen_plugins.components("logits_processors")["eta"]["hosts"]
-    assert eta[:2] == ["transformers", "vllm"] and "tgi" not in eta  # not TGI
-    with pytest.raises(ValueError, match="kind must be one of"):
-        metagen_plugins.components("processors")
+
+def test_an_entry_point_name_taken_by_another_distribution_fails_the_second(install_plugin, registry, capsys):
+    install_plugin("metagen_first", source("empty"), dist="metagen-first",
+                   entry_name="shared_name")
+    install_plugin("metagen_second", source("empty"), dist="metagen-second",
+                   entry_name="shared_name")
+    reg = registry()
+    record = reg.manager.records["shared_name"]
+    assert record.status == "FAILED" and "already loaded" in record.error
+    assert "metagen-first" in record.error or "metagen-second" in record.error
+

@@ -65,7 +65,7 @@ def test_record_runs_records_each_prompts_run_and_stops_on_a_failed_one():
     assert [r["greedy"]["texts"] for r in records] == [[c.text for c in a.candidates] for a in alone]
     assert all(r["greedy"]["tokens"] > 0 for r in records)
 
-    from serve_helpers import free_port
+    from tests.fakes.serve_helpers import free_port
 
     nowhere = {"host": {"name": "vllm", "url": f"http://127.0.0.1:{free_port()}", "model": "demo-arith",
                         "retries": 0, "timeout": 5}, "generation": {"max_new_tokens": 12}}

@@ -17,7 +17,7 @@ import pytest
 import metagen_plugins
 # The small settings the strategy tests use; a strategy not listed there runs with its defaults
 # under the budget below, so it is covered as soon as it is registered.
-from test_strategies import SCORERS, STRATEGIES as SMALL
+from tests.builtin.test_strategies import SCORERS, STRATEGIES as SMALL
 
 PROMPTS = ["Q: 3+4-2=? A:", "Q: 9-5+7=? A:"]
 
@@ -57,7 +57,7 @@ def without_wall_time(value, approx: bool = False, floats: bool = False):
 SCRIPT = """
 import json, sys
 import metagen_plugins
-from test_reproducibility import builtin_strategies, config, PROMPTS
+from tests.builtin.test_reproducibility import builtin_strategies, config, PROMPTS
 out = {}
 for name in builtin_strategies():
     results = metagen_plugins.run(config(name), PROMPTS)
@@ -76,11 +76,14 @@ def two_processes():
     """Every built-in strategy on both prompts, in two fresh processes."""
     from pathlib import Path
 
-    here = str(Path(__file__).parent)
+    # the repository root first (this module is tests.builtin.test_reproducibility there), then
+    # whatever this process was given: the fresh processes import the same metagen as this one
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     runs = []
     for _ in range(2):
         proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=1800,
-                              cwd=here, env={"PYTHONPATH": here, "PATH": "/usr/bin:/bin", **THREADS})
+                              cwd=root, env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin", **THREADS})
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs.append(json.loads(proc.stdout))
     return runs

@@ -355,7 +355,7 @@ def test_malformed_answer_and_server_error_name_the_scorer():
 
 
 def test_server_down_names_the_url():
-    from serve_helpers import free_port
+    from tests.fakes.serve_helpers import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     orm = build({"name": "served_outcome_reward_model", "url": url, "served_model": "prm", "timeout": 5.0})
@@ -400,7 +400,7 @@ def vllm_servers(tmp_path_factory):
     scores (``--pooler-config '{"task": "token_classify"}'``) and the demo model served for
     generation, all started at once (their startups overlap) and stopped at the end by killing
     the process groups started here."""
-    from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer
+    from tests.fakes.vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer
 
     if not VLLM_PYTHON.exists():
         pytest.skip(f"no vLLM environment at {VLLM_PYTHON}: `make test` builds it (make .venv-vllm/.installed)")

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixture_plugins import plugins_dir
+
+from tests.plugins import plugins_dir
 
 
 BIN = Path(sys.executable).parent / "metagen"

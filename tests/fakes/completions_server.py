@@ -29,7 +29,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tgi_server import EOS, arithmetic, tokenize
+from tests.fakes.tgi_server import EOS, arithmetic, tokenize
 
 
 class _Server(ThreadingHTTPServer):

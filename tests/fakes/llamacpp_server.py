@@ -17,7 +17,7 @@ import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tgi_server import arithmetic, tokenize
+from tests.fakes.tgi_server import arithmetic, tokenize
 
 
 class LlamaCppServer:

@@ -7,8 +7,8 @@ nothing else.
     with VLLMServer(DEMO, log_path).wait() as server:   # /health polled, bounded
         metagen_plugins.run({"host": server.host}, prompt)
 
-Tests import it from tests/fakes (on sys.path through tests/conftest.py); bench/ and contrib's
-tests put that folder on sys.path themselves.
+Imported as ``tests.fakes.vllm_server`` by the tests, contrib's tests (the repository root is on
+sys.path through pytest's ``pythonpath``) and bench/ (``bench/_common.py`` puts the root there).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-from serve_helpers import free_port
+from tests.fakes.serve_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = Path(os.environ.get("METAGEN_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))

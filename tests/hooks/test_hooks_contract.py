@@ -8,7 +8,7 @@ from pathlib import Path
 
 import metagen_hooks
 from metagen_hooks import hookspecs
-from fixture_plugins import plugins_dir
+from tests.plugins import plugins_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]

@@ -22,8 +22,8 @@ from metagen_hooks.inflight import CANCELLED
 from metagen_plugins.errors import HostError
 from metagen_plugins.hostkit import RemoteGenerator
 
-from completions_server import CompletionsServer
-from tgi_server import TGIServer
+from tests.fakes.completions_server import CompletionsServer
+from tests.fakes.tgi_server import TGIServer
 
 PROMPT = "Q: 12+7-3=? A:"
 SAMPLED = {"processors": [{"name": "temperature", "temperature": 0.8}], "generation": {"max_new_tokens": 40, "seed": 3}}
@@ -281,7 +281,7 @@ def test_a_cancelled_sample_leaves_the_vllm_server_and_esc_runs_there(tmp_path):
     machine can fall so far behind that the server has finished the second sample before the
     watch cancels it: such a round is drawn again (at most 5; a server that never aborts fails
     them all)."""
-    from vllm_server import DEMO, VLLMServer, available
+    from tests.fakes.vllm_server import DEMO, VLLMServer, available
 
     if not available():
         pytest.skip("no vLLM environment (.venv-vllm): `make test` builds it")

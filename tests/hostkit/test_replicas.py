@@ -3,8 +3,8 @@ across every prompt, several replicas balanced by least in-flight requests, fail
 replica dies mid-run (nothing lost, nothing charged twice), and the cool-down of a failed replica.
 
 The servers are loopback stand-ins (tests/fakes/completions_server.py for vLLM's /v1/completions,
-tests/fakes/tgi_server.py for TGI), so a replica can be killed on cue; test_vllm_host.py has the
-slow test with two real vLLM servers.
+tests/fakes/tgi_server.py for TGI), so a replica can be killed on cue;
+tests/engines/vllm/test_replicas.py has the slow test with two real vLLM servers.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import metagen_plugins
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hostkit.replicas import Replicas
 
-from completions_server import CompletionsServer
-from tgi_server import TGIServer
+from tests.fakes.completions_server import CompletionsServer
+from tests.fakes.tgi_server import TGIServer
 
 PROMPTS = [f"Q: {a}+{b}-{c}=? A:" for a, b, c in ((12, 7, 3), (40, 2, 9), (5, 5, 5), (33, 21, 8), (9, 14, 6),
                                                    (27, 3, 11), (18, 18, 1), (50, 4, 20))]

@@ -1,4 +1,4 @@
-"""A fixture plugin registering with unknown metadata, ``tgl=`` (tests/test_plugins.py)."""
+"""A fixture plugin registering with unknown metadata, ``tgl=`` (tests/test_registry.py)."""
 
 from metagen_hooks import hookimpl
 

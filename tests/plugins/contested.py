@@ -1,5 +1,5 @@
 """A fixture plugin registering the scorer ``contested``; installed under several names, they
-conflict (tests/test_isolation.py)."""
+conflict (tests/test_registry.py)."""
 
 from metagen_hooks import hookimpl
 

@@ -1,5 +1,5 @@
 """Echo deployments: the ``deploy=`` module of the fixture host plugin ``echo_host`` (what
-``metagen echo ...`` runs; tests/test_host_plugins.py)."""
+``metagen echo ...`` runs; tests/cli/test_plugin_commands.py)."""
 
 
 def add_arguments(parser):

@@ -1,3 +1,3 @@
-"""A fixture plugin that implements no hook (tests/test_isolation.py)."""
+"""A fixture plugin that implements no hook (tests/test_plugins.py)."""
 
 from metagen_hooks import hookimpl  # noqa: F401

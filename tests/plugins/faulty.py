@@ -1,5 +1,5 @@
 """A fixture plugin whose components fail in every way a component can: while building, while
-generating, while scoring (tests/test_isolation.py, bench/reliability.py)."""
+generating, while scoring (tests/test_plugin_faults.py, tests/test_runner.py, bench/reliability.py)."""
 
 import torch
 from metagen_hooks import Result, hookimpl

@@ -1,4 +1,4 @@
-"""A fixture plugin that registers a built-in component's name, ``top_p`` (tests/test_plugins.py)."""
+"""A fixture plugin that registers a built-in component's name, ``top_p`` (tests/test_registry.py)."""
 
 from metagen_hooks import hookimpl
 

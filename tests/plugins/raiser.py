@@ -1,4 +1,4 @@
-"""A fixture plugin whose hook raises (tests/test_plugins.py)."""
+"""A fixture plugin whose hook raises (tests/test_registry.py)."""
 
 from metagen_hooks import hookimpl
 

@@ -1,4 +1,4 @@
-"""A fixture plugin whose hook registers a scorer, then raises (tests/test_isolation.py)."""
+"""A fixture plugin whose hook registers a scorer, then raises (tests/test_registry.py)."""
 
 from metagen_hooks import hookimpl
 

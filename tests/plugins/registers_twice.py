@@ -1,4 +1,4 @@
-"""A fixture plugin registering one name twice (tests/test_isolation.py)."""
+"""A fixture plugin registering one name twice (tests/test_registry.py)."""
 
 from metagen_hooks import hookimpl
 

@@ -1,4 +1,4 @@
-"""A fixture plugin: one scorer, ``shout`` (tests/test_plugins.py)."""
+"""A fixture plugin: one scorer, ``shout`` (tests/test_plugins.py, tests/test_registry.py)."""
 
 from metagen_hooks import hookimpl
 

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import metagen_plugins
 from metagen_plugins.serve import build_app
 from metagen_plugins.serve.schemas import ChatRequest, CompletionRequest
-from serve_helpers import LoopbackServer
-from fixture_plugins import source
+from tests.fakes.serve_helpers import LoopbackServer
+from tests.plugins import source
 
 PROMPT = "Q: 37+48-19=? A:"
 DEMO = """
@@ -472,7 +472,7 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
     import os
     import signal
 
-    from vllm_server import DEMO, VLLM_PYTHON, VLLMServer, available
+    from tests.fakes.vllm_server import DEMO, VLLM_PYTHON, VLLMServer, available
 
     if not available():
         pytest.skip(f"no vLLM environment at {VLLM_PYTHON}: `make test` builds it")
@@ -527,7 +527,7 @@ def test_a_vllm_backend_that_times_out_or_dies_gives_504_or_502_and_the_server_r
 # -- a remote host (the TGI stand-in): refinement, 502 and 504, recovery ------------------------
 
 def test_a_remote_profile_refines_per_request_and_maps_engine_faults_to_502_and_504(tmp_path):
-    from tgi_server import Fault, TGIServer
+    from tests.fakes.tgi_server import Fault, TGIServer
 
     with TGIServer() as engine:
         host = {"name": "tgi", "url": engine.url, "concurrency": 4, "timeout": 3.0, "retries": 0}

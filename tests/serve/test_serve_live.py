@@ -16,7 +16,7 @@ import openai
 
 from metagen_plugins.runner import Runner
 from metagen_plugins.serve import build_app
-from serve_helpers import LoopbackServer
+from tests.fakes.serve_helpers import LoopbackServer
 
 PROMPT = "Q: 37+48-19=? A:"
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"

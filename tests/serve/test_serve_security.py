@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import metagen_plugins
 from metagen_plugins.errors import ConfigError
 from metagen_plugins.serve import build_app
-from serve_helpers import LoopbackServer
+from tests.fakes.serve_helpers import LoopbackServer
 
 PROMPT = "Q: 37+48-19=? A:"
 # A profile that offers more than its own components, within small caps: what a caller may
@@ -229,7 +229,7 @@ def test_a_request_cannot_send_the_server_to_a_url(server):
 # -- 4. one admission, whatever the refinements -------------------------------------------------
 
 def test_distinct_seeds_share_one_admission_on_a_remote_host(tmp_path):
-    from tgi_server import Fault, TGIServer
+    from tests.fakes.tgi_server import Fault, TGIServer
 
     with TGIServer() as engine:
         path = tmp_path / "tgi.toml"
@@ -439,7 +439,7 @@ def test_on_a_remote_host_the_deadline_closes_the_engine_requests(tmp_path):
     """The backend holds the request (20 s); at the 1-s deadline the client gets 504 and the
     run's HTTP request is closed at once (vLLM aborts a closed request), so the worker is free
     long before the backend would have answered."""
-    from tgi_server import Fault, TGIServer
+    from tests.fakes.tgi_server import Fault, TGIServer
 
     with TGIServer() as engine:
         path = tmp_path / "slow.toml"

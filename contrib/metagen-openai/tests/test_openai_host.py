@@ -3,19 +3,14 @@ OpenAI-compatible server, vLLM's, started on 127.0.0.1 from the vLLM environment
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 import metagen_plugins
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_openai.host import OpenAIHost, samples
-
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "tests" / "fakes"))  # the one helper that starts a vLLM server
-
-from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, available  # noqa: E402
+# the repository's one helper that starts a vLLM server (the repository root is on sys.path
+# through pytest's `pythonpath`, in pyproject.toml)
+from tests.fakes.vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, available
 
 PROMPT = "Q: 37+48-19=? A:"
 

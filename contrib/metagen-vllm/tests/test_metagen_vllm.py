@@ -1,6 +1,7 @@
 """The plugin inside vLLM's logits-processor interface, driven the way vLLM's engine drives it
-(BatchUpdate in, logits rows through apply()), without starting a server; tests/engines/test_vllm_host.py
-runs it in a real one. Runs in the environment that has vLLM (make test builds .venv-vllm)."""
+(BatchUpdate in, logits rows through apply()), without starting a server;
+tests/engines/vllm/test_host.py runs it in a real one. Runs in the environment that has vLLM
+(make test builds .venv-vllm)."""
 
 import json
 from types import SimpleNamespace

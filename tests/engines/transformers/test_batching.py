@@ -10,9 +10,9 @@ import torch
 
 import metagen_plugins
 from metagen_hooks import Budget, Candidate
-from metagen_plugins.errors import ConfigError, HostError
+from metagen_plugins.errors import HostError
 from metagen_plugins.engines.transformers.host import TransformersHost
-from fixture_plugins import plugins_dir
+from tests.plugins import plugins_dir
 
 PROMPTS = ["the quick brown fox", "jumps over the lazy dog and then some more words",
            "a", "lorem ipsum dolor sit amet, consectetur adipiscing elit", "hello hello hello"]
@@ -125,13 +125,6 @@ def test_requests_beyond_max_batch_tokens_wait_their_turn(tiny):
     large = metagen_plugins.run({"generation": {"max_new_tokens": 12}}, PROMPTS, model=model, tokenizer=tok,
                                 concurrency=8)
     assert [r.best.text for r in small] == [r.best.text for r in large]
-
-
-def test_concurrency_setting_is_validated():
-    with pytest.raises(ConfigError, match=r"\[run\] concurrency must be >= 1"):
-        metagen_plugins.validate({"run": {"concurrency": 0}}, metagen_plugins.get_registry())
-    with pytest.raises(ConfigError, match="concurrency must be an int >= 1"):
-        metagen_plugins.run({}, ["x"], concurrency=0)
 
 
 # -- scorers in batches ------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def test_the_runner_hands_conversation_and_stream_to_the_host_and_refuses_what_a
     assert spent[0] == spent[1] + len(tok("<system>Be brief.\n", add_special_tokens=False).input_ids)
     runner.close()
     remote = Runner({"host": {"name": "vllm", "url": "http://127.0.0.1:9", "model": "m"}})
-    assert remote.streams  # the vLLM host streams its server's chunks (tests/engines/test_vllm_host.py)
+    assert remote.streams  # the vLLM host streams its server's chunks (tests/engines/vllm/test_host.py)
     with pytest.raises(ConfigError, match="the vllm host applies no chat template here, so it cannot format a conversation"):
         remote.submit("hi", conversation=[{"role": "system", "content": "x"}])
     remote.close()

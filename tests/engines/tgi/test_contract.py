@@ -14,9 +14,9 @@ import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.config import validate
 from metagen_plugins.engines.tgi.host import TGIHost
-from tgi_server import DATA, TGIServer, snapshot, spec_validator
+from tests.fakes.tgi_server import DATA, TGIServer, snapshot, spec_validator
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "tgi"
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "reference" / "tgi"
 PROMPT = "Q: 12+7=? A:"
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
 

@@ -5,7 +5,7 @@ import shlex
 import pytest
 
 from metagen_plugins.cli import main
-from tgi_server import TGIServer
+from tests.fakes.tgi_server import TGIServer
 
 BASE = """
 [host]

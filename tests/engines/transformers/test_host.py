@@ -7,7 +7,7 @@ from transformers.generation import logits_process as lp
 
 import metagen_plugins
 from metagen_plugins.engines.transformers.finite import _Guard
-from fixture_plugins import plugins_dir
+from tests.plugins import plugins_dir
 
 # (config entry, transformers' own processor built the same way)
 EQUIVALENT = [

@@ -1,7 +1,8 @@
 """Plugin faults: a plugin that raises while registering, building or generating takes down
 neither the other plugins nor the results already computed, and the error names the
-component, its plugin and its distribution. (Load failures, a hook raising and duplicate names
-across two distributions are in test_plugins.py.)
+component, its plugin and its distribution. (Load failures are test_plugins.py's; a hook raising
+and duplicate names, test_registry.py's; how the runner tells a host's failure from a
+component's, test_runner.py's.)
 
 ``FAULTS`` is also run by ``bench/reliability.py`` for the report in docs/reliability.md.
 """
@@ -16,9 +17,7 @@ from pathlib import Path
 import pytest
 
 import metagen_plugins
-from metagen_plugins import PluginError
-from fixture_plugins import plugins_dir, source
-from metagen_plugins.registry import DuplicateComponent
+from tests.plugins import plugins_dir, source
 
 FAULTY = source("faulty")
 
@@ -83,54 +82,6 @@ def test_a_single_prompt_run_raises_with_the_component_named(install_plugin, reg
     assert "produced NaN scores" in str(caught.value)
     assert any("logits processor 'poison' (plugin 'metagen_faulty', metagen-faulty 0.3)" in note
                for note in caught.value.__notes__)
-
-
-def test_a_factory_that_raises_is_reported_before_any_model_loads(install_plugin, registry, monkeypatch):
-    install_faulty(install_plugin)
-    registry()
-    from metagen_plugins import hosts
-
-    monkeypatch.setattr(hosts, "create", lambda *a, **k: pytest.fail("the host was created"))
-    with pytest.raises(PluginError) as caught:
-        metagen_plugins.run({"scorer": {"name": "unbuildable"}}, ["x", "y"])
-    assert "scorer 'unbuildable' (plugin 'metagen_faulty', metagen-faulty 0.3) failed to build" in str(caught.value)
-    assert "RuntimeError: cannot build" in str(caught.value)
-
-
-def test_a_hook_that_registers_then_raises_adds_nothing(install_plugin, registry, capsys):
-    install_plugin("metagen_half", source("registers_then_raises"), dist="metagen-half", version="2.0")
-    reg = registry()
-    assert "half_done" not in reg.components["scorers"]
-    assert reg.manager.records["metagen_half"].status == "FAILED"
-    assert "metagen-half 2.0" in capsys.readouterr().err
-    assert reg.get("scorers", "logprob")  # the others are untouched
-
-
-def test_a_plugin_cannot_replace_a_component_by_registering_it_twice(install_plugin, registry):
-    install_plugin("metagen_twice", source("registers_twice"), dist="metagen-twice")
-    with pytest.raises(DuplicateComponent, match="'same' is registered by plugin 'metagen_twice'"):
-        registry().get("scorers", "same")
-
-
-def test_a_third_registration_does_not_win_a_conflict(install_plugin, registry):
-    for module in ("metagen_one", "metagen_two", "metagen_three"):
-        install_plugin(module, source("contested"), dist=module.replace("_", "-"))
-    reg = registry()
-    with pytest.raises(DuplicateComponent) as caught:
-        reg.get("scorers", "contested")
-    assert all(d in str(caught.value) for d in ("metagen-one", "metagen-two", "metagen-three"))
-    assert "contested" not in reg.components["scorers"]
-
-
-def test_an_entry_point_name_taken_by_another_distribution_fails_the_second(install_plugin, registry, capsys):
-    install_plugin("metagen_first", source("empty"), dist="metagen-first",
-                   entry_name="shared_name")
-    install_plugin("metagen_second", source("empty"), dist="metagen-second",
-                   entry_name="shared_name")
-    reg = registry()
-    record = reg.manager.records["shared_name"]
-    assert record.status == "FAILED" and "already loaded" in record.error
-    assert "metagen-first" in record.error or "metagen-second" in record.error
 
 
 @pytest.mark.slow  # a CLI subprocess run to completion: ~50 s

@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 import metagen_plugins
-from test_strategies import SCORERS, STRATEGIES
-from tgi_server import TGIServer
+from tests.builtin.test_strategies import SCORERS, STRATEGIES
+from tests.fakes.tgi_server import TGIServer
 
 PROMPT = "Q: 37+48-19=? A:"
 

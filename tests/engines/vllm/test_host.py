@@ -24,8 +24,8 @@ import metagen_plugins
 from metagen_hooks import Budget
 from metagen_plugins.errors import ConfigError, HostError
 from metagen_plugins.hostkit import RemoteError
-from fixture_plugins import plugins_dir
-from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, free_port
+from tests.fakes.vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, free_port
+from tests.plugins import plugins_dir
 
 SERVER_START_TIMEOUT = 300.0
 PROMPT = "Q: 37+48-19=? A:"

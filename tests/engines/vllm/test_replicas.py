@@ -15,7 +15,7 @@ import pytest
 import metagen_plugins
 from metagen_plugins.demo.train import held_out
 
-from test_vllm_host import SERVER, VLLM_PYTHON, Server
+from tests.engines.vllm.test_host import SERVER, VLLM_PYTHON, Server
 
 pytestmark = pytest.mark.slow
 

@@ -1,14 +1,15 @@
-"""The tests' fixture plugins: real files under tests/plugins/, read with ``source(name)`` to
-install as a distribution (the ``install_plugin`` fixture) or copied with ``plugins_dir`` into a
-directory for ``--plugins-dir`` / ``get_registry(plugins_dir=...)`` (the file name is the
-plugin's name there)."""
+"""The tests' fixture plugins: real files in this folder, read with ``source(name)`` to install as a
+distribution (the ``install_plugin`` fixture) or copied with ``plugins_dir`` into a directory
+for ``--plugins-dir`` / ``get_registry(plugins_dir=...)`` (the file name is the plugin's name
+there). They are never imported from here: a plugin is loaded the way metagen loads one, and
+this folder is no plugins directory itself (its ``__init__.py`` would be a plugin)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-PLUGINS = Path(__file__).resolve().parent / "plugins"
+PLUGINS = Path(__file__).resolve().parent
 
 
 def source(name: str) -> str:

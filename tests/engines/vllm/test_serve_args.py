@@ -18,7 +18,7 @@ import pytest
 import metagen_plugins
 from metagen_plugins.cli import main
 from metagen_plugins.engines.vllm.deploy import serve_args
-from vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, available
+from tests.fakes.vllm_server import DEMO, VLLM_PYTHON, ServerFailed, VLLMServer, available
 
 SERVER_START_TIMEOUT = 300.0
 PROMPT = "Q: 37+48-19=? A:"

@@ -12,8 +12,8 @@ from metagen_plugins import ConfigError, HostError
 from metagen_plugins.config import validate
 from metagen_plugins.hostkit import RemoteError
 from metagen_plugins.engines.tgi.host import TGIHost
-from tgi_server import Fault, TGIServer, snapshot
-from fixture_plugins import source
+from tests.fakes.tgi_server import Fault, TGIServer, snapshot
+from tests.plugins import source
 
 PROMPT = "Q: 37+48-19=? A:"
 

@@ -1,0 +1,1 @@
+"""Tests of the engines (metagen_plugins.engines), a folder for each engine."""

@@ -1,0 +1,1 @@
+"""Tests of the in-process engine (metagen_plugins.engines.transformers)."""

@@ -1,0 +1,1 @@
+"""Tests of the contract, metagen_hooks (hooks/)."""

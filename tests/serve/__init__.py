@@ -1,0 +1,1 @@
+"""Tests of metagen serve (metagen_plugins.serve)."""
