@@ -12,7 +12,7 @@ import pytest
 import metagen_plugins
 from metagen_plugins.errors import HostError, PluginError
 from metagen_plugins.hostkit import Command, lazy_command, lazy_host
-from fixture_plugins import plugins_dir
+from tests.plugins import plugins_dir
 
 TARGETS = ("lazy_echo_host", "lazy_echo_command", "lazy_unmet_host")
 
