@@ -13,11 +13,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from .errors import HostError
+
+_LOADING = threading.RLock()  # from_pretrained one at a time (and a cached model loaded once)
 
 BUILTIN_MODELS = {
     "smollm2-135m-instruct": {
@@ -168,18 +171,14 @@ def load_model(path: str, *, gguf_file: str | None = None, dtype: str | None = N
         if not hasattr(torch, dtype):
             raise HostError(f"[host] dtype = {dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16')")
         kwargs["dtype"] = getattr(torch, dtype)
-    for _ in range(2):
-        try:
+    try:
+        with _LOADING:  # transformers' loading is not thread-safe: concurrent loads leave later models unloaded
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise HostError(f"could not load the {what} from {path!r}: {exc}") from None
-        # transformers 5.25 now and then leaves a tied output head unloaded (on the meta device,
-        # "newly initialized"); seen in a process that ran other models. Load it again.
-        empty = [name for name, p in model.named_parameters() if p.is_meta]
-        if not empty:
-            break
-    else:
-        raise HostError(f"the {what} from {path!r} loaded without weights for {', '.join(empty[:3])} twice; "
+    except (OSError, ValueError) as exc:
+        raise HostError(f"could not load the {what} from {path!r}: {exc}") from None
+    empty = [name for name, p in model.named_parameters() if p.is_meta]
+    if empty:  # never compute with weights that were not loaded
+        raise HostError(f"the {what} from {path!r} loaded without weights for {', '.join(empty[:3])}; "
                         f"check the checkpoint holds them")
     model.eval()
     return model
@@ -191,8 +190,13 @@ def load_model_cached(path: str, *, what: str = "model", dtype: str | None = Non
     return _load_once(resolve(path, what=what), dtype)
 
 
-@functools.lru_cache(maxsize=8)
 def _load_once(path: str, dtype: str | None = None):
+    with _LOADING:  # one load per path even when many threads ask for it first at once
+        return _loaded(path, dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded(path: str, dtype: str | None):
     return load_model(path, dtype=dtype)
 
 

@@ -117,3 +117,35 @@ def test_qwen_coder_1_5b_writes_a_function_that_passes_its_tests():
     report = check_program(extract_program(result.best.text), tests,
                            isolation="full" if probe("full") is None else "limits")
     assert report.passed == len(tests), (result.best.text, report.reason)
+
+
+def test_models_loaded_from_many_threads_at_once_all_hold_their_weights(tmp_path):
+    """transformers' from_pretrained is not thread-safe: concurrent loads (worker threads that
+    first ask for a draft or amateur model together) once left every later model's tied output
+    head unloaded, on the meta device. Loads are one at a time, and a model with unloaded
+    weights is an error, never a model computing with nothing."""
+    import threading
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from metagen_plugins.models import load_model, load_model_cached
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, tie_word_embeddings=True)
+    paths = []
+    for i in range(3):
+        LlamaForCausalLM(config).save_pretrained(tmp_path / f"tied{i}")
+        paths.append(str(tmp_path / f"tied{i}"))
+    models, cached = [], []
+    threads = [threading.Thread(target=lambda p=p: models.append(load_model(p))) for p in paths * 2]
+    threads += [threading.Thread(target=lambda: cached.append(load_model_cached(paths[0], dtype="float32")))
+                for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    models.append(load_model(paths[1]))
+    assert len(models) == 7 and len(cached) == 3 and cached[0] is cached[1] is cached[2]  # loaded once
+    for model in models + cached[:1]:
+        assert not any(p.is_meta for p in model.parameters())
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -28,7 +28,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from .kv_quant import QuantPrefix
-from .quant_attention import QuantLayout, prefix_part
+from .quant_attention import QuantLayout, prefix_part, stack_padded
 
 NAME = "metagen_shared_prefix"
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
@@ -160,23 +160,14 @@ class Layout:
         for g, r in enumerate(requests):
             self.prefix_mask[g, :, :, :r.prefix.length] = True
         for layer in range(num_layers):
-            self.keys.append(_stack([r.prefix.keys[layer] for r in requests], length))
-            self.values.append(_stack([r.prefix.values[layer] for r in requests], length))
+            self.keys.append(stack_padded([r.prefix.keys[layer] for r in requests], length))
+            self.values.append(stack_padded([r.prefix.values[layer] for r in requests], length))
 
     def tensors(self) -> list[torch.Tensor]:
         """What it holds beside the prefixes themselves (stacked copies, or the quantized tails)."""
         if self.quant is not None:
             return self.quant.tail_keys + self.quant.tail_values
         return self.keys + self.values
-
-
-def _stack(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
-    """[G, kv_heads, length, dim] from G tensors [1, kv_heads, P_g, dim], zero-padded."""
-    first = tensors[0]
-    out = first.new_zeros(len(tensors), first.shape[1], length, first.shape[3])
-    for g, t in enumerate(tensors):
-        out[g, :, :t.shape[-2]] = t[0]
-    return out
 
 
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

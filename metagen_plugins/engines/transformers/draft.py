@@ -24,6 +24,8 @@ class DraftModel:
     """Drafts with ``model`` (greedy), whose vocabulary must be the target's."""
 
     name = "draft model"
+    CONFIDENCE = 0.4  # a draft token under this probability (under the draft) ends its row's draft
+    confident = True  # its drafts end by confidence: rows start with the longest (speculation.Speculation)
 
     def __init__(self, model, target, cache_bytes: int, *, eos_ids: set[int], pad_id: int) -> None:
         if model.config.vocab_size != target.config.vocab_size:
@@ -73,8 +75,10 @@ class DraftModel:
         self.positions = torch.cat([self.positions, positions], 1)
 
     def propose(self, engine, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``max(k)`` greedy drafts per row: the columns not fed yet and each row's last token in
-        one pass, then one pass per further draft."""
+        """Up to ``max(k)`` greedy drafts per row: the columns not fed yet and each row's last
+        token in one pass, then one pass per further draft. A row's draft ends after a token the
+        draft gives less than ``CONFIDENCE`` (transformers' assisted generation does the same),
+        and drafting ends when every row's has."""
         width = int(k.max()) if k.numel() else 0
         if width == 0:
             return torch.zeros(k.shape[0], 0, dtype=torch.long), torch.zeros_like(k)
@@ -86,7 +90,8 @@ class DraftModel:
         inputs = torch.cat([self.inputs[:, fed:], engine._last[:, None]], 1)
         positions = torch.cat([self.positions[:, fed:], engine._pos[:, None]], 1)
         valid = engine._valid  # the lagging columns' own validity; the last input's column is valid
-        drafts = []
+        drafts, drafted = [], torch.zeros_like(k)
+        going = (k > 0) & ~engine._done
         for step in range(width):
             self._layout.valid = valid
             cache = DynamicCache(config=self.model.config)
@@ -95,10 +100,14 @@ class DraftModel:
             with laid_out(self._layout):
                 logits = self.model(input_ids=inputs, position_ids=positions, attention_mask=mask, cache=cache,
                                     use_cache=True).logits[:, -1, :]
-            drafts.append(logits.argmax(-1))
+            confidence, token = logits.float().softmax(-1).max(-1)
+            drafts.append(token)
+            drafted += going
+            going &= (confidence >= self.CONFIDENCE) & (k > step + 1)
+            if not bool(going.any()):
+                break
             valid = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], 1)  # this pass's input column
-            inputs, positions = drafts[-1][:, None], positions[:, -1:] + 1
-        drafted = torch.where(engine._done, 0, width)
+            inputs, positions = token[:, None], positions[:, -1:] + 1
         return torch.stack(drafts, 1), drafted
 
 

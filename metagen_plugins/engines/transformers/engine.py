@@ -36,8 +36,9 @@ from ...errors import HostError
 from .accounting import fresh
 from .attention import Layout, OwnLayer, attach, detach, laid_out
 from .kv_quant import KVQuant, QuantOwnLayer, held_bytes
-from .requests import Progress, Request, draw, inverse_cdf, request_generator  # noqa: F401 (re-exported)
-from .speculation import Speculation, row_seeds, uniforms
+from .choice import choose, criteria, kept, non_finite, report
+from .requests import Progress, Request, draw, request_generator  # noqa: F401 (re-exported)
+from .speculation import Speculation, row_seeds
 
 GATHER_GAP, GATHER_MAX = 0.005, 0.05  # seconds: how an idle loop waits for a batch to assemble
 
@@ -279,21 +280,23 @@ class Engine:
             if r.slow:
                 rows = slice(r.first, r.first + r.width)
                 try:
-                    chosen[rows] = self._choose(r, logits[rows], None if drafts is None else drafts[rows])
+                    chosen[rows] = choose(r, logits[rows], None if drafts is None else drafts[rows],
+                                          self._age[rows], self.pad_id)
                 except BaseException as exc:  # a component failed: this request fails alone
                     failed[id(r)] = r, exc
-        kept, emit, stop = self._kept(chosen, drafts, running)
+        count, emit, stop = kept(chosen, drafts, running, eos=self.eos, left=self._limit - self._age,
+                                 owner=self._owner, requests=len(self._active))
         for r in self._active:
             if r.slow and not r.zombie and id(r) not in failed:
                 try:
-                    self._criteria(r, chosen, emit, stop)
+                    criteria(r, chosen, emit, stop, self.pad_id)
                 except BaseException as exc:
                     failed[id(r)] = r, exc
         new = torch.arange(width)[None, :] < emit[:, None]  # [B, width]: the positions each row keeps
         log_probs = logits.log_softmax(-1)
         logprobs = log_probs.gather(2, chosen.clamp(min=0)[..., None])[..., 0]
         if not bool(torch.isfinite(logprobs[new]).all()):  # one check for every request's rows
-            self._non_finite(logprobs, new, failed)
+            non_finite(self._active, logprobs, new, failed)
         self._age += emit
         self._valid = torch.cat([self._valid, new], 1)
         self._tokens = torch.cat([self._tokens, torch.where(new, chosen, self.pad_id)], 1)
@@ -311,9 +314,9 @@ class Engine:
         self._done |= stop
         for r in self._active:
             if r.progress is not None and not r.zombie and id(r) not in failed:
-                self._report(r, chosen, logprobs, log_probs, emit)
+                report(r, chosen, logprobs, log_probs, emit, self._done, self._eos_ids)
         if self.speculation is not None:
-            self._speculated(inputs, positions, chosen, emit, running, drafted, kept, spec)
+            self._speculated(inputs, positions, chosen, emit, running, drafted, count, spec)
         for r, exc in failed.values():
             r.future.set_exception(exc)
             self._retire(r)
@@ -328,54 +331,11 @@ class Engine:
         elif dead >= max(4, self._last.shape[0] // 4):
             self._compact()
 
-    def _kept(self, chosen: torch.Tensor, drafts: torch.Tensor | None, running: torch.Tensor):
-        """How many drafts each row keeps (those up to the first its target did not choose), how
-        many tokens it emits and whether it ends (EOS, max_new_tokens). The rows of one request
-        advance together (their processors and criteria see rectangular ids): a row that goes on
-        emits as many tokens as the request's slowest row that goes on; a row that ends within
-        them ends."""
-        width = chosen.shape[1]
-        kept = torch.zeros_like(self._last)
-        if drafts is not None:
-            kept = (chosen[:, :-1] == drafts).long().cumprod(1).sum(1)
-        can = kept + 1
-        eos = torch.isin(chosen, self.eos) & (torch.arange(width)[None, :] < can[:, None])
-        end = torch.where(eos.any(1), eos.long().argmax(1) + 1, width + 1)
-        end = torch.minimum(end, (self._limit - self._age).clamp(min=1))
-        ends = end <= can
-        if width == 1:
-            return kept, running.long(), ends & running
-        going = torch.where(running & ~ends, can, width + 1)
-        pace = torch.full((len(self._active),), width + 1, dtype=torch.long).scatter_reduce(
-            0, self._owner, going, "amin")[self._owner]
-        emit = torch.where(ends, torch.minimum(end, pace), torch.minimum(can, pace))
-        return kept, torch.where(running, emit, 0), ends & (end <= pace) & running
-
-    def _criteria(self, r: Request, chosen: torch.Tensor, emit: torch.Tensor, stop: torch.Tensor) -> None:
-        """The request's ids grow by the tokens its rows emit (pad for rows that emit fewer),
-        one position at a time, and its stopping criteria see each: a row they stop emits
-        nothing after."""
-        rows = slice(r.first, r.first + r.width)
-        counts = emit[rows].clone()
-        for j in range(int(counts.max()) if r.width else 0):
-            picked = torch.where(counts > j, chosen[rows, j], self.pad_id)
-            if r.width < r.n:  # processors and criteria see all n rows; those gone are padding
-                picked = torch.full((r.n,), self.pad_id, dtype=chosen.dtype).index_put_(
-                    (torch.tensor(r.live),), picked)
-            r.ids = torch.cat([r.ids, picked[:, None]], 1)
-            scores = r.scores[j] if j < len(r.scores) else r.scores[-1]
-            for criterion in r.criteria:
-                ended = torch.as_tensor(criterion(r.ids, scores), dtype=torch.bool)
-                ended = (ended[r.live] if r.width < r.n else ended) & (counts > j)
-                if bool(ended.any()):
-                    counts = torch.where(ended, j + 1, counts)
-                    stop[rows] |= ended
-        emit[rows] = counts
-
     def _draft(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Each row's drafts (its own length; padding past it) and how many it drafted; no
         drafts at all when no row has one."""
-        drafts, drafted = self.speculation.drafter.propose(self, torch.where(self._done, 0, self._k))
+        room = (self._limit - self._age - 1).clamp(min=0)  # drafts past max_new_tokens would be cut anyway
+        drafts, drafted = self.speculation.drafter.propose(self, torch.where(self._done, 0, torch.minimum(self._k, room)))
         if not bool(drafted.any()):
             return None, None
         return drafts[:, :int(drafted.max())], drafted
@@ -388,69 +348,6 @@ class Engine:
         if drafted is not None:
             self._k = torch.where(running, self.speculation.adapt(self._k, drafted, kept), self._k)
         self.speculation.record(int(running.sum()), spec, sum(counts))
-
-    def _report(self, r: Request, chosen, logprobs, log_probs, emit) -> None:
-        """A watched request's new tokens (not EOS), their log-probs and top log-probs, and which
-        rows ended, for the thread watching it."""
-        p = r.progress
-        rows = slice(r.first, r.first + r.width)
-        tokens, lps, counts, now = (chosen[rows].tolist(), logprobs[rows].tolist(), emit[rows].tolist(),
-                                    self._done[rows].tolist())
-        top = log_probs[rows].topk(p.top_k, -1).values.tolist() if p.top_k else None
-        for i, row in enumerate(r.live):
-            for j in range(counts[i]):
-                if tokens[i][j] not in self._eos_ids:
-                    p.tokens[row].append(tokens[i][j])
-                    p.logprobs[row].append(lps[i][j])
-                    if top is not None:
-                        p.top[row].append(top[i][j])
-            if now[i]:
-                p.done[row] = True
-        with p.wake:
-            p.wake.notify_all()
-
-    def _non_finite(self, logprobs: torch.Tensor, new: torch.Tensor, failed: dict) -> None:
-        """Fail the requests whose rows' model logits held NaN or +inf, or were all -inf (the
-        chosen token's log-probability is then not finite), each alone, naming the model."""
-        bad = (~torch.isfinite(logprobs) & new).any(1).tolist()
-        for r in self._active:
-            rows = range(r.first, r.first + r.width)
-            if not r.zombie and id(r) not in failed and any(bad[i] for i in rows):
-                row = r.live[next(i for i, at in enumerate(rows) if bad[at])]
-                failed[id(r)] = r, HostError(
-                    f"the model's logits held NaN or +inf, or were all -inf, at generation step {r.steps} "
-                    f"(row {row}); metagen does not sample from them. The model's weights or its dtype "
-                    f"are the likely cause: try [host] dtype = \"float32\", or check the checkpoint")
-
-    def _choose(self, r: Request, logits: torch.Tensor, drafts: torch.Tensor | None) -> torch.Tensor:
-        """The request's processors over its rows' ids and scores at each position (a position
-        after the first sees the drafts before it as its rows' last tokens), then argmax or a
-        draw (for all n rows, so a row's draws never depend on which of its siblings have left);
-        positions after the one where no row chose its draft are not processed (-1)."""
-        out = torch.full(logits.shape[:2], -1, dtype=torch.long)
-        ids, r.scores = r.ids, []
-        live = torch.tensor(r.live) if r.width < r.n else None
-        for j in range(logits.shape[1]):
-            scores = logits[:, j]
-            if live is not None:
-                scores = logits.new_zeros(r.n, logits.shape[-1]).index_put_((live,), scores)
-            for processor in r.processors:
-                scores = processor(ids, scores)
-            r.scores.append(scores)
-            if r.generator is None:
-                picked = scores.argmax(-1)
-            elif r.seeds is not None:  # a speculating engine: the row's t-th token's own number
-                age = torch.zeros(r.n, dtype=torch.long)
-                age[r.live] = self._age[r.first:r.first + r.width]
-                picked = inverse_cdf(scores.softmax(-1), uniforms(r.seeds, age + j))
-            else:
-                picked = draw(scores.softmax(-1), r.generator)
-            out[:, j] = picked[live] if live is not None else picked
-            if drafts is None or j == drafts.shape[1] or not bool((out[:, j] == drafts[:, j]).any()):
-                break
-            column = drafts[:, j] if live is None else torch.full((r.n,), self.pad_id).index_put_((live,), drafts[:, j])
-            ids = torch.cat([ids, column[:, None]], 1)
-        return out
 
     def _finish(self, r: Request) -> None:
         """A request whose rows are all done: its tokens, remembered KV, and its future."""

@@ -55,11 +55,13 @@ class QuantLayout:
         # added to the scores: 0 where a prefix has a position, the lowest float where it is padding
         self.bias = torch.zeros(mask.shape).masked_fill_(~mask, _LOWEST)
         self.empty = not all(body or tail for body, tail in zip(lengths, tails))  # a prefix with no position
-        self.tail_keys = [_stack([p.tail_keys[layer] for p in prefixes], self.tail) for layer in range(num_layers)]
-        self.tail_values = [_stack([p.tail_values[layer] for p in prefixes], self.tail) for layer in range(num_layers)]
+        self.tail_keys = [stack_padded([p.tail_keys[layer] for p in prefixes], self.tail) for layer in range(num_layers)]
+        self.tail_values = [stack_padded([p.tail_values[layer] for p in prefixes], self.tail) for layer in range(num_layers)]
 
 
-def _stack(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+def stack_padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    """[G, kv_heads, length, dim] from G tensors [1, kv_heads, P_g, dim], zero-padded (prefixes
+    stacked for one batched product; attention.Layout stacks unquantized ones with it too)."""
     first = tensors[0]
     out = first.new_zeros(len(tensors), first.shape[1], length, first.shape[3])
     for g, t in enumerate(tensors):

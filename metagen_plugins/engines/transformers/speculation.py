@@ -150,7 +150,8 @@ class _History:
 class Speculation:
     """The drafter, each row's draft length, and whether a step speculates.
 
-    ``max_tokens``: the longest draft. A row starts at half of it; when the target keeps its
+    ``max_tokens``: the longest draft. A row starts at half of it (a draft model, which ends a
+    draft by its own confidence: all of it); when the target keeps its
     whole draft its length grows by 2, else it shrinks by 1 (transformers' schedule for
     assisted generation), within 1..max_tokens. ``rows``: speculate while at most this many
     rows are in flight; ``None`` ("auto") measures both kinds of step per number of rows (in
@@ -189,7 +190,9 @@ class Speculation:
         stats[0], stats[1], stats[2] = stats[0] * decay + tokens, stats[1] * decay + seconds, stats[2] + 1
 
     def first_length(self) -> int:
-        return max(1, self.max_tokens // 2)
+        """A new row's draft length: the longest for a drafter that ends drafts by its own
+        confidence (a draft model), else half of it."""
+        return self.max_tokens if getattr(self.drafter, "confident", False) else max(1, self.max_tokens // 2)
 
     def adapt(self, k: torch.Tensor, drafted: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         """Each row's next draft length from this step's: rows that kept all ``drafted`` tokens
@@ -202,7 +205,8 @@ def speculation(settings, model, *, shared_prefix: bool, eos_ids: set[int], pad_
     """The engine's speculation for ``[host]`` settings, when the batched engine runs (``batching``
     on, a model with the shared-prefix attention path): ``draft_model`` (loaded in the model's
     dtype) or prompt lookup (``prompt_lookup_num_tokens``); drafts of at most
-    ``num_speculative_tokens`` (default: ``prompt_lookup_num_tokens``, else 5). None otherwise
+    ``num_speculative_tokens`` (default: ``prompt_lookup_num_tokens``, else 20, as transformers' assisted
+    generation). None otherwise
     (generate() speculates, one row at a time)."""
     if not (shared_prefix and settings.get("batching", True)):
         return None
@@ -218,6 +222,6 @@ def speculation(settings, model, *, shared_prefix: bool, eos_ids: set[int], pad_
         drafter = Lookup()
     else:
         return None
-    longest = settings.get("num_speculative_tokens", settings.get("prompt_lookup_num_tokens", 5))
+    longest = settings.get("num_speculative_tokens", settings.get("prompt_lookup_num_tokens", 20))
     rows = settings.get("speculative_rows", "auto")
     return Speculation(drafter, longest, None if rows == "auto" else rows)
