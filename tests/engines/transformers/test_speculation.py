@@ -225,3 +225,45 @@ def test_auto_tries_both_kinds_of_step_then_keeps_the_faster():
     assert kinds[:Speculation.EXPLORE] == [True] * Speculation.EXPLORE
     assert False in kinds[:2 * Speculation.EXPLORE]
     assert all(kinds[2 * Speculation.EXPLORE:])
+
+
+@pytest.mark.parametrize("kind", ["lookup", "self draft"])
+def test_streamed_text_and_watched_tokens_follow_every_kept_token(tiny, tiny_dir, other_draft, kind):
+    """Several tokens kept in one step reach the stream and a watching strategy one by one: the
+    streamed pieces add up to the candidate's text, and the watch sees each token with its
+    log-prob and top log-probs (greedy: the top one is the chosen one's)."""
+    from metagen_hooks import Watch
+
+    settings = {**drafting(kind, tiny_dir, other_draft), "speculative_rows": 64}
+    h = host(tiny, settings, generation={"max_new_tokens": 30})
+    streamed: list[str] = []
+    [[streamed_candidate]] = h.generator(Budget(), on_text=streamed.append).sample(["abcabc abcabc abc"])
+    seen = {}
+
+    def watch(samples):
+        seen.update({s.index: (list(s.token_ids), [list(t) for t in s.top_logprobs], list(s.logprobs))
+                     for s in samples})
+
+    [watched] = h.generator(Budget()).sample(["abcabc abcabc abc"], n=2, watch=Watch(watch, top_logprobs=3))
+    h.close()
+    assert "".join(streamed) == streamed_candidate.text and len(streamed_candidate.token_ids) >= 20
+    tokens, tops, logprobs = seen[0]
+    assert tokens == watched[0].token_ids == streamed_candidate.token_ids
+    assert logprobs == pytest.approx(watched[0].logprobs, abs=1e-5)
+    for top, lp in zip(tops, logprobs):
+        assert len(top) == 3 and top[0] == pytest.approx(lp, abs=1e-5)
+
+
+def test_best_of_n_and_beam_search_run_on_a_speculating_engine_with_plain_results(tiny, tiny_dir):
+    """Strategies on top: best-of-N (N seeded samples of one prefix) and step-level beam search
+    (extend of many prefixes) give the same result with a speculating engine."""
+    model, tok = tiny
+    for strategy in ({"name": "best_of_n", "n": 4}, {"name": "step_beam_search", "beam_width": 2, "expansions": 2,
+                                                      "max_steps": 3, "step_tokens": 6, "delimiter": " "}):
+        config = {"strategy": strategy, "scorer": {"name": "logprob"},
+                  "generation": {"seed": 3, "max_new_tokens": 16}, "processors": [{"name": "temperature", "temperature": 0.9}]}
+        plain = metagen_plugins.run({**config, "host": {"draft_model": str(tiny_dir), "speculative_rows": 0}},
+                                    "hello world", model=model, tokenizer=tok)
+        spec = metagen_plugins.run({**config, "host": {"draft_model": str(tiny_dir), "speculative_rows": 64}},
+                                   "hello world", model=model, tokenizer=tok)
+        assert [c.token_ids for c in spec.candidates] == [c.token_ids for c in plain.candidates], strategy["name"]
