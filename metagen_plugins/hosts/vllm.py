@@ -26,7 +26,12 @@ from ..errors import ConfigError, HostError
 from .completions import INCLUDE_STOP, CompletionsGenerator, request_body
 from .remote import RemoteHost
 
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+# vLLM 0.32's --kv-cache-dtype values (vllm/config/cache.py, CacheDType); what a CPU build serves of
+# them: metagen_plugins.deploy.vllm_cpu
+KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla",
+                   "nvfp4_ds_mla", "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
+                   "turboquant_3bit_nc", "ultraquant_4bit", "int4_per_token_head", "int8_per_token_head",
+                   "fp8_per_token_head", "nvfp4", "nvfp4_4over6")
 # What vLLM ignores once speculative decoding is on (vllm/v1/sample/logits_processor: custom
 # processors are not even loaded; min_p and logit_bias "won't work with speculative decoding").
 NOT_WITH_SPECULATION = {"min_p": "min_p", "logit_bias": "logit_bias", "vllm_xargs": "metagen-vllm processors"}
