@@ -6,7 +6,7 @@ vLLM host with distinct seeds (when the vLLM environment is there).
     python bench/attacks.py [--quick]
 
 The closing JSON line has the figures: /health max and p95 in ms, RSS before and after in MiB,
-the admitted and refused counts. tests/cli/test_serve_security.py asserts each answer.
+the admitted and refused counts. tests/serve/test_serve_security.py asserts each answer.
 """
 
 from __future__ import annotations

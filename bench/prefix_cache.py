@@ -14,7 +14,7 @@ import torch
 
 import metagen_plugins
 from metagen_hooks import Budget
-from metagen_plugins.hosts.transformers import TransformersHost
+from metagen_plugins.engines.transformers.host import TransformersHost
 from metagen_plugins.testing import tiny_model, tiny_tokenizer
 
 

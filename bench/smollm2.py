@@ -123,7 +123,7 @@ def measure(args) -> None:
            "stopping": [{"name": "regex", "pattern": CLOSED_FENCE}],
            "generation": {**base["generation"], "max_new_tokens": 80}}
 
-    from metagen_plugins.hosts.transformers import load_model, load_tokenizer
+    from metagen_plugins.models import load_model, load_tokenizer
     from metagen_plugins.models import resolve
 
     path = resolve(evaluate.DEFAULT_MODEL)

@@ -62,7 +62,7 @@ def main() -> None:
     labels = [[answer_of(t) == r["answer"] for t in ts] for r, ts in zip(records, texts)]
 
     from metagen_plugins import evaluate
-    from metagen_plugins.hosts.transformers import load_model, load_tokenizer
+    from metagen_plugins.models import load_model, load_tokenizer
     from metagen_plugins.models import resolve
 
     path = resolve(evaluate.DEFAULT_MODEL)

@@ -84,7 +84,7 @@ def texts(results) -> list:
 
 
 def demo_rows(count: int) -> tuple[list[dict], dict]:
-    from metagen_plugins.hosts.transformers import load_model, load_tokenizer
+    from metagen_plugins.models import load_model, load_tokenizer
     from metagen_plugins.models import resolve
 
     path = resolve("demo-arith")
@@ -136,7 +136,7 @@ def smollm2_rows() -> tuple[list[dict], dict]:
     items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     prompts = [item["prompt"] for item in items]
     host = {"model": "smollm2-135m-instruct"}
-    from metagen_plugins.hosts.transformers import load_model, load_tokenizer
+    from metagen_plugins.models import load_model, load_tokenizer
     from metagen_plugins.models import resolve
 
     local = resolve(host["model"])

@@ -10,7 +10,7 @@ GPU build gets), one at a time, and against a plain server on the same 8 held-ou
   T=0.01     samples at temperature 0.01 identical to the plain server's greedy answers (of 8;
              the plain server's own: 8)
   accepted   speculation: draft tokens accepted / proposed
-  serve-args what serve-args says on the CPU build: the flags, or its refusal (deploy/vllm_cpu.py)
+  serve-args what serve-args says on the CPU build: the flags, or its refusal (engines/vllm/cpu_build.py)
 
     python bench/vllm_settings.py [--quick]      # --quick: plain, ngram, draft, fp8, float16
 """
@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 
 import metagen_plugins
-from metagen_plugins.deploy.vllm import serve_args
+from metagen_plugins.engines.vllm.deploy import serve_args
+from metagen_plugins.engines.vllm.host import KV_CACHE_DTYPES
 from metagen_plugins.errors import MetagenError
-from metagen_plugins.hosts.vllm import KV_CACHE_DTYPES
 from vllm_server import DEMO, ServerFailed, VLLMServer, available
 
 BUILD = "0.32.0"

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from . import __version__
+from .host_info import OWN_COMMANDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,17 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
     registry = _preload(argv)
-    deploy = {}  # host name -> its deployment tooling module, reached through the host registry
-    for host in registry.hosts.values() if registry is not None else ():
-        if host.deploy:
-            try:
-                module = importlib.import_module(host.deploy)
-                module.add_arguments(commands.add_parser(host.name, help=(module.__doc__ or " ").splitlines()[0]))
-            except Exception as exc:  # a plugin's broken tooling must not take the command line down
-                print(f"warning: the {host.label()} declares deploy={host.deploy!r}, which failed to load: "
-                      f"{type(exc).__name__}: {exc}; metagen {host.name} ... is unavailable", file=sys.stderr)
-                continue
-            deploy[host.name] = module
+    deploy = _plugin_commands(registry, commands)
 
     serving = commands.add_parser("serve", help="serve profiles (strategies) behind an OpenAI-compatible API")
     from . import serve as serve_module
@@ -66,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     new = commands.add_parser("new-plugin", help="write a ready-to-install plugin distribution")
     new.add_argument("name", metavar="NAME", help="the plugin's name, e.g. shout (-> metagen-shout, metagen_shout)")
     new.add_argument("--dir", default=".", help="where to create metagen-NAME/ (default: here)")
+    from .templates import KINDS
+
+    new.add_argument("--kind", choices=tuple(KINDS), default="scorer",
+                     help="what the plugin registers: a scorer (default), a logits processor, a stopping "
+                          "criterion, a strategy or a host")
 
     args = parser.parse_args(argv)
     from .errors import MetagenError
@@ -76,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reselect":
             return _reselect(args)
         if args.command in deploy:
-            return deploy[args.command].main(args, registry)
+            return deploy[args.command](args, registry)
         if args.command == "serve":
             return serve_module.main(args)
         if args.command == "plot":
@@ -84,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "new-plugin":
             from .templates import new_plugin
 
-            return new_plugin(args.name, args.dir)
+            return new_plugin(args.name, args.dir, args.kind)
         return _run(args)
     except MetagenError as exc:
         if args.debug:
@@ -103,11 +99,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _plugin_commands(registry, commands) -> dict[str, Any]:
+    """The plugins' commands as subcommands (``register_commands``, and a host's ``deploy=``
+    module, the older way): command name -> its ``main(args, registry)``. A command whose
+    arguments fail to load is reported and left out; the rest of the command line works."""
+    found: dict[str, Any] = {}
+    for command in registry.commands.values() if registry is not None else ():
+        try:
+            command.add_arguments(commands.add_parser(command.name, help=command.help))
+        except Exception as exc:  # a plugin's broken tooling must not take the command line down
+            print(f"warning: plugin {command.plugin!r}'s command {command.name!r} failed to add its arguments: "
+                  f"{type(exc).__name__}: {exc}; metagen {command.name} ... is unavailable", file=sys.stderr)
+            continue
+        found[command.name] = command.main
+    for host in registry.hosts.values() if registry is not None else ():
+        if host.deploy and host.name not in found:
+            try:
+                module = importlib.import_module(host.deploy)
+                module.add_arguments(commands.add_parser(host.name, help=(module.__doc__ or " ").splitlines()[0]))
+            except Exception as exc:
+                print(f"warning: the {host.label()} declares deploy={host.deploy!r}, which failed to load: "
+                      f"{type(exc).__name__}: {exc}; metagen {host.name} ... is unavailable", file=sys.stderr)
+                continue
+            found[host.name] = module.main
+    return found
+
+
 def _plugins_list(args) -> int:
     registry = _registry(args)
     records = list(registry.manager.records.values())
     if args.json:
-        print(json.dumps([_record(r) for r in records], indent=2))
+        print(json.dumps([_record(r, registry) for r in records], indent=2))
         return 0
     rows = [("NAME", "VERSION", "STATUS", "HOOKS", "COMPONENTS")]
     for r in records:
@@ -123,9 +145,13 @@ def _plugins_list(args) -> int:
     return 0
 
 
-def _record(r) -> dict[str, Any]:
-    return {"name": r.name, "distribution": r.distribution, "version": r.version, "status": r.status,
-            "error": r.error, "source": r.source, "hooks": r.hooks, "components": r.components}
+def _record(r, registry) -> dict[str, Any]:
+    record = {"name": r.name, "distribution": r.distribution, "version": r.version, "status": r.status,
+              "error": r.error, "source": r.source, "hooks": r.hooks, "components": r.components}
+    hosts = [registry.hosts[h] for h in r.components.get("hosts", ()) if h in registry.hosts]
+    if hosts:  # each host's realiser keys, declared capabilities and settings
+        record["hosts"] = {h.name: h.as_dict() for h in hosts}
+    return record
 
 
 def _run(args) -> int:
@@ -145,8 +171,8 @@ def _plot(args) -> int:
     return 0
 
 
-# Commands of metagen's own; any other (or none, for --help) may be a host's deployment tooling.
-OWN_COMMANDS = ("plugins", "run", "reselect", "plot", "new-plugin")
+# metagen's own commands (OWN_COMMANDS); any other (or none, for --help) may be a plugin's
+# (register_commands), so the registry is loaded before the command line is parsed.
 
 
 def _preload(argv: list[str] | None):

@@ -48,12 +48,19 @@ def built(config, registry: Registry, context: dict[str, Any] | None = None) -> 
 
 def realised(config, registry: Registry, key: str) -> Iterator[tuple[ComponentInfo, dict[str, Any]]]:
     """Each configured processor and stopping criterion, in order, with its engine request
-    parameters: what its ``key=`` realiser returns for its parameters (validation has checked
-    that the realiser exists)."""
+    parameters: what its realiser for the host whose realiser key is ``key`` returns for its
+    parameters: its ``key=`` realiser, else one for the host's fallback keys, else (a host
+    declaring ``Capabilities(stop_strings=True)``) ``{"stop": [...]}`` from its
+    ``stop_strings=`` (validation has checked that one exists)."""
+    chain = registry.realiser_chain(key)
     for section, kind in ORDERED:
         for entry in getattr(config, section):
             info = registry.get(kind, entry["name"])
-            yield info, info.realisers[key](**params(entry))
+            found = info.realiser_key(chain)
+            if found is None or info.realisers[found] is None:
+                raise ConfigError(f"{section}: {info.label()} has no realiser for the host reading {key!r}; "
+                                  f"it runs on {', '.join(info.hosts) or 'no host'}")
+            yield info, info.realisers[found](**params(entry))
 
 
 def check_params(info: ComponentInfo, params: dict[str, Any], prefix: str = "") -> None:

@@ -1,7 +1,7 @@
 """Configuration: load it (TOML file or dict of the same shape) and validate it against the
 registry before any model loads.
 
-    [host]          name = an installed host ("transformers", "vllm", "tgi", ...); its settings
+    [host]          name = an installed host (default: DEFAULT_HOST); its settings
     [run]           concurrency (prompts in flight at once)
     [generation]    max_new_tokens, do_sample, seed
     [budget]        max_tokens, max_flops, max_samples
@@ -34,6 +34,8 @@ GENERATION_SETTINGS: dict[str, Any] = {"max_new_tokens": int, "do_sample": bool,
 BUDGET_SETTINGS: dict[str, Any] = {"max_tokens": int, "max_flops": float, "max_samples": int}
 RUN_SETTINGS: dict[str, Any] = {"concurrency": int}
 SERVE_SETTINGS: dict[str, Any] = {"components": list[str], "parameters": list[str]}
+DEFAULT_HOST = "transformers"
+"""The host a configuration without ``[host] name`` runs on (docs/configuration.md)."""
 SECTIONS = {
     "run": "table",
     "host": "table",
@@ -58,7 +60,7 @@ SECTION_KIND = {
 class Config:
     """A validated configuration. Component entries keep their order and parameters."""
 
-    host: dict[str, Any] = field(default_factory=lambda: {"name": "transformers"})
+    host: dict[str, Any] = field(default_factory=lambda: {"name": DEFAULT_HOST})
     generation: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +73,7 @@ class Config:
 
     @property
     def host_name(self) -> str:
-        return self.host.get("name", "transformers")
+        return self.host.get("name", DEFAULT_HOST)
 
 
 def load(source: "Config | Mapping[str, Any] | str | os.PathLike") -> dict[str, Any]:
@@ -163,7 +165,7 @@ def constraints_first(processors: list[dict[str, Any]], registry: Registry) -> l
 
 def _host(table: dict[str, Any], registry: Registry, where: str) -> dict[str, Any]:
     """[host]: an installed host's name and the settings its registration accepts."""
-    name = table.get("name", "transformers")
+    name = table.get("name", DEFAULT_HOST)
     if not isinstance(name, str):
         raise ConfigError(f"{where}[host] name must be a str, got {type(name).__name__} {name!r}")
     try:
@@ -206,7 +208,10 @@ def _component(section, label, entry, registry: Registry, host, where) -> dict[s
             f"{where}{label}: {info.label()} cannot run on the {host} host; it runs on "
             f"{', '.join(info.hosts) or 'no host'}. Choose one of those hosts or another component."
         )
-    if (kind == "strategies" or kind in ("logits_processors", "stopping_criteria") and host == "transformers") \
+    # cheap: catches bad values before loading; a processor or stopping criterion is built only
+    # where it runs as itself (an in-process host), elsewhere it is request parameters
+    in_process = registry.host(host).capabilities.in_process
+    if (kind == "strategies" or kind in ("logits_processors", "stopping_criteria") and in_process) \
             and not info.schema.context:
-        build(info, values, prefix=f"{where}{label}: ")  # cheap: catches bad values before loading
+        build(info, values, prefix=f"{where}{label}: ")
     return {"name": name, **values}

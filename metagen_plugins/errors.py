@@ -1,21 +1,10 @@
 """The errors metagen raises. Each message names what failed (plugin, component, parameter)
-and what to do about it."""
+and what to do about it. The classes are the contract's (:mod:`metagen_hooks.errors`, so a plugin
+raises them without importing metagen-plugins), the same objects under their old names here."""
 
+from metagen_hooks.errors import ConfigError, HostError, MetagenError, PluginError
 
-class MetagenError(Exception):
-    """Base of every error metagen raises on purpose."""
-
-
-class ConfigError(MetagenError, ValueError):
-    """The configuration is invalid; raised before any model loads."""
-
-
-class PluginError(MetagenError):
-    """A plugin failed to load, register, or build a component."""
-
-
-class HostError(MetagenError):
-    """A host cannot do what the configuration asks (missing model, engine, or support)."""
+__all__ = ["ConfigError", "HostError", "MetagenError", "PluginError", "did_you_mean", "nearest"]
 
 
 def nearest(word: object, options) -> str | None:

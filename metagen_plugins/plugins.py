@@ -1,7 +1,8 @@
 """The plugin manager: loads plugins one by one, so a broken plugin is reported, not fatal.
 
-Sources, in order: metagen's built-in plugins (its components, and its hosts; imported by module
-name like any plugin: the core never imports them), the ``metagen`` entry-point group, and ``*.py``
+Sources, in order: metagen's built-in plugins (its components, its in-process host, and each
+serving engine's package under ``engines/``; imported by module name like any plugin: the core
+never imports them), the ``metagen`` entry-point group, and ``*.py``
 files of a plugins directory (``--plugins-dir``). ``METAGEN_DISABLE_PLUGINS=a,b`` blocks plugins
 by name; ``METAGEN_STRICT_PLUGINS=1`` turns any load failure into an error.
 """
@@ -25,9 +26,23 @@ from metagen_hooks import hookspecs
 from .errors import PluginError
 
 BUILTIN = "metagen_plugins.builtin"
-HOSTS = "metagen_plugins.hosts"
-BUILTINS = (BUILTIN, HOSTS)
-"""metagen-plugins' own plugins, loaded first and never disabled: its components, and its hosts."""
+ENGINES = "metagen_plugins.engines"
+
+
+def _engines() -> tuple[str, ...]:
+    """The engine packages under ``engines/``, by name: each is a built-in plugin of its own, so
+    adding or removing an engine touches that folder alone."""
+    import pkgutil
+
+    spec = importlib.util.find_spec(ENGINES)
+    places = spec.submodule_search_locations if spec is not None else None
+    return tuple(f"{ENGINES}.{m.name}" for m in sorted(pkgutil.iter_modules(places or []), key=lambda m: m.name)
+                 if m.ispkg)
+
+
+BUILTINS = (BUILTIN, *_engines())
+"""metagen-plugins' own plugins, loaded first and never disabled: its components and its engines
+(``engines/<engine>/``: the in-process transformers engine and the serving engines)."""
 
 
 @dataclass

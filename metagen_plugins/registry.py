@@ -1,5 +1,6 @@
 """The registry: calls each plugin's register hooks, records who registered what, resolves names;
-and owns the registry's lifecycle (:func:`get_registry`: loaded once, then shared)."""
+and owns the registry's lifecycle (:func:`get_registry`: loaded once, then shared). What it
+records of hosts and commands is :mod:`.host_info`'s."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from metagen_hooks import KINDS
+from metagen_hooks import KINDS, Capabilities
 
 from .errors import ConfigError, PluginError, nearest
+from .host_info import METADATA as _METADATA
+from .host_info import CommandInfo, HostInfo, KeyReaders, command_info, host_info, key_readers
 from .params import Schema, schema_of
 from .plugins import PluginManager, _describe
 
 _registry: "Registry | None" = None
 _plugins_dir: str | None = None  # the --plugins-dir the shared registry was loaded with
 
-_METADATA = {"sampling", "constraint", "doc", "caller", "runs_code"}  # besides the installed hosts' realiser keys
 SINGULAR = {"logits_processors": "logits processor", "stopping_criteria": "stopping criterion",
             "scorers": "scorer", "strategies": "strategy"}
 
@@ -32,7 +34,7 @@ class ComponentInfo:
     plugin: str
     distribution: str | None
     version: str | None
-    realisers: dict[str, Callable[..., dict] | None]  # host -> engine parameters (None: in-process)
+    realisers: dict[str, Callable[..., dict] | None]  # realiser key -> engine parameters (None: in-process)
     sampling: bool = False
     constraint: bool = False  # a hard constraint (bans tokens): applied before every other processor
     doc: str = ""
@@ -40,12 +42,23 @@ class ComponentInfo:
     caller: frozenset[str] = frozenset()  # parameters a request to ``metagen serve`` may set
     runs_code: bool = False  # executes programs (in the sandbox): metagen serve requires full isolation
     registry: "Registry | None" = field(default=None, repr=False, compare=False)  # the one it is in
+    excluded: frozenset[str] = frozenset()  # realiser keys it was registered with ``<key>=False`` for
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        """The installed hosts this component runs on (those whose realiser key it has)."""
+        """The installed hosts this component runs on (those with a realiser for it)."""
         hosts = self.registry.hosts.values() if self.registry is not None else ()
-        return tuple(h.name for h in hosts if h.realiser in self.realisers)
+        return tuple(h.name for h in hosts if self.realiser_key(h.keys) is not None)
+
+    def realiser_key(self, keys: tuple[str, ...]) -> str | None:
+        """The first of ``keys`` (a host's own realiser key, then its fallbacks) this component
+        has a realiser for, or None; a key it was registered ``False`` for ends the search."""
+        for key in keys:
+            if key in self.realisers:
+                return key
+            if key in self.excluded:
+                return None
+        return None
 
     def label(self) -> str:
         origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
@@ -64,33 +77,6 @@ class ComponentInfo:
         }
 
 
-@dataclass
-class HostInfo:
-    """A registered host (``register_hosts``): its settings schema, factory and realiser key."""
-
-    name: str
-    factory: Callable[..., Any]
-    settings: dict[str, Any]
-    realiser: str
-    plugin: str
-    distribution: str | None
-    version: str | None
-    in_process: bool = False
-    deploy: str | None = None
-    doc: str = ""
-
-    def label(self) -> str:
-        origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
-        return f"host {self.name!r} (plugin {self.plugin!r}, {origin})"
-
-    def as_dict(self) -> dict[str, Any]:
-        from .params import type_name
-
-        return {"plugin": self.plugin, "distribution": self.distribution, "version": self.version,
-                "realiser": self.realiser, "in_process": self.in_process, "docstring": self.doc,
-                "settings": {k: type_name(v) for k, v in sorted(self.settings.items())}}
-
-
 class DuplicateComponent(PluginError):
     pass
 
@@ -101,10 +87,13 @@ class Registry:
     def __init__(self, manager: PluginManager) -> None:
         self.manager = manager
         self.hosts: dict[str, HostInfo] = {}
+        self.commands: dict[str, CommandInfo] = {}
         self.components: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
         self.conflicts: dict[tuple[str, str], list[ComponentInfo]] = {}
         for plugin, hook in manager.implementations("register_hosts"):  # first: components name them
             self._collect_hosts(plugin, hook)
+        for plugin, hook in manager.implementations("register_commands"):
+            self._collect_commands(plugin, hook)
         for kind in KINDS:
             for plugin, hook in manager.implementations(f"register_{kind}"):
                 self._collect(kind, plugin, hook)
@@ -114,9 +103,12 @@ class Registry:
         added: list[HostInfo] = []
 
         def register(name: str, factory: Callable[..., Any], *, settings: dict[str, Any],
-                     realiser: str | None = None, in_process: bool = False, deploy: str | None = None,
-                     doc: str = "") -> None:
-            added.append(_host_info(name, factory, settings, realiser, in_process, deploy, doc, record))
+                     realiser: str | None = None, fallback: tuple[str, ...] | list[str] = (),
+                     capabilities: Capabilities | None = None,
+                     realisations: dict[str, dict[str, Callable[..., dict]]] | None = None,
+                     in_process: bool = False, deploy: str | None = None, doc: str = "") -> None:
+            added.append(host_info(name, factory, settings, realiser, in_process, deploy, doc, record,
+                                   capabilities, fallback, realisations))
 
         try:
             hook(register=register)
@@ -133,6 +125,34 @@ class Registry:
             self.hosts[info.name] = info
             record.components.setdefault("hosts", []).append(info.name)
 
+    def _collect_commands(self, plugin: str, hook: Callable[..., Any]) -> None:
+        record = self.manager.records[plugin]
+        added: list[CommandInfo] = []
+
+        def register(name: str, add_arguments: Callable[[Any], None], main: Callable[[Any, Any], int], *,
+                     help: str = "") -> None:
+            added.append(command_info(name, add_arguments, main, help, record))
+
+        try:
+            hook(register=register)
+        except Exception as exc:
+            self.manager.fail(plugin, f"register_commands raised {_describe(exc)}")
+            return
+        for info in added:
+            if info.name in self.commands or any(h.deploy and h.name == info.name for h in self.hosts.values()):
+                owner = self.commands[info.name].plugin if info.name in self.commands else self.hosts[info.name].plugin
+                self.manager.fail(plugin, f"command {info.name!r} is registered by plugin {owner!r} and plugin "
+                                          f"{plugin!r}; a command name must be unique: uninstall one, or block "
+                                          f"it with METAGEN_DISABLE_PLUGINS={plugin}")
+                continue
+            self.commands[info.name] = info
+            record.components.setdefault("commands", []).append(info.name)
+
+    def create_host(self, config, **objects: Any):
+        """The host object for ``config.host_name`` (a validated configuration), made by the
+        factory its plugin registered; ``objects``: ``model=`` / ``tokenizer=`` lent to it."""
+        return self.host(config.host_name).factory(config, self, **objects)
+
     def host(self, name: str) -> HostInfo:
         """The host registered as ``name``; a ConfigError listing the installed ones otherwise."""
         try:
@@ -145,15 +165,28 @@ class Registry:
 
     def realiser_keys(self) -> dict[str, bool]:
         """Each installed host's realiser key -> whether that host calls factories in-process."""
-        keys: dict[str, bool] = {}
+        return {key: caps.in_process for key, caps in self.key_capabilities().items()}
+
+    def key_capabilities(self) -> dict[str, Capabilities]:
+        """Each realiser key the installed hosts read (their own and their fallbacks) -> what the
+        hosts whose own key it is declare natively (merged: any of them; none for a key that is
+        only a fallback)."""
+        return {key: Capabilities(in_process=r.in_process, stop_strings=r.stop_strings)
+                for key, r in key_readers(self.hosts.values()).items()}
+
+    def realiser_chain(self, key: str) -> tuple[str, ...]:
+        """``key`` and the fallback keys of the host(s) whose own realiser key it is, in order: what
+        :func:`~metagen_plugins.components.realised` reads for a host that declared ``key``."""
+        chain = [key]
         for info in self.hosts.values():
-            keys[info.realiser] = keys.get(info.realiser, False) or info.in_process
-        return keys
+            if info.realiser == key:
+                chain += [k for k in info.fallback if k not in chain]
+        return tuple(chain)
 
     def _collect(self, kind: str, plugin: str, hook: Callable[..., Any]) -> None:
         record = self.manager.records[plugin]
         added: list[ComponentInfo] = []
-        keys = self.realiser_keys()
+        keys = key_readers(self.hosts.values())
 
         def register(name: str, factory: Callable[..., Any], **metadata: Any) -> None:
             added.append(_info(kind, name, factory, metadata, record, keys))
@@ -190,29 +223,9 @@ class Registry:
             raise ConfigError(unknown_name_message(kind, name, self.components[kind])) from None
 
 
-def _host_info(name, factory, settings, realiser, in_process, deploy, doc, record) -> HostInfo:
-    where = f"plugin {record.name!r}"
-    if not isinstance(name, str) or not name.isidentifier():
-        raise PluginError(f"{where} registered a host with name {name!r}; use an identifier such as 'vllm'")
-    if not callable(factory):
-        raise PluginError(f"{where} registered host {name!r} with a factory that is not callable: {factory!r}")
-    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
-        raise PluginError(f"{where} registered host {name!r} with settings={settings!r}; give a dict of "
-                          f"setting name -> type, e.g. {{'url': str, 'timeout': float}}")
-    if "name" in settings:
-        raise PluginError(f"{where} registered host {name!r} with a setting called 'name', which [host] uses "
-                          f"to select the host; rename it")
-    realiser = realiser or name
-    if not isinstance(realiser, str) or not realiser.isidentifier() or realiser in _METADATA:
-        raise PluginError(f"{where} registered host {name!r} with realiser={realiser!r}; use an identifier "
-                          f"other than {', '.join(sorted(_METADATA))}")
-    return HostInfo(name=name, factory=factory, settings=dict(settings), realiser=realiser, plugin=record.name,
-                    distribution=record.distribution, version=record.version, in_process=bool(in_process),
-                    deploy=deploy, doc=doc or inspect.getdoc(factory) or "")
-
-
-def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> ComponentInfo:
-    """``keys``: the installed hosts' realiser keys -> whether that host builds factories in-process."""
+def _info(kind, name, factory, metadata, record, keys: dict[str, KeyReaders]) -> ComponentInfo:
+    """``keys``: the installed hosts' realiser keys -> what the hosts of that key realise natively
+    and the realisations they registered for components."""
     where = f"plugin {record.name!r}"
     if not isinstance(name, str) or not name:
         raise PluginError(f"{where} registered a {kind} component with name {name!r}; use a non-empty str")
@@ -224,18 +237,30 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> Compo
             f"{where} registered {name!r} with unknown metadata {sorted(unknown)}; "
             f"known: {sorted(_METADATA | set(keys))} (a host's key is known once its plugin is installed)"
         )
+    stops = metadata.get("stop_strings")
+    if stops is not None and not callable(stops):
+        raise PluginError(f"{where} registered {name!r} with stop_strings= that is not callable; give a "
+                          f"callable taking its parameters and returning its stop strings, e.g. "
+                          f"stop_strings=lambda stop: stop")
     realisers: dict[str, Any] = {}
-    for key, in_process in keys.items():
+    excluded = set()
+    for key, caps in keys.items():
         value = metadata.get(key)
         if kind in ("scorers", "strategies"):  # they run client-side, beside any host's Generator
             if value is not False:
                 realisers[key] = None
+            else:
+                excluded.add(key)
         elif value is False:
-            continue
+            excluded.add(key)
         elif value is None:
-            if in_process:
+            if caps.in_process:
                 realisers[key] = None  # the host builds the factory itself
-        elif value is True and in_process:
+            elif (kind, name) in caps.realisations:  # the host's own realisation of this component
+                realisers[key] = caps.realisations[(kind, name)]
+            elif caps.stop_strings and stops is not None:
+                realisers[key] = _as_stop(stops)  # the host's Generator honours stop= natively
+        elif value is True and caps.in_process:
             realisers[key] = None
         elif not callable(value):
             raise PluginError(f"{where} registered {name!r} with {key}= that is not callable")
@@ -265,7 +290,21 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, bool]) -> Compo
         schema=schema,
         caller=frozenset(caller),
         runs_code=bool(metadata.get("runs_code", False)),
+        excluded=frozenset(excluded),
     )
+
+
+def _as_stop(stops: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
+    """A component's ``stop_strings=`` as a realiser: ``{"stop": [...]}``, the Generator's own
+    argument, which a host declaring ``Capabilities(stop_strings=True)`` adds to every call's."""
+
+    def realise(**params: Any) -> dict[str, Any]:
+        value = stops(**params)
+        strings = [value] if isinstance(value, str) else list(value)
+        return {"stop": strings}
+
+    realise.stop_strings = True  # type: ignore[attr-defined]
+    return realise
 
 
 def _conflict_message(infos: list[ComponentInfo]) -> str:

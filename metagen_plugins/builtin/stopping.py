@@ -89,14 +89,12 @@ class TokenBudget:
 
 
 def register_all(register) -> None:
-    register("stop_strings", stop_strings, caller=("stop",), vllm=lambda stop: {"stop": stop}, tgi=lambda stop: {"stop": stop})
-    from metagen_hooks.engines import server_side
-
-    register("regex", RegexStop, caller=("pattern",), vllm=server_side("regex", "stopping"))
-    register("step_delimiter", StepDelimiter, caller=("delimiter",),
-             vllm=lambda delimiter="\n": {"stop": [delimiter], "include_stop_str_in_output": True})
-    register("answer_complete", AnswerComplete, caller=("pattern",), vllm=server_side("answer_complete", "stopping"))
-    register("confidence", ConfidenceStop, caller=("threshold", "window", "min_tokens"), vllm=server_side("confidence", "stopping"))
-    register("token_budget", TokenBudget, caller=("max_tokens",),
-             vllm=lambda max_tokens: {"max_tokens": max_tokens},
-             tgi=lambda max_tokens: {"max_new_tokens": max_tokens})
+    # stop_strings=: what they amount to as the Generator's own stop strings, so every host that
+    # honours them (Capabilities(stop_strings=True)) runs them with no realiser of its own; how the
+    # others run on a serving engine is the engine's (metagen_plugins/engines/<engine>/realisations.py)
+    register("stop_strings", stop_strings, caller=("stop",), stop_strings=lambda stop: stop)
+    register("regex", RegexStop, caller=("pattern",))
+    register("step_delimiter", StepDelimiter, caller=("delimiter",), stop_strings=lambda delimiter="\n": [delimiter])
+    register("answer_complete", AnswerComplete, caller=("pattern",))
+    register("confidence", ConfidenceStop, caller=("threshold", "window", "min_tokens"))
+    register("token_budget", TokenBudget, caller=("max_tokens",))

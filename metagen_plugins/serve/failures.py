@@ -20,7 +20,7 @@ from metagen_hooks import BudgetExceeded, Result, ScorerNeeded
 
 from ..errors import ConfigError, HostError
 from ..registry import SINGULAR
-from ..hosts.remote import RemoteError
+from ..hostkit.generator import RemoteError
 from ..runner import describe_failure
 from .errors import APIError
 

@@ -1,10 +1,11 @@
-"""``metagen new-plugin NAME``: write a ready-to-install plugin distribution.
+"""``metagen new-plugin NAME [--kind KIND]``: write a ready-to-install plugin distribution.
 
-The template (``templates/plugin/``) is a pyproject with the ``metagen`` entry point, a module
-registering one scorer through ``metagen_hooks.hookimpl``, a README and a pytest test that
-passes as written. Placeholders: ``@name@`` (the plugin and component name), ``@module@`` (the
-import name, ``metagen_NAME``) and ``@dist@`` (the distribution, ``metagen-NAME``); paths
-holding ``_module_`` are renamed.
+One template per kind of plugin (``templates/<kind>/``: a module registering one component of
+that kind through ``metagen_hooks.hookimpl``, a README and a pytest test that passes as
+written), and the ``pyproject.toml`` they share (``templates/common/``, with the ``metagen``
+entry point). Placeholders: ``@name@`` (the plugin and component name), ``@module@`` (the import
+name, ``metagen_NAME``), ``@dist@`` (the distribution, ``metagen-NAME``) and ``@kind@`` (what it
+registers, in words); paths holding ``_module_`` are renamed.
 """
 
 from __future__ import annotations
@@ -17,32 +18,46 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
+KINDS = {
+    "scorer": "scorer",
+    "processor": "logits processor",
+    "stopping": "stopping criterion",
+    "strategy": "strategy",
+    "host": "host",
+}
+"""``--kind`` -> what the skeleton registers. The default, ``scorer``, is what ``new-plugin``
+wrote before it had kinds."""
 
-def new_plugin(name: str, directory: str = ".") -> int:
-    root = write(name, directory)
-    print(f"wrote {root}/\n\nnext:\n  cd {root}\n  pip install -e \".[test]\"\n  python -m pytest\n"
-          f"  metagen plugins list")
+
+def new_plugin(name: str, directory: str = ".", kind: str = "scorer") -> int:
+    root = write(name, directory, kind)
+    print(f"wrote {root}/ (a {KINDS[kind]} plugin)\n\nnext:\n  cd {root}\n  pip install -e \".[test]\"\n"
+          f"  python -m pytest\n  metagen plugins list")
     return 0
 
 
-def write(name: str, directory: str | Path = ".") -> Path:
-    """Create ``DIRECTORY/metagen-NAME`` from the template; returns its path."""
+def write(name: str, directory: str | Path = ".", kind: str = "scorer") -> Path:
+    """Create ``DIRECTORY/metagen-NAME``, a ``kind`` plugin, from the templates; returns its path."""
+    if kind not in KINDS:
+        raise ConfigError(f"new-plugin --kind {kind!r}: choose one of {', '.join(KINDS)}")
     slug = name.strip().lower().replace("-", "_")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", slug) or keyword.iskeyword(slug):
         raise ConfigError(f"new-plugin {name!r}: the name must start with a letter and hold only letters, "
                           f"digits, '_' or '-' (e.g. shout, keyword-check)")
-    values = {"@name@": slug, "@module@": f"metagen_{slug}", "@dist@": f"metagen-{slug.replace('_', '-')}"}
+    values = {"@name@": slug, "@module@": f"metagen_{slug}", "@dist@": f"metagen-{slug.replace('_', '-')}",
+              "@kind@": KINDS[kind]}
     root = Path(directory) / values["@dist@"]
     if root.exists():
         raise ConfigError(f"new-plugin: {root} already exists; choose another --dir or NAME, or remove it")
-    template = resources.files(__name__) / "plugin"
-    for source, relative in _files(template, Path()):
-        target = root / str(relative).replace("_module_", values["@module@"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = source.read_text(encoding="utf-8")
-        for placeholder, value in values.items():
-            text = text.replace(placeholder, value)
-        target.write_text(text, encoding="utf-8")
+    templates = resources.files(__name__)
+    for part in ("common", kind):
+        for source, relative in _files(templates / part, Path()):
+            target = root / str(relative).replace("_module_", values["@module@"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            text = source.read_text(encoding="utf-8")
+            for placeholder, value in values.items():
+                text = text.replace(placeholder, value)
+            target.write_text(text, encoding="utf-8")
     return root
 
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import metagen_plugins
-from metagen_plugins.hosts.transformers import _FiniteCheck
+from metagen_plugins.engines.transformers.finite import _Guard
 from metagen_plugins.testing import tiny_model_dir
 
 
 def processors(config, **context):
     """The configured processors, without the finiteness checks generate_kwargs puts after each."""
     return [p for p in metagen_plugins.generate_kwargs(config, **context).get("logits_processor", [])
-            if not isinstance(p, _FiniteCheck)]
+            if not isinstance(p, _Guard)]
 
 
 def criteria(config, **context):
@@ -50,7 +50,7 @@ def test_mirostat_running_surprise_tracks_its_target(tiny, target):
     model, tok = tiny
     kwargs = metagen_plugins.generate_kwargs(
         {"processors": [{"name": "mirostat", "target": target}], "generation": {"max_new_tokens": 250}})
-    [mirostat] = [p for p in kwargs["logits_processor"] if not isinstance(p, _FiniteCheck)]
+    [mirostat] = [p for p in kwargs["logits_processor"] if not isinstance(p, _Guard)]
     assert kwargs["do_sample"] is True
     torch.manual_seed(0)
     model.generate(**tok(["hello"] * 4, return_tensors="pt"), **kwargs, pad_token_id=0, eos_token_id=None)
@@ -237,7 +237,7 @@ def test_token_healing_regrows_the_prompts_last_token_as_an_extension():
     from transformers import PreTrainedTokenizerFast
 
     from metagen_hooks import Budget
-    from metagen_plugins.hosts.transformers import TransformersHost
+    from metagen_plugins.engines.transformers.host import TransformersHost
     from metagen_plugins.testing import tiny_model
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))

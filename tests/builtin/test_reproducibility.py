@@ -100,7 +100,7 @@ def test_same_configuration_and_seed_give_identical_outputs_and_traces(name, two
 
 @pytest.fixture(scope="module")
 def demo():
-    from metagen_plugins.hosts.transformers import load_model, load_tokenizer
+    from metagen_plugins.models import load_model, load_tokenizer
     from metagen_plugins.models import resolve
 
     path = resolve("demo-arith")

@@ -207,7 +207,7 @@ def test_retries_what_may_pass_and_then_answers(monkeypatch, failure):
     """A 5xx, a dropped connection or a 429 is sent again (after the backoff, or the server's
     Retry-After); the answer is the same as if nothing had failed; with retries = 0 the first
     failure is the error, and a rejected text (400) is never sent twice."""
-    from metagen_plugins import retrying
+    from metagen_plugins.hostkit import retrying
     from metagen_plugins.builtin.scorers import served as served_module
 
     waits, sleep = [], served_module.asyncio.sleep

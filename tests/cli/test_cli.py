@@ -40,6 +40,10 @@ def test_plugins_list_json_shows_a_failing_local_plugin(tmp_path):
     assert "needs a missing lib" in records["broken_one"]["error"]
     assert records["metagen_plugins.builtin"]["status"] == "loaded"
     assert "broken_one" in proc.stderr  # warned, not fatal
+    hosts = {**records["metagen_plugins.engines.transformers"]["hosts"], **records["metagen_plugins.engines.vllm"]["hosts"]}
+    assert hosts["transformers"]["capabilities"]["in_process"] and not hosts["vllm"]["in_process"]
+    assert hosts["vllm"]["capabilities"]["stop_strings"] and hosts["vllm"]["realiser"] == "vllm"
+    assert records["metagen_plugins.engines.tgi"]["components"] == {"hosts": ["tgi"], "commands": ["tgi"]}
 
 
 def test_disabled_plugin_shows_as_disabled(tmp_path):

@@ -66,7 +66,7 @@ def test_compare_validates_each_configuration_once_and_loads_the_model_once(tiny
     validated Config), the model is loaded once, and there is one host per run, no throwaway
     host built only to load the model."""
     from metagen_plugins import cli, config, runner
-    from metagen_plugins.hosts import transformers as host_module
+    from metagen_plugins.engines.transformers import host as host_module
 
     calls = {"validate": 0, "load_model": 0, "hosts": 0}
 

@@ -59,7 +59,7 @@ class VLLMServer:
     def __init__(self, host: dict, log: Path, extra_args: Sequence[str] = (), *, port: int | None = None,
                  python: Path | None = None) -> None:
         import metagen_plugins
-        from metagen_plugins.deploy.vllm import serve_args
+        from metagen_plugins.engines.vllm.deploy import serve_args
 
         self.host = {**host, "url": f"http://127.0.0.1:{port or free_port()}"}
         self.url = self.host["url"]

@@ -16,7 +16,7 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 
 def test_hook_names_are_the_public_contract():
     assert sorted(HOOKS) == sorted(metagen_hooks.HOOKS)
-    assert set(f"register_{k}" for k in metagen_hooks.KINDS) | {"register_hosts"} == set(HOOKS)
+    assert set(f"register_{k}" for k in metagen_hooks.KINDS) | {"register_hosts", "register_commands"} == set(HOOKS)
     assert metagen_hooks.PROJECT_NAME == metagen_hooks.ENTRY_POINT_GROUP == "metagen"
     for name in HOOKS:
         assert list(inspect.signature(getattr(hookspecs, name)).parameters) == ["register"]
@@ -63,10 +63,13 @@ def test_documented_register_parameters_match_the_signatures(tmp_path):
     docs = (ROOT / "docs" / "hooks.md").read_text()
     sections = re.split(r"^## ", docs, flags=re.M)
     host_section = next(s for s in sections if s.startswith("register_hosts(register)"))
+    command_section = next(s for s in sections if s.startswith("register_commands(register)"))
     register_section = next(s for s in sections if s.startswith("The `register` callback"))
     documented = {"register_hosts": _documented_signature(host_section, "register"),
+                  "register_commands": _documented_signature(command_section, "register"),
                   "components": _documented_signature(register_section, "register")}
     declared = {"register_hosts": list(inspect.signature(hookspecs.RegisterHost.__call__).parameters)[1:],
+                "register_commands": list(inspect.signature(hookspecs.RegisterCommand.__call__).parameters)[1:],
                 "components": list(inspect.signature(hookspecs.Register.__call__).parameters)[1:]}
     assert documented == declared
     registry = metagen_plugins.get_registry(plugins_dir=plugins_dir(tmp_path, "spy"))

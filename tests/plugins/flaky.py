@@ -1,5 +1,5 @@
 """A fixture plugin: a logits processor that raises for a batch of three rows
-(tests/hosts/test_batching.py)."""
+(tests/engines/transformers/test_batching.py)."""
 
 from metagen_hooks import hookimpl
 

@@ -1,5 +1,5 @@
 """A fixture plugin: a strategy that waits for the test to open a gate, or raises
-(tests/cli/test_serve.py)."""
+(tests/serve/test_serve.py)."""
 
 import threading
 from metagen_hooks import Result, hookimpl

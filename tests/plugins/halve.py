@@ -1,4 +1,4 @@
-"""A fixture plugin: a logits processor with no realisation on any server (tests/hosts/test_tgi_host.py)."""
+"""A fixture plugin: a logits processor with no realisation on any server (tests/engines/test_tgi_host.py)."""
 
 from metagen_hooks import hookimpl
 

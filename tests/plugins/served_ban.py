@@ -1,4 +1,4 @@
-"""A fixture plugin: a token ban that runs inside a vLLM server (tests/hosts/test_vllm_host.py)."""
+"""A fixture plugin: a token ban that runs inside a vLLM server (tests/engines/test_vllm_host.py)."""
 
 from metagen_hooks import hookimpl
 from metagen_hooks.engines import server_side

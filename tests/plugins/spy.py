@@ -12,5 +12,10 @@ def register_hosts(register):
 
 
 @hookimpl
+def register_commands(register):
+    seen['register_commands'] = register
+
+
+@hookimpl
 def register_scorers(register):
     seen['components'] = register

@@ -1,14 +1,17 @@
 """metagen's ``openai`` host: strategies over any OpenAI-compatible ``POST /v1/completions``.
 
 A whole host in one distribution, through the ``register_hosts`` hook: its ``[host]`` settings,
-its factory, and its realiser key. It reads the components' ``vllm=`` realisations (vLLM's
-completions API is OpenAI's plus extensions) and sends only the parameters the OpenAI API
-defines, plus those ``[host] extensions`` names as accepted by the server.
+its factory, its own realiser key (``openai=``), the key it falls back to, and what it realises
+natively. A component with no ``openai=`` realisation is read as vLLM's (``vllm=``: vLLM's
+completions API is OpenAI's plus extensions); the host sends only the parameters the OpenAI API
+defines, plus those ``[host] extensions`` names as accepted by the server. Stop strings it
+realises natively (a request's ``stop``). It uses only ``metagen_hooks`` and the host kit
+(``metagen_plugins.hostkit``).
 """
 
 from __future__ import annotations
 
-from metagen_hooks import hookimpl
+from metagen_hooks import Capabilities, hookimpl
 
 __version__ = "0.1.0"
 
@@ -34,4 +37,5 @@ def create(config, registry, model=None, tokenizer=None):
 
 @hookimpl
 def register_hosts(register):
-    register("openai", create, settings=SETTINGS, realiser="vllm")
+    register("openai", create, settings=SETTINGS, realiser="openai", fallback=("vllm",),
+             capabilities=Capabilities(stop_strings=True, streaming=True, conversations=True))

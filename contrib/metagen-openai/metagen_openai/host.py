@@ -1,7 +1,7 @@
-"""The ``openai`` host on metagen's shared remote layer (:mod:`metagen_plugins.hosts.remote`):
-fan-out, retries, partial failures and budget charging are that layer's, the completions
-protocol (request body, answers, errors) is :mod:`metagen_plugins.hosts.completions`, which the
-vLLM host shares; this module says which parameters a generic server takes.
+"""The ``openai`` host on metagen's host kit (:mod:`metagen_plugins.hostkit`): fan-out, retries,
+partial failures and budget charging are the kit's remote base, the completions protocol (request
+body, answers, errors) the kit's :mod:`~metagen_plugins.hostkit.completions`, which the vLLM host
+shares; this module says which parameters a generic server takes.
 
 What a request carries: ``prompt``, ``n``, ``max_tokens``, ``stop``, ``seed``, ``logprobs`` and
 the configured components' request parameters (``temperature``, ``top_p``, ``logit_bias``,
@@ -13,11 +13,10 @@ extensions`` lists that parameter as one the server accepts.
 
 from __future__ import annotations
 
-from metagen_plugins.components import realised, sampling
-from metagen_plugins.errors import HostError
+from metagen_hooks import HostError
 # (samples: re-exported, it was defined here)
-from metagen_plugins.hosts.completions import INCLUDE_STOP, CompletionsGenerator, request_body, samples  # noqa: F401
-from metagen_plugins.hosts.remote import RemoteHost
+from metagen_plugins.hostkit import (INCLUDE_STOP, CompletionsGenerator, RemoteHost, realised, request_body,  # noqa: F401
+                                     samples, sampling)
 
 # The /v1/completions request parameters a component may set (OpenAI's API reference).
 STANDARD = ("temperature", "top_p", "stop", "max_tokens", "logit_bias", "presence_penalty",
@@ -41,7 +40,7 @@ class OpenAIHost(RemoteHost):
 
     name = "openai"
     server = "server"  # in connection errors: "is the server at ... running?"
-    realiser = "vllm"
+    realiser = "openai"  # then vLLM's realisations: the fallback its registration declares
     generator_class = OpenAIGenerator
 
     def __init__(self, config, registry, model=None, tokenizer=None) -> None:

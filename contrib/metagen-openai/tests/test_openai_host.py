@@ -29,7 +29,9 @@ def host(**sections) -> OpenAIHost:
 def test_the_plugin_registers_a_host_through_the_hook():
     registry = metagen_plugins.get_registry()
     info = registry.host("openai")
-    assert (info.plugin, info.distribution, info.realiser) == ("openai", "metagen-openai", "vllm")
+    assert (info.plugin, info.distribution, info.realiser, info.fallback) == ("openai", "metagen-openai", "openai",
+                                                                              ("vllm",))
+    assert info.capabilities.stop_strings and not info.capabilities.in_process
     with pytest.raises(ConfigError, match=r"has no setting 'extension'; did you mean 'extensions'"):
         metagen_plugins.validate({"host": {"name": "openai", "extension": ["top_k"]}}, registry)
 

@@ -9,7 +9,7 @@ keep per-sample state), and runs them on that request's row of the logits at eve
     vllm_xargs = {"metagen": '[{"section": "processors", "name": "mirostat", "target": 3.0}]'}
 
 The value is a JSON *string*: vLLM's OpenAI server accepts only strings, numbers and flat lists
-as ``vllm_xargs`` values, and narrows JSON booleans to 0/1. ``metagen_plugins.hosts.vllm``
+as ``vllm_xargs`` values, and narrows JSON booleans to 0/1. ``metagen_plugins.engines.vllm``
 writes it for you from a metagen configuration.
 
 Components take the transformers interface, ``(input_ids, scores) -> scores``; each request row is

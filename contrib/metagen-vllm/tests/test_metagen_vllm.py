@@ -1,5 +1,5 @@
 """The plugin inside vLLM's logits-processor interface, driven the way vLLM's engine drives it
-(BatchUpdate in, logits rows through apply()), without starting a server; tests/hosts/test_vllm_host.py
+(BatchUpdate in, logits rows through apply()), without starting a server; tests/engines/test_vllm_host.py
 runs it in a real one. Runs in the environment that has vLLM (make test builds .venv-vllm)."""
 
 import json
@@ -135,7 +135,7 @@ def test_the_host_request_body_is_what_vllm_expects(processors, stopping):
     """Contract: every field the vLLM host sends is one of vLLM's own request fields, and the
     sampling parameters vLLM derives from it carry the configured values."""
     import metagen_plugins
-    from metagen_plugins.hosts.vllm import VLLMHost
+    from metagen_plugins.engines.vllm.host import VLLMHost
 
     registry = metagen_plugins.get_registry()
     config = metagen_plugins.validate({"host": {"name": "vllm", "url": "http://127.0.0.1:9", "model": "m"},

@@ -122,34 +122,5 @@ class Grammar:
         return scores.masked_fill(~torch.from_numpy(allowed).to(scores.device), float("-inf"))
 
 
-def _tgi(regex: str | None = None, json_schema: dict | str | None = None, lark: str | None = None,
-         json_whitespace: bool = False) -> dict:
-    """TGI's ``grammar`` request parameter: {"type": "regex"|"json", "value": ...}. TGI compiles
-    it with its own engine (outlines); it has no Lark grammars and chooses JSON whitespace itself."""
-    from ...errors import ConfigError
-
-    if lark is not None:
-        raise ConfigError("logits processor 'grammar': TGI takes a regex or a JSON schema, not a Lark "
-                          "grammar; use regex/json_schema, or the transformers host")
-    if regex is not None:
-        return {"grammar": {"type": "regex", "value": regex}}
-    if json_schema is None:
-        raise ConfigError("logits processor 'grammar': give exactly one of regex, json_schema or lark")
-    schema = json.loads(json_schema) if isinstance(json_schema, str) else json_schema
-    return {"grammar": {"type": "json", "value": schema}}
-
-
-def _vllm(regex: str | None = None, json_schema: dict | str | None = None, lark: str | None = None,
-          json_whitespace: bool = False) -> dict:
-    """vLLM's own structured outputs (``structured_outputs`` request field; its ``guidance``
-    backend is llguidance, as here)."""
-    if regex is not None:
-        return {"structured_outputs": {"regex": regex}}
-    if lark is not None:
-        return {"structured_outputs": {"grammar": lark}}
-    schema = json.loads(json_schema) if isinstance(json_schema, str) else json_schema
-    return {"structured_outputs": {"json": schema, "disable_any_whitespace": not json_whitespace}}
-
-
 def register_all(register) -> None:
-    register("grammar", Grammar, constraint=True, tgi=_tgi, vllm=_vllm)
+    register("grammar", Grammar, constraint=True)

@@ -49,6 +49,4 @@ class Mirostat:
 
 
 def register_all(register) -> None:
-    from metagen_hooks.engines import server_side
-
-    register("mirostat", Mirostat, caller=("target", "learning_rate"), sampling=True, vllm=server_side("mirostat"))
+    register("mirostat", Mirostat, caller=("target", "learning_rate"), sampling=True)

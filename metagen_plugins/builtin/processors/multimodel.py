@@ -118,9 +118,7 @@ def proxy_tuning(expert: str, antiexpert: str, alpha: float = 1.0, tokenizer=Non
 
 
 def register_all(register) -> None:
-    from metagen_hooks.engines import server_side  # the side models must be at the same paths on the server
-
-    register("contrastive", ContrastiveDecoding, caller=("alpha", "beta"), vllm=server_side("contrastive"))
-    register("logit_arithmetic", LogitArithmetic, caller=("weights",), vllm=server_side("logit_arithmetic"))
-    register("dexperts", dexperts, caller=("alpha",), vllm=server_side("dexperts"))
-    register("proxy_tuning", proxy_tuning, caller=("alpha",), vllm=server_side("proxy_tuning"))
+    register("contrastive", ContrastiveDecoding, caller=("alpha", "beta"))
+    register("logit_arithmetic", LogitArithmetic, caller=("weights",))
+    register("dexperts", dexperts, caller=("alpha",))
+    register("proxy_tuning", proxy_tuning, caller=("alpha",))

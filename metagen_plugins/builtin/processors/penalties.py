@@ -43,7 +43,5 @@ def presence_penalty(penalty: float):
 
 
 def register_all(register) -> None:
-    register("frequency_penalty", frequency_penalty, caller=("penalty",),
-             vllm=lambda penalty: {"frequency_penalty": penalty},
-             tgi=lambda penalty: {"frequency_penalty": penalty})
-    register("presence_penalty", presence_penalty, caller=("penalty",), vllm=lambda penalty: {"presence_penalty": penalty})
+    register("frequency_penalty", frequency_penalty, caller=("penalty",))
+    register("presence_penalty", presence_penalty, caller=("penalty",))

@@ -1,8 +1,9 @@
 """Token-level logits processors that transformers already implements.
 
-Each factory returns transformers' own class, so on the transformers host metagen applies exactly
-what ``generate()`` would; the ``vllm=`` / ``tgi=`` realisers map the same parameters onto those
-engines' request parameters. transformers is imported only when a processor is built.
+Each factory returns transformers' own class, so in-process metagen applies exactly what
+``generate()`` would; each serving engine maps the same parameters onto its request parameters in
+its own package (``metagen_plugins/engines/<engine>/realisations.py``). transformers (the
+library) is imported only when a processor is built.
 """
 
 from __future__ import annotations
@@ -98,30 +99,12 @@ def bad_words(bad_words_ids: list[list[int]]):
     return NoBadWordsLogitsProcessor(bad_words_ids=bad_words_ids)
 
 
-def _same(key: str, engine_key: str | None = None):
-    """A realiser passing one parameter straight through (under the engine's own name)."""
-
-    def realise(**params):
-        return {engine_key or key: params[key]}
-
-    return realise
-
-
-def _below_one(key: str, engine_key: str | None = None):
-    """TGI takes top_p / typical_p only in (0, 1): 1.0 (keep everything) is sent as nothing."""
-
-    def realise(**params):
-        return {engine_key or key: params[key]} if params[key] < 1.0 else {}
-
-    return realise
-
-
 def watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key: int = 15485863,
               seeding_scheme: str = "lefthash", context_width: int = 1, model=None):
     """Watermark the text (Kirchenbauer et al., 2023): add ``bias`` to a pseudo-random "green list"
     of ``greenlist_ratio`` of the vocabulary, seeded by the previous token(s), so a detector that
-    knows the key can tell generated text. transformers' WatermarkLogitsProcessor; on TGI the
-    request's ``watermark`` switch, with ratio and bias set at launch (--watermark-gamma/-delta)."""
+    knows the key can tell generated text. transformers' WatermarkLogitsProcessor (a serving
+    engine may realise it as a switch of its own, with ratio and bias set at launch)."""
     from transformers.generation.logits_process import WatermarkLogitsProcessor
 
     if not 0.0 < greenlist_ratio < 1.0:
@@ -131,36 +114,18 @@ def watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key: int
                                     seeding_scheme=seeding_scheme, context_width=context_width)
 
 
-def _tgi_watermark(greenlist_ratio: float = 0.25, bias: float = 2.0, hashing_key: int = 15485863,
-                   seeding_scheme: str = "lefthash", context_width: int = 1) -> dict:
-    """TGI's watermark is Kirchenbauer's left-hash scheme with its fixed key and one token of context."""
-    from ...errors import ConfigError
-
-    fixed = {"hashing_key": (hashing_key, 15485863), "seeding_scheme": (seeding_scheme, "lefthash"),
-             "context_width": (context_width, 1)}
-    changed = [f"{k} = {v!r}" for k, (v, default) in fixed.items() if v != default]
-    if changed:
-        raise ConfigError(f"logits processor 'watermark': TGI fixes the hashing key, seeding scheme and "
-                          f"context width; {', '.join(changed)} needs the transformers host")
-    return {"watermark": True}
-
-
 def register_all(register) -> None:
-    from metagen_hooks.engines import server_side  # runs these inside a vLLM server (contrib/metagen-vllm)
-
-    register("temperature", temperature, caller=("temperature",), sampling=True,
-             vllm=_same("temperature"), tgi=_same("temperature"))
-    register("top_k", top_k, caller=("top_k", "min_tokens_to_keep"), sampling=True, vllm=_same("top_k"), tgi=_same("top_k"))
-    register("top_p", top_p, caller=("top_p", "min_tokens_to_keep"), sampling=True, vllm=_same("top_p"), tgi=_below_one("top_p"))
-    register("min_p", min_p, caller=("min_p", "min_tokens_to_keep"), sampling=True, vllm=_same("min_p"))
-    register("typical", typical, caller=("mass", "min_tokens_to_keep"), sampling=True, tgi=_below_one("mass", "typical_p"), vllm=server_side("typical"))
-    register("epsilon", epsilon, caller=("epsilon", "min_tokens_to_keep"), sampling=True, vllm=server_side("epsilon"))
-    register("eta", eta, caller=("epsilon", "min_tokens_to_keep"), sampling=True, vllm=server_side("eta"))
-    register("repetition_penalty", repetition_penalty, caller=("penalty",),
-             vllm=_same("penalty", "repetition_penalty"), tgi=_same("penalty", "repetition_penalty"))
-    register("no_repeat_ngram", no_repeat_ngram, caller=("ngram_size",), constraint=True, vllm=server_side("no_repeat_ngram"))
-    register("logit_bias", logit_bias, caller=("bias",),
-             vllm=lambda bias: {"logit_bias": {str(k): float(v) for k, v in bias.items()}})  # vLLM clamps to ±100
-    register("sequence_bias", sequence_bias, vllm=server_side("sequence_bias"))
-    register("bad_words", bad_words, constraint=True, vllm=server_side("bad_words"))
-    register("watermark", watermark, tgi=_tgi_watermark)
+    # How each runs on a serving engine is the engine's (metagen_plugins/engines/<engine>/realisations.py).
+    register("temperature", temperature, caller=("temperature",), sampling=True)
+    register("top_k", top_k, caller=("top_k", "min_tokens_to_keep"), sampling=True)
+    register("top_p", top_p, caller=("top_p", "min_tokens_to_keep"), sampling=True)
+    register("min_p", min_p, caller=("min_p", "min_tokens_to_keep"), sampling=True)
+    register("typical", typical, caller=("mass", "min_tokens_to_keep"), sampling=True)
+    register("epsilon", epsilon, caller=("epsilon", "min_tokens_to_keep"), sampling=True)
+    register("eta", eta, caller=("epsilon", "min_tokens_to_keep"), sampling=True)
+    register("repetition_penalty", repetition_penalty, caller=("penalty",))
+    register("no_repeat_ngram", no_repeat_ngram, caller=("ngram_size",), constraint=True)
+    register("logit_bias", logit_bias, caller=("bias",))
+    register("sequence_bias", sequence_bias)
+    register("bad_words", bad_words, constraint=True)
+    register("watermark", watermark)

@@ -38,8 +38,8 @@ from typing import Any, Literal, Sequence
 from metagen_hooks import Candidate
 
 from ...errors import ConfigError, HostError
-from ...event_loop import EventLoopThread
-from ...retrying import RETRYABLE, delay, retry_after, status_kind
+from ...hostkit.event_loop import EventLoopThread
+from ...hostkit.retrying import RETRYABLE, delay, retry_after, status_kind
 from .gather import Gathered
 from .model_scorers import StepRewards
 

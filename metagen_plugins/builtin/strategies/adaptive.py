@@ -17,6 +17,7 @@ from collections import Counter
 from metagen_hooks import Candidate, Result, ScorerNeeded, Watch, answers, selection
 from metagen_hooks.inflight import InFlight, completed, live
 from metagen_hooks.run import Run
+from metagen_hooks.search import finished as _done  # a branch ended otherwise than at a step delimiter
 
 
 class EarlyStoppingSelfConsistency:
@@ -213,11 +214,6 @@ class EarlyRejection:
         index = selection.argmax(scores)
         return run.result(None if index is None else candidates[index], candidates, scores, rule="argmax",
                           rejected=rejected)
-
-
-def _done(branch: Candidate, delimiter: str) -> bool:
-    """A branch that ended otherwise than at a step delimiter (EOS, a final answer)."""
-    return bool(branch.text) and not branch.text.endswith(delimiter)
 
 
 def _group_confidence(view: InFlight, group: int, last_only: bool = False) -> float:

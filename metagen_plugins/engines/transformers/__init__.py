@@ -1,0 +1,59 @@
+"""The in-process engine: metagen's components inside transformers, one batched decode loop for
+every sequence in flight. Registered as a plugin (``register_hosts``); nothing here imports
+torch or transformers until a run creates the host.
+
+One module per job:
+
+- ``kwargs``: ``model.generate()``'s keyword arguments for a configuration;
+- ``finite``: the check that names the component whose scores turn NaN, +inf or empty;
+- ``host``: the model, the tokenizer, the prefix store and the engine of a run;
+- ``prefixes`` (on ``prefix_cache``): a prefix's KV, cached, computed or remembered;
+- ``generator``: a strategy's sample/extend calls as engine requests, and the budget's charges;
+- ``accounting``: what a request computed and reused, and what a prompt is charged;
+- ``engine`` (on ``requests``): the scheduler, one decode step for every row in flight;
+- ``attention``: shared-prefix attention, for the engine and generate() alike;
+- ``kv_quant``, ``quant_attention``: the quantized KV (``[host] kv_cache = "int8"`` / ``"int4"``)
+  and the integer kernel that reads quantized prefixes;
+- ``unbatched``: what the engine does not run, one generate() call at a time;
+- ``watching``, ``detokenize``: a watching strategy's view of its rows; text from token ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from metagen_hooks import Capabilities, hookimpl
+
+from ...errors import HostError
+
+TRANSFORMERS_SETTINGS: dict[str, Any] = {
+    "model": str,
+    "gguf_file": str,
+    "tokenizer": str,
+    "draft_model": str,
+    "prompt_lookup_num_tokens": int,
+    "kv_cache": str | dict,
+    "dtype": str,
+    "device": str,
+    "prefix_cache_bytes": int,
+    "chat_template": bool | Literal["auto"],
+    "shared_prefix_attention": bool,
+    "batching": bool,  # the batched engine (engine.py); false: one generate() per request
+    "max_batch_tokens": int,  # KV tokens the loop holds at once
+}
+
+
+def _transformers(config, registry, model=None, tokenizer=None):
+    """In-process: transformers ``generate()`` on a local model (pip install 'metagen-plugins[transformers]')."""
+    try:
+        from .host import TransformersHost
+    except ImportError as exc:
+        raise HostError(f"the transformers host cannot start: {exc}; install what it needs with "
+                        f"pip install 'metagen-plugins[transformers]'") from None
+    return TransformersHost(config, registry, model=model, tokenizer=tokenizer)
+
+
+@hookimpl
+def register_hosts(register):
+    register("transformers", _transformers, settings=TRANSFORMERS_SETTINGS,
+             capabilities=Capabilities(in_process=True, stop_strings=True, streaming=True, conversations=True))
