@@ -6,8 +6,10 @@ on the demo task's held-out problems (quick: 32; full: 200), in problems per sec
            strategy in flight at once, one in-flight limit for the host;
   plain    the hand-written script metagen must keep up with: asyncio + httpx2 (the HTTP client
            metagen itself uses), every request sent at once, the answer read from the text;
-  metagen, logprobs = false   metagen again with `[host] logprobs = false` (the plain script asks
-           for no per-token log-probabilities; metagen does unless told);
+  metagen, logprobs = true    metagen again with `[host] logprobs = true`: every request asks for
+           per-token log-probabilities, as metagen's default did before components declared what
+           they read (none of these workloads' components reads them, so metagen's default
+           asks for none, as the plain script);
   its_hub  its_hub 1.2 (pip `its-hub[lm]==1.2.0`, in its own venv: --its-hub-python, default
            /work/its_hub_venv/bin/python), run by bench/its_hub_side.py through its fastest
            async path: one LMOrchestrator(max_concurrency=-1) (no limit: the server's scheduler
@@ -28,7 +30,7 @@ samples per problem on both). Timed runs alternate the sides after one warm-up o
 server's prefix cache is warm for all); each figure is the median (min and max beside it: on a
 shared machine single runs vary by tens of percent). Ratios are throughput ratios measured in
 one run (the other side's median wall over metagen's): vllm_vs_plain_<w>,
-vllm_no_logprobs_vs_plain_<w>, vs_its_hub_<w> and vs_its_hub_no_logprobs_<w> for w in n1, n4,
+vllm_logprobs_vs_plain_<w>, vs_its_hub_<w> and vs_its_hub_logprobs_<w> for w in n1, n4,
 n16 (self-consistency), bon_n4, bon_n16; vllm_vs_plain is the worst of n1, n4 and n16.
 
     python bench/throughput_remote.py [--quick] [--url URL] [--its-hub-python PATH | --no-its-hub]
@@ -210,7 +212,7 @@ def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = Non
         for label, key, n, config, request in workloads():
             sides = {"metagen": lambda: run_metagen(host, config, prompts),
                      "plain": lambda: run_plain(host, key, request, prompts),
-                     "metagen, logprobs = false": lambda: run_metagen({**host, "logprobs": False}, config, prompts)}
+                     "metagen, logprobs = true": lambda: run_metagen({**host, "logprobs": True}, config, prompts)}
             if its_hub_python and n > 1:
                 sides["its_hub"] = lambda: run_its_hub(its_hub_python, server, key, n, problems)
             runs: dict[str, list[dict]] = {name: [] for name in sides}
@@ -238,15 +240,15 @@ def vllm_rows(quick: bool, url: str | None = None, server_pgid: int | None = Non
                              else None, "accuracy": done[-1]["accuracy"] if done else None})
                 if name == "its_hub" and done:
                     figures["its_hub_version"] = done[-1]["version"]
-            mine, nolp = statistics.median(walls["metagen"]), statistics.median(walls["metagen, logprobs = false"])
+            mine, withlp = statistics.median(walls["metagen"]), statistics.median(walls["metagen, logprobs = true"])
             figures[f"vllm_vs_plain_{key}"] = round(statistics.median(walls["plain"]) / mine, 3)
-            figures[f"vllm_no_logprobs_vs_plain_{key}"] = round(statistics.median(walls["plain"]) / nolp, 3)
+            figures[f"vllm_logprobs_vs_plain_{key}"] = round(statistics.median(walls["plain"]) / withlp, 3)
             if "its_hub" in sides:
                 theirs = statistics.median(walls["its_hub"]) if walls["its_hub"] else None
                 figures[f"vs_its_hub_{'sc_' if key.startswith('n') else ''}{key}"] = \
                     round(theirs / mine, 3) if theirs else None
-                figures[f"vs_its_hub_no_logprobs_{'sc_' if key.startswith('n') else ''}{key}"] = \
-                    round(theirs / nolp, 3) if theirs else None
+                figures[f"vs_its_hub_logprobs_{'sc_' if key.startswith('n') else ''}{key}"] = \
+                    round(theirs / withlp, 3) if theirs else None
             print(f"  {label}: " + ", ".join(f"{name} {statistics.median(w):.2f} s" for name, w in walls.items() if w)
                   + f" (runs {walls})", file=sys.stderr, flush=True)
     finally:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from metagen_hooks import Budget
 
-from ..components import realised
+from ..components import reads_logprobs, realised
 from ..errors import HostError
 from .chat import chat_enabled, chat_format
 from .event_loop import EventLoopThread
@@ -80,6 +80,7 @@ class RemoteHost:
         # engine's queue stays as full as a client sending everything at once keeps it
         self.default_concurrency = concurrency
         self.tokenizer, self.chat = chat_template(config.host, self.name)
+        self.wants_logprobs = self.logprobs_wanted()
         self.parameters = self.engine_parameters()
         self.check_generation()
         self.check()
@@ -111,6 +112,14 @@ class RemoteHost:
 
     def check(self) -> None:
         """Reject, before any request, a configuration this engine cannot serve."""
+
+    def logprobs_wanted(self) -> bool:
+        """Whether requests ask the engine for each sampled token's log-probability
+        (:attr:`wants_logprobs`): ``[host] logprobs`` when the host takes that setting and it is
+        set, else whether a component of the run reads them (:func:`reads_logprobs`). They are
+        not free: a vLLM server's API process spends CPU on them, per token."""
+        setting = self.config.host.get("logprobs")
+        return reads_logprobs(self.config, self.registry) if setting is None else bool(setting)
 
     def check_generation(self) -> None:
         """Refuse the ``[generation]`` settings no remote host can honour (docs/host-kit.md):
@@ -196,7 +205,7 @@ class RemoteHost:
 
         if config.host != self.config.host:
             raise HostError("a per-prompt configuration must keep the host's [host] settings")
-        key = json.dumps({k: getattr(config, k) for k in ("generation", "processors", "stopping", "scorer")},
+        key = json.dumps({k: getattr(config, k) for k in ("generation", "processors", "stopping", "scorer", "strategy")},
                          sort_keys=True, default=repr)
         views, lock = self.__dict__.setdefault("_views", {}), self.__dict__.setdefault("_views_lock", threading.Lock())
         with lock:
@@ -208,6 +217,7 @@ class RemoteHost:
                 from ..components import sampling
 
                 view.sampling = sampling(config, self.registry)
+            view.wants_logprobs = view.logprobs_wanted()
             view.parameters = view.engine_parameters()
             view.check_generation()
             view.check()

@@ -91,7 +91,9 @@ def run(config, prompt=PROMPT):
 
 
 def test_greedy_matches_the_transformers_host_token_for_token(plain, transformers_host_texts):
-    result = run(plain.config())
+    config = plain.config()
+    config["host"]["logprobs"] = True  # generate reads none: asked for, to compare them
+    result = run(config)
     here, there = result.best, transformers_host_texts()
     assert here.text == there.text and here.token_ids == there.token_ids
     assert here.finish_reason == "stop"
@@ -159,12 +161,25 @@ def test_self_consistency_end_to_end(plain):
     config["generation"]["seed"] = 0
     result = run(config)
     assert len(result.candidates) == 8 and result.failures == []
-    assert all(c.token_ids and len(c.token_ids) == len(c.logprobs) for c in result.candidates)
+    # nothing reads log-probabilities (self_consistency votes on text): none asked for, token ids kept
+    assert all(c.token_ids and c.logprobs == [] for c in result.candidates)
     spent = result.budget.spent()
     assert spent["samples"] == 8 and spent["prompt_tokens_computed"] == 17  # n=8 in one request: one prefill
     assert "####" in result.best.text
     again = run(config)  # seeded: the same candidates
     assert [c.text for c in again.candidates] == [c.text for c in result.candidates]
+
+
+def test_a_run_that_reads_log_probabilities_gets_the_servers(plain):
+    """The logprob scorer reads them: the host asks the server, and each candidate carries one per
+    token, which the scores are made of (self-consistency above asked for none)."""
+    config = plain.config(processors=[{"name": "temperature", "temperature": 0.8}],
+                          strategy={"name": "best_of_n", "n": 4}, scorer={"name": "logprob"})
+    config["generation"]["seed"] = 0
+    result = run(config)
+    assert len(result.candidates) == 4 and result.failures == []
+    assert all(len(c.logprobs) == len(c.token_ids) > 0 and all(v <= 0 for v in c.logprobs) for c in result.candidates)
+    assert result.scores == pytest.approx([sum(c.logprobs) / len(c.logprobs) for c in result.candidates])
 
 
 def test_server_side_mirostat_samples_per_request(plain):
@@ -341,7 +356,7 @@ def test_request_body_maps_components_natively_and_through_the_plugin():
     assert body["temperature"] == 0.7 and body["top_p"] == 1.0 and body["top_k"] == 0  # neutral, explicit
     assert body["n"] == 4 and body["seed"] == 7 and body["max_tokens"] == 5 and body["model"] == "m"
     assert body["stop"] == [".", "\n"] and body["include_stop_str_in_output"] is True
-    assert body["logprobs"] == 0 and body["return_token_ids"] is True
+    assert "logprobs" not in body and body["return_token_ids"] is True  # nothing configured reads them
     assert json.loads(body["vllm_xargs"]["metagen"]) == [  # one JSON string, in the applied order:
         {"section": "processors", "name": "bad_words", "bad_words_ids": [[3, 4]]},  # a constraint, first
         {"section": "processors", "name": "mirostat", "target": 2.0},
