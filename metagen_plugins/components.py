@@ -35,6 +35,19 @@ def sampling(config, registry: Registry) -> bool:
     return any(registry.get("logits_processors", e["name"]).sampling for e in config.processors)
 
 
+def reads_logprobs(config, registry: Registry) -> bool:
+    """Whether a component of the run reads the samples' per-token log-probabilities: its
+    strategy (``generate`` when none is configured) or its scorer, as each declared
+    (``reads_logprobs=``; one that declared nothing is taken to read them). Processors and
+    stopping criteria see logits, never samples. A remote host asks its server for
+    log-probabilities only when this holds, unless ``[host] logprobs`` says otherwise; every
+    host follows this one rule."""
+    entries = [("strategies", config.strategy or {"name": "generate"})]
+    if config.scorer:
+        entries.append(("scorers", config.scorer))
+    return any(registry.reads_logprobs(kind, entry) for kind, entry in entries)
+
+
 def built(config, registry: Registry, context: dict[str, Any] | None = None) -> dict[str, list[Any]]:
     """Each configured processor and stopping criterion built, in order, for an in-process engine:
     ``{"processors": [...], "stopping": [...]}``; ``context`` lends what factories ask for

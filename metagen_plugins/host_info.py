@@ -15,7 +15,7 @@ from .errors import PluginError
 
 # component metadata that is not a realiser key; ``stop_strings``: what the component amounts to
 # as stop strings, for the hosts that declare Capabilities(stop_strings=True)
-METADATA = {"sampling", "constraint", "doc", "caller", "runs_code", "stop_strings"}
+METADATA = {"sampling", "constraint", "doc", "caller", "runs_code", "stop_strings", "reads_logprobs"}
 # the configuration sections a host's ``realisations`` name components by, and their kinds
 SECTIONS = {"processors": "logits_processors", "stopping": "stopping_criteria"}
 

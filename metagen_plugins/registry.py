@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from metagen_hooks import KINDS, Capabilities
 
-from .errors import ConfigError, PluginError, nearest
+from .errors import ConfigError, MetagenError, PluginError, nearest
 from .host_info import METADATA as _METADATA
 from .host_info import CommandInfo, HostInfo, KeyReaders, command_info, host_info, key_readers
 from .params import Schema, schema_of
@@ -20,6 +20,7 @@ from .plugins import PluginManager, _describe
 _registry: "Registry | None" = None
 _plugins_dir: str | None = None  # the --plugins-dir the shared registry was loaded with
 
+READERS = ("scorers", "strategies")  # the kinds that see samples, and so may read their log-probabilities
 SINGULAR = {"logits_processors": "logits processor", "stopping_criteria": "stopping criterion",
             "scorers": "scorer", "strategies": "strategy"}
 
@@ -43,6 +44,9 @@ class ComponentInfo:
     runs_code: bool = False  # executes programs (in the sandbox): metagen serve requires full isolation
     registry: "Registry | None" = field(default=None, repr=False, compare=False)  # the one it is in
     excluded: frozenset[str] = frozenset()  # realiser keys it was registered with ``<key>=False`` for
+    # whether it reads the samples' per-token log-probabilities (``reads_logprobs=``): a bool, a
+    # callable over its parameters, or None (declared nothing: taken to read them)
+    reads_logprobs: "bool | Callable[..., Any] | None" = None
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -60,6 +64,28 @@ class ComponentInfo:
                 return None
         return None
 
+    def reads(self, values: dict[str, Any]) -> bool:
+        """Whether this component, with parameters ``values``, reads the samples' per-token
+        log-probabilities, as it declared (``reads_logprobs=``); True for a scorer or strategy that
+        declared nothing (it may: it was written before the declaration existed), False for a
+        processor or stopping criterion. A callable declaration gets
+        ``values`` (and ``registry=``, if it asks for it); its failure names the component."""
+        declared = self.reads_logprobs
+        if self.kind not in READERS:
+            return False  # a processor or stopping criterion sees logits, never samples
+        if declared is None or isinstance(declared, bool):
+            return declared is not False
+        kwargs = dict(values)
+        if "registry" in inspect.signature(declared).parameters:
+            kwargs["registry"] = self.registry
+        try:
+            return bool(declared(**kwargs))
+        except MetagenError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{self.label()}: its reads_logprobs= callable failed on parameters {values!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
     def label(self) -> str:
         origin = f"{self.distribution} {self.version}" if self.distribution else self.plugin
         return f"{SINGULAR[self.kind]} {self.name!r} (plugin {self.plugin!r}, {origin})"
@@ -74,6 +100,9 @@ class ComponentInfo:
             "parameters": [p.describe() for p in self.schema.params.values()],
             "caller_parameters": sorted(self.caller),
             "runs_code": self.runs_code,
+            # processors and criteria never see samples; undeclared counts as reading
+            "reads_logprobs": (False if self.kind not in READERS else self.reads_logprobs is not False
+                               if not callable(self.reads_logprobs) else "depends on its parameters"),
         }
 
 
@@ -214,6 +243,14 @@ class Registry:
         message = _conflict_message(self.conflicts[key])
         self.manager.fail(info.plugin, message)
 
+    def reads_logprobs(self, kind: str, entry: dict[str, Any]) -> bool:
+        """Whether the component configured by ``entry`` (a ``{"name": ..., params}`` table of
+        ``kind``) reads the samples' per-token log-probabilities (:meth:`ComponentInfo.reads`).
+        A component declaring ``reads_logprobs=`` as a callable asks this of a nested one."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            return True  # not a component table: whatever it is, assume the worst
+        return self.get(kind, entry["name"]).reads({k: v for k, v in entry.items() if k != "name"})
+
     def get(self, kind: str, name: str) -> ComponentInfo:
         if (kind, name) in self.conflicts:
             raise DuplicateComponent(_conflict_message(self.conflicts[(kind, name)]))
@@ -266,6 +303,15 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, KeyReaders]) ->
             raise PluginError(f"{where} registered {name!r} with {key}= that is not callable")
         else:
             realisers[key] = value
+    reads = metadata.get("reads_logprobs")
+    if reads is not None:
+        if kind not in READERS:
+            raise PluginError(f"{where} registered {name!r} with reads_logprobs=; only scorers and strategies "
+                              f"declare it (a {SINGULAR[kind]} sees logits, never samples): remove it")
+        if not isinstance(reads, bool) and not callable(reads):
+            raise PluginError(f"{where} registered {name!r} with reads_logprobs={reads!r}; give True, False, or a "
+                              f"callable taking its parameters and returning whether it reads the samples' "
+                              f"log-probabilities")
     doc = metadata.get("doc") or inspect.getdoc(factory) or ""
     schema = schema_of(factory)
     caller = metadata.get("caller", ())
@@ -291,6 +337,7 @@ def _info(kind, name, factory, metadata, record, keys: dict[str, KeyReaders]) ->
         caller=frozenset(caller),
         runs_code=bool(metadata.get("runs_code", False)),
         excluded=frozenset(excluded),
+        reads_logprobs=reads,
     )
 
 

@@ -87,4 +87,4 @@ class EmbeddingCosine:
 
 @hookimpl
 def register_scorers(register):
-    register("embedding_cosine", EmbeddingCosine)
+    register("embedding_cosine", EmbeddingCosine, reads_logprobs=False)

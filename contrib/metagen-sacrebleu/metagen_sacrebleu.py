@@ -44,5 +44,5 @@ class Bleu(_SacrebleuUtility):
 
 @hookimpl
 def register_scorers(register):
-    register("chrf", ChrF)
-    register("bleu", Bleu)
+    register("chrf", ChrF, reads_logprobs=False)
+    register("bleu", Bleu, reads_logprobs=False)

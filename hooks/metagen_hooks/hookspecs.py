@@ -38,6 +38,17 @@ Metadata, all optional:
     the component executes programs (as ``code_tests`` and ``program_aided`` do, in metagen's
     sandbox): ``metagen serve`` refuses to start a profile using it unless it runs with full
     isolation, or the operator opts out explicitly.
+``reads_logprobs=False``
+    a scorer or strategy that never reads the samples' per-token log-probabilities (a
+    candidate's ``logprobs``, an in-flight sample's ``logprobs``): a remote host then asks its
+    server for none when no component of the run reads them (they cost a vLLM server CPU time
+    per token). ``True`` declares that it reads them; a callable taking the component's
+    parameters returns either, for a component whose reading depends on them; it may also ask
+    for ``registry``, whose ``reads_logprobs(kind, entry)`` answers for a nested component's
+    table (as the built-in ``compose`` asks of its inner and outer strategies). A scorer or
+    strategy that declares nothing is taken to read them, as every one did before this existed.
+    Processors and stopping criteria declare nothing: they see logits, never samples. Top
+    log-probabilities are asked for separately (``Watch(top_logprobs=k)``).
 ``doc``
     a description, when the factory's docstring is not the one to show.
 """

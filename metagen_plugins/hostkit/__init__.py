@@ -17,14 +17,15 @@ the contract (docs/host-kit.md). Its engine-free half is in the contract
 - :mod:`.lazy`: :func:`lazy_host` and :func:`lazy_command`, an engine's host and command
   registered without importing them (its registration stays cheap).
 
-Also here, from metagen's core, the two rules every host follows: :func:`sampling` (whether a
-configuration samples) and :func:`realised` (the configured components as an engine's request
-parameters). Importing the kit imports no HTTP client: each is imported where a request is made.
+Also here, from metagen's core, the rules every host follows: :func:`sampling` (whether a
+configuration samples), :func:`reads_logprobs` (whether a component of the run reads the
+samples' log-probabilities, so whether to ask the engine for them) and :func:`realised` (the
+configured components as an engine's request parameters). Importing the kit imports no HTTP client: each is imported where a request is made.
 """
 
 from __future__ import annotations
 
-from ..components import realised, sampling
+from ..components import reads_logprobs, realised, sampling
 from .chat import chat_enabled, chat_format
 from .completions import INCLUDE_STOP, CompletionsGenerator, request_body, samples, status_failure
 from .event_loop import EventLoopThread
@@ -57,6 +58,7 @@ __all__ = [
     "delay",
     "lazy_command",
     "lazy_host",
+    "reads_logprobs",
     "realised",
     "replica_urls",
     "request_body",

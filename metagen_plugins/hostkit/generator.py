@@ -300,12 +300,14 @@ class RemoteGenerator:
         raise AssertionError("unreachable")
 
     def _candidate(self, prompt: str, parent: Candidate | None, sample: Sample) -> Candidate:
-        """The returned candidate holds the whole continuation; token ids and log-probs are kept
-        only when both the parent's and the engine's are known, so they always align."""
+        """The returned candidate holds the whole continuation; token ids are kept only when both
+        the parent's and the engine's are known, and log-probs only beside them when both the
+        parent's and the engine's are there (they are asked for only when a component reads
+        them), so the three always align."""
         parent = parent or Candidate(prompt=prompt, text="")
-        aligned = (len(parent.token_ids) == len(parent.logprobs) and bool(parent.token_ids) == bool(parent.text)
-                   and len(sample.token_ids) == len(sample.logprobs))
+        ids = bool(parent.token_ids) == bool(parent.text) and bool(sample.token_ids) == bool(sample.text)
+        logprobs = ids and len(parent.token_ids) == len(parent.logprobs) and len(sample.token_ids) == len(sample.logprobs)
         return Candidate(prompt=prompt, text=parent.text + sample.text,
-                         token_ids=list(parent.token_ids) + sample.token_ids if aligned else [],
-                         logprobs=list(parent.logprobs) + sample.logprobs if aligned else [],
+                         token_ids=list(parent.token_ids) + sample.token_ids if ids else [],
+                         logprobs=list(parent.logprobs) + sample.logprobs if logprobs else [],
                          finish_reason=sample.finish_reason, meta=dict(sample.meta))

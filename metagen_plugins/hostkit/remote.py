@@ -6,12 +6,13 @@ too (this module held both before they were split).
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable, Literal, Sequence
 
 from metagen_hooks import Budget
 
-from ..components import realised
+from ..components import reads_logprobs, realised
 from ..errors import HostError
 from .chat import chat_enabled, chat_format
 from .event_loop import EventLoopThread
@@ -27,6 +28,17 @@ REMOTE_SETTINGS: dict[str, Any] = {
 }
 """The ``[host]`` settings :class:`RemoteHost` reads: a remote host's registration accepts these
 (``settings={**REMOTE_SETTINGS, ...its own}``)."""
+
+@functools.lru_cache(maxsize=1)
+def tls_context():
+    """The TLS context every remote host's HTTP client shares (httpx2's default: the CA bundle,
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` as set when first made). Loading the bundle costs ~25 ms
+    of CPU here, which each new client (each run's host) would otherwise pay on the event loop,
+    before its first request goes out, http:// servers included."""
+    import httpx2
+
+    return httpx2.create_ssl_context()
+
 
 def chat_template(settings: dict[str, Any], host: str) -> tuple[Any, bool]:
     """``[host] tokenizer`` (loaded) and whether prompts go through its chat template:
@@ -80,6 +92,7 @@ class RemoteHost:
         # engine's queue stays as full as a client sending everything at once keeps it
         self.default_concurrency = concurrency
         self.tokenizer, self.chat = chat_template(config.host, self.name)
+        self.wants_logprobs = self.logprobs_wanted()
         self.parameters = self.engine_parameters()
         self.check_generation()
         self.check()
@@ -112,6 +125,14 @@ class RemoteHost:
     def check(self) -> None:
         """Reject, before any request, a configuration this engine cannot serve."""
 
+    def logprobs_wanted(self) -> bool:
+        """Whether requests ask the engine for each sampled token's log-probability
+        (:attr:`wants_logprobs`): ``[host] logprobs`` when the host takes that setting and it is
+        set, else whether a component of the run reads them (:func:`reads_logprobs`). They are
+        not free: a vLLM server's API process spends CPU on them, per token."""
+        setting = self.config.host.get("logprobs")
+        return reads_logprobs(self.config, self.registry) if setting is None else bool(setting)
+
     def check_generation(self) -> None:
         """Refuse the ``[generation]`` settings no remote host can honour (docs/host-kit.md):
         ``token_healing`` regrows the prompt's last token, which needs the prompt's tokens, and a
@@ -140,6 +161,7 @@ class RemoteHost:
             limit = self.replicas.concurrency
             clients[url] = httpx2.AsyncClient(
                 base_url=url, headers=headers, timeout=httpx2.Timeout(self.config.host.get("timeout", 60.0)),
+                verify=tls_context(),
                 limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit))
         return clients[url]
 
@@ -196,7 +218,7 @@ class RemoteHost:
 
         if config.host != self.config.host:
             raise HostError("a per-prompt configuration must keep the host's [host] settings")
-        key = json.dumps({k: getattr(config, k) for k in ("generation", "processors", "stopping", "scorer")},
+        key = json.dumps({k: getattr(config, k) for k in ("generation", "processors", "stopping", "scorer", "strategy")},
                          sort_keys=True, default=repr)
         views, lock = self.__dict__.setdefault("_views", {}), self.__dict__.setdefault("_views_lock", threading.Lock())
         with lock:
@@ -208,6 +230,7 @@ class RemoteHost:
                 from ..components import sampling
 
                 view.sampling = sampling(config, self.registry)
+            view.wants_logprobs = view.logprobs_wanted()
             view.parameters = view.engine_parameters()
             view.check_generation()
             view.check()

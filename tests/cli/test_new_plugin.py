@@ -56,7 +56,7 @@ def test_cli_writes_the_distribution(tmp_path):
     assert meta["project"]["dependencies"] == ["metagen-hooks>=0.1,<0.2"]
     assert meta["project"]["description"] == "A metagen plugin: the keyword_check scorer"
     code = (root / "src" / "metagen_keyword_check" / "__init__.py").read_text()
-    assert "@hookimpl" in code and 'register("keyword_check", KeywordScorer)' in code
+    assert "@hookimpl" in code and 'register("keyword_check", KeywordScorer, reads_logprobs=False)' in code
     assert (root / "tests" / "test_metagen_keyword_check.py").exists() and (root / "README.md").exists()
     assert not list(root.rglob("*@*")) and "@name@" not in code
 

@@ -65,7 +65,9 @@ class VLLMServer:
         self.url = self.host["url"]
         self.log = Path(log)
         config = metagen_plugins.validate({"host": self.host}, metagen_plugins.get_registry())
-        self.args = [str(python or VLLM_PYTHON), *serve_args(config)[1:], *extra_args]
+        # the command serve-args prints where it cannot tell the build (cpu_build=None), whatever
+        # environment this runs in: tests start what a CPU build's serve-args refuses, to show why
+        self.args = [str(python or VLLM_PYTHON), *serve_args(config, cpu_build=None)[1:], *extra_args]
         with open(self.log, "w") as out:
             self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
@@ -88,6 +90,27 @@ class VLLMServer:
             time.sleep(1.0)
         self.stop()
         raise ServerFailed(f"the vLLM server did not answer /health within {timeout:g} s", self.log.read_text())
+
+    def metric(self, name: str) -> float:
+        """The server's Prometheus metric ``name`` (``/metrics``), summed over its label sets."""
+        return sum(float(value) for _, value in self._samples(name))
+
+    def labels(self, name: str) -> list[dict[str, str]]:
+        """The label sets of metric ``name``: e.g. ``vllm:cache_config_info``, whose labels are
+        the server's cache configuration (``cache_dtype``, ``kv_cache_size_tokens``, ...)."""
+        import re
+
+        return [dict(re.findall(r'(\w+)="([^"]*)"', labels)) for labels, _ in self._samples(name)]
+
+    def _samples(self, name: str) -> list[tuple[str, str]]:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        out = []
+        for line in text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if not line.startswith("#") and key.split("{", 1)[0] == name:
+                out.append((key[len(name):], value))
+        return out
 
     def stop(self) -> None:
         """SIGTERM to the group this server runs in (API server, engine core, workers), then

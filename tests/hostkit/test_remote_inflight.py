@@ -29,11 +29,11 @@ PROMPT = "Q: 12+7-3=? A:"
 SAMPLED = {"processors": [{"name": "temperature", "temperature": 0.8}], "generation": {"max_new_tokens": 40, "seed": 3}}
 
 
-def make_host(config: dict, url: str | None = None, name: str = "vllm"):
-    """The ``name`` host for ``config`` (its ``[host]`` the one at ``url``, when given)."""
+def make_host(config: dict, url: str | None = None, name: str = "vllm", **settings):
+    """The ``name`` host for ``config`` (its ``[host]`` the one at ``url``, with ``settings``, when given)."""
     registry = metagen_plugins.get_registry()
     if url is not None:
-        config = {**config, "host": {"name": name, "url": url, "retries": 1}}
+        config = {**config, "host": {"name": name, "url": url, "retries": 1, **settings}}
     config = metagen_plugins.validate(config, registry)
     if name == "tgi":
         from metagen_plugins.engines.tgi.host import TGIHost as Host
@@ -174,10 +174,11 @@ def test_a_cancelled_run_closes_its_watched_streams(server):
 
 def test_without_token_ids_views_count_tokens_and_candidates_keep_none(server):
     """The openai host against a server that streams no token ids (none asked for): a view's
-    token_ids are one index per token received (counted by log-probs); the candidate has none,
-    as :func:`completions.samples` leaves an answer without them; the budget counts the tokens."""
+    token_ids are one index per token received (counted by log-probs, asked for with [host]
+    logprobs = true); the candidate has none, as :func:`completions.samples` leaves an answer
+    without them; the budget counts the tokens."""
     pytest.importorskip("metagen_openai")
-    host = make_host(SAMPLED, server.url, "openai")
+    host = make_host(SAMPLED, server.url, "openai", logprobs=True)
     try:
         [[plain]] = host.generator(Budget()).sample([PROMPT], n=1)
         watch, budget = Recorder(), Budget()

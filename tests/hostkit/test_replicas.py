@@ -240,6 +240,7 @@ def test_logprobs_can_be_left_to_the_server_when_nothing_reads_them():
     assert summary(kept) == summary(without)  # the same samples, votes and budgets
     assert all(c.logprobs for r in kept for c in r.candidates)
     assert all(c.logprobs == [] for r in without for c in r.candidates)
-    with pytest.raises(HostError, match=r"\[scorer\] logprob sums .* remove logprobs = false"):
+    with pytest.raises(HostError, match=r"\[scorer\] logprob reads the candidates' token log-probabilities, "
+                                        r"and \[host\] logprobs = false .* remove logprobs = false"):
         metagen_plugins.run(vllm([server.url], {"logprobs": False}, scorer={"name": "logprob"},
                                  strategy={"name": "best_of_n", "n": 2}), PROMPTS[0])

@@ -22,7 +22,7 @@ SETTINGS = {
     "timeout": float,
     "concurrency": int,
     "retries": int,
-    "logprobs": bool,  # ask for per-token log-probabilities (default true); false for servers without them
+    "logprobs": bool,  # ask for per-token log-probabilities always / never (default: when a component reads them)
     "samples_per_request": int,  # n per request (default 1: every server honours it; raise it where n works)
     "extensions": list[str],  # non-OpenAI request parameters the server accepts, e.g. ["top_k", "min_p"]
 }

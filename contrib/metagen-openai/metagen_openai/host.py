@@ -3,12 +3,13 @@ partial failures and budget charging are the kit's remote base, the completions 
 body, answers, errors) the kit's :mod:`~metagen_plugins.hostkit.completions`, which the vLLM host
 shares; this module says which parameters a generic server takes.
 
-What a request carries: ``prompt``, ``n``, ``max_tokens``, ``stop``, ``seed``, ``logprobs`` and
-the configured components' request parameters (``temperature``, ``top_p``, ``logit_bias``,
-``presence_penalty``, ``frequency_penalty``, ``stop``, ``max_tokens``), greedy as
-``temperature = 0``. A component realised as anything else (vLLM's ``top_k``, ``min_p``, ...,
-or a metagen component running inside vLLM) is refused before any request, unless ``[host]
-extensions`` lists that parameter as one the server accepts.
+What a request carries: ``prompt``, ``n``, ``max_tokens``, ``stop``, ``seed``, ``logprobs`` (when
+a component of the run reads them, or ``[host] logprobs = true``) and the configured components'
+request parameters (``temperature``, ``top_p``, ``logit_bias``, ``presence_penalty``,
+``frequency_penalty``, ``stop``, ``max_tokens``), greedy as ``temperature = 0``. A component
+realised as anything else (vLLM's ``top_k``, ``min_p``, ..., or a metagen component running
+inside vLLM) is refused before any request, unless ``[host] extensions`` lists that parameter as
+one the server accepts.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class OpenAIHost(RemoteHost):
     def request_body(self, text: str, n: int, max_new_tokens: int, stop: list[str], seed: int | None) -> dict:
         """The JSON body of one ``/v1/completions`` request (metagen's completions protocol), with
         the extensions the host sends itself when ``[host] extensions`` lists them."""
-        logprobs = 1 if self.config.host.get("logprobs", True) else None
+        logprobs = 1 if self.wants_logprobs else None  # [host] logprobs, else only when a component reads them
         body = request_body(text, n, max_new_tokens, stop, seed, self.parameters, settings=self.config.host,
                             sampling=self.sampling, logprobs=logprobs)
         for flag in (TOKEN_IDS, INCLUDE_STOP):

@@ -36,16 +36,16 @@ def test_request_body_has_only_openai_parameters_and_listed_extensions():
                 stopping=[{"name": "stop_strings", "stop": ["\n\n"]}])
     try:
         body = made.request_body("hi", 3, 40, ["Q:"], 7)
-        assert body == {"prompt": "hi", "n": 3, "max_tokens": 40, "model": "m", "logprobs": 1,
+        assert body == {"prompt": "hi", "n": 3, "max_tokens": 40, "model": "m",  # nothing reads log-probs
                         "temperature": 0.7, "top_p": 0.9, "stop": ["\n\n", "Q:"], "seed": 7}
         assert made.url == "http://127.0.0.1:9/v1" and made.path(made.url) == "completions"
         assert made.path("http://127.0.0.1:9") == "v1/completions"  # the same route either way
     finally:
         made.close()
-    greedy = host(host={"logprobs": False, "extensions": ["return_token_ids"]})
+    greedy = host(host={"logprobs": True, "extensions": ["return_token_ids"]})
     try:
         body = greedy.request_body("hi", 1, 8, [], None)
-        assert body["temperature"] == 0.0 and "logprobs" not in body and body["return_token_ids"] is True
+        assert body["temperature"] == 0.0 and body["logprobs"] == 1 and body["return_token_ids"] is True
     finally:
         greedy.close()
 
@@ -113,13 +113,13 @@ def config(url: str, **sections) -> dict:
 
 @pytest.mark.slow
 def test_greedy_text_matches_the_vllm_host_on_the_same_server(server):
-    vllm = metagen_plugins.run({"host": {"name": "vllm", "url": server, "model": "demo-arith"},
+    vllm = metagen_plugins.run({"host": {"name": "vllm", "url": server, "model": "demo-arith", "logprobs": True},
                                 "generation": {"max_new_tokens": 40}}, PROMPT)
-    plain = metagen_plugins.run(config(server), PROMPT)
+    plain = metagen_plugins.run(config(server, host={"logprobs": True}), PROMPT)
     assert plain.best.text == vllm.best.text and "####" in plain.best.text
     # a server without token ids: the log-probs stay beside the text, not on the candidate
     assert plain.best.token_ids == [] and plain.best.logprobs == [] and plain.best.meta["logprobs"]
-    ids = metagen_plugins.run(config(server, host={"extensions": ["return_token_ids"]}), PROMPT)
+    ids = metagen_plugins.run(config(server, host={"extensions": ["return_token_ids"], "logprobs": True}), PROMPT)
     assert ids.best.token_ids == vllm.best.token_ids
     assert ids.best.logprobs == pytest.approx(vllm.best.logprobs, abs=1e-4)
     assert ids.budget.tokens_generated == vllm.budget.tokens_generated > 0

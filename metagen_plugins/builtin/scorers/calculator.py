@@ -355,4 +355,4 @@ class Calculator:
 
 
 def register_all(register) -> None:
-    register("calculator", Calculator)
+    register("calculator", Calculator, reads_logprobs=False)

@@ -101,4 +101,4 @@ def _read_tests_file(path: str) -> dict[str, tuple[list[str], str]]:
 
 
 def register_all(register) -> None:
-    register("code_tests", CodeTests, caller=("mode",), runs_code=True)
+    register("code_tests", CodeTests, caller=("mode",), runs_code=True, reads_logprobs=False)

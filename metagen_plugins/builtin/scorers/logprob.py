@@ -24,4 +24,4 @@ class LogProb:
 
 
 def register_all(register) -> None:
-    register("logprob", LogProb, caller=("reduce",))
+    register("logprob", LogProb, caller=("reduce",), reads_logprobs=True)

@@ -231,7 +231,7 @@ class StepLikelihood:
 
 
 def register_all(register) -> None:
-    register("outcome_reward_model", OutcomeRewardModel)
-    register("process_reward_model", ProcessRewardModel, caller=("aggregate",))
-    register("llm_judge", LLMJudge)
-    register("step_likelihood", StepLikelihood, caller=("aggregate",))
+    register("outcome_reward_model", OutcomeRewardModel, reads_logprobs=False)
+    register("process_reward_model", ProcessRewardModel, caller=("aggregate",), reads_logprobs=False)
+    register("llm_judge", LLMJudge, reads_logprobs=False)
+    register("step_likelihood", StepLikelihood, caller=("aggregate",), reads_logprobs=False)

@@ -41,5 +41,5 @@ class EditSimilarity(_Pairwise):
 
 
 def register_all(register) -> None:
-    register("exact_match", ExactMatch, caller=("answer_pattern",))
-    register("edit_similarity", EditSimilarity)
+    register("exact_match", ExactMatch, caller=("answer_pattern",), reads_logprobs=False)
+    register("edit_similarity", EditSimilarity, reads_logprobs=False)

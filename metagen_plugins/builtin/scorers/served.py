@@ -382,5 +382,5 @@ class ServedProcessRewardModel(_Served, StepRewards):
 
 
 def register_all(register) -> None:
-    register("served_outcome_reward_model", ServedOutcomeRewardModel)
-    register("served_process_reward_model", ServedProcessRewardModel, caller=("aggregate",))
+    register("served_outcome_reward_model", ServedOutcomeRewardModel, reads_logprobs=False)
+    register("served_process_reward_model", ServedProcessRewardModel, caller=("aggregate",), reads_logprobs=False)

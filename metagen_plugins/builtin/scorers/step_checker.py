@@ -31,4 +31,4 @@ class StepChecker:
 
 
 def register_all(register) -> None:
-    register("step_checker", StepChecker)
+    register("step_checker", StepChecker, reads_logprobs=False)

@@ -275,8 +275,8 @@ def _positive(**values: int) -> None:
 
 def register_all(register) -> None:
     register("esc", EarlyStoppingSelfConsistency,
-             caller=("n", "window", "confidence", "answer_pattern", "max_new_tokens"))
+             caller=("n", "window", "confidence", "answer_pattern", "max_new_tokens"), reads_logprobs=False)
     register("deepconf", DeepConf, caller=("n", "mode", "warmup", "keep", "group", "top_k", "batch", "consensus",
-                                           "answer_pattern", "max_new_tokens"))
+                                           "answer_pattern", "max_new_tokens"), reads_logprobs=True)
     register("early_rejection", EarlyRejection,
-             caller=("n", "threshold", "min_keep", "delimiter", "max_steps", "step_tokens"))
+             caller=("n", "threshold", "min_keep", "delimiter", "max_steps", "step_tokens"), reads_logprobs=False)

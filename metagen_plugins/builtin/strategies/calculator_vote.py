@@ -63,4 +63,4 @@ class CalculatorVote:
 
 
 def register_all(register) -> None:
-    register("calculator_vote", CalculatorVote, caller=("n", "answer_pattern", "max_new_tokens"))
+    register("calculator_vote", CalculatorVote, caller=("n", "answer_pattern", "max_new_tokens"), reads_logprobs=False)

@@ -106,6 +106,17 @@ class Chain:
         return result
 
 
+def _compose_reads(inner: dict, outer: dict, registry) -> bool:
+    """Whether a composition reads log-probabilities: when its inner or outer strategy does."""
+    return registry.reads_logprobs("strategies", inner) or registry.reads_logprobs("strategies", outer)
+
+
+def _chain_reads(stages: list, registry) -> bool:
+    """Whether a chain reads log-probabilities: when one of its stages' strategies does."""
+    return any(registry.reads_logprobs("strategies", stage.get("strategy", {"name": "generate"}))
+               if isinstance(stage, dict) else True for stage in stages)
+
+
 def register_all(register) -> None:
-    register("compose", Compose)
-    register("chain", Chain)
+    register("compose", Compose, reads_logprobs=_compose_reads)
+    register("chain", Chain, reads_logprobs=_chain_reads)

@@ -19,4 +19,4 @@ class Generate:
 
 
 def register_all(register) -> None:
-    register("generate", Generate)
+    register("generate", Generate, reads_logprobs=False)

@@ -190,10 +190,14 @@ def _positive(**values: int) -> None:
 
 
 def register_all(register) -> None:
-    register("parallel", Parallel, caller=("n", "max_new_tokens"))
-    register("best_of_n", BestOfN, caller=("n", "max_new_tokens"))
-    register("rejection", Rejection, caller=("threshold", "batch", "max_samples", "max_new_tokens"))
-    register("self_consistency", SelfConsistency, caller=("n", "answer_pattern", "max_new_tokens"))
-    register("weighted_majority", WeightedMajority, caller=("n", "answer_pattern", "max_new_tokens"))
-    register("mbr", MBR, caller=("n", "max_new_tokens"))
-    register("adaptive_self_consistency", AdaptiveSelfConsistency, caller=("batch", "max_samples", "confidence", "answer_pattern", "max_new_tokens"))
+    register("parallel", Parallel, caller=("n", "max_new_tokens"), reads_logprobs=False)
+    register("best_of_n", BestOfN, caller=("n", "max_new_tokens"), reads_logprobs=False)
+    register("rejection", Rejection, caller=("threshold", "batch", "max_samples", "max_new_tokens"),
+             reads_logprobs=False)
+    register("self_consistency", SelfConsistency, caller=("n", "answer_pattern", "max_new_tokens"),
+             reads_logprobs=False)
+    register("weighted_majority", WeightedMajority, caller=("n", "answer_pattern", "max_new_tokens"),
+             reads_logprobs=False)
+    register("mbr", MBR, caller=("n", "max_new_tokens"), reads_logprobs=False)
+    register("adaptive_self_consistency", AdaptiveSelfConsistency, caller=("batch", "max_samples", "confidence", "answer_pattern", "max_new_tokens"),
+             reads_logprobs=False)

@@ -119,4 +119,5 @@ class ProgramAided:
 
 
 def register_all(register) -> None:
-    register("program_aided", ProgramAided, caller=("n", "max_new_tokens", "answer_pattern"), runs_code=True)
+    register("program_aided", ProgramAided, caller=("n", "max_new_tokens", "answer_pattern"), runs_code=True,
+             reads_logprobs=False)

@@ -98,5 +98,5 @@ class SelfRefine:
 
 
 def register_all(register) -> None:
-    register("self_repair", SelfRepair, caller=("rounds", "threshold", "delimiter", "max_new_tokens"))
-    register("self_refine", SelfRefine, caller=("rounds", "threshold", "max_new_tokens"))
+    register("self_repair", SelfRepair, caller=("rounds", "threshold", "delimiter", "max_new_tokens"), reads_logprobs=False)
+    register("self_refine", SelfRefine, caller=("rounds", "threshold", "max_new_tokens"), reads_logprobs=False)

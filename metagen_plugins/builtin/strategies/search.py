@@ -184,8 +184,13 @@ class MCTS(StepSearch):
 
 
 def register_all(register) -> None:
-    register("step_beam_search", StepBeamSearch, caller=("beam_width", "expansions", "max_steps", "step_tokens", "delimiter", "aggregate"))
-    register("dvts", DVTS, caller=("n", "expansions", "max_steps", "step_tokens", "delimiter", "aggregate"))
-    register("rebase", Rebase, caller=("n", "temperature", "max_steps", "step_tokens", "delimiter", "aggregate"))
-    register("particle_filtering", ParticleFiltering, caller=("n", "temperature", "seed", "max_steps", "step_tokens", "delimiter", "aggregate"))
-    register("mcts", MCTS, caller=("iterations", "expansions", "exploration", "max_steps", "step_tokens", "delimiter", "aggregate"))
+    register("step_beam_search", StepBeamSearch, caller=("beam_width", "expansions", "max_steps", "step_tokens", "delimiter", "aggregate"),
+             reads_logprobs=False)
+    register("dvts", DVTS, caller=("n", "expansions", "max_steps", "step_tokens", "delimiter", "aggregate"),
+             reads_logprobs=False)
+    register("rebase", Rebase, caller=("n", "temperature", "max_steps", "step_tokens", "delimiter", "aggregate"),
+             reads_logprobs=False)
+    register("particle_filtering", ParticleFiltering, caller=("n", "temperature", "seed", "max_steps", "step_tokens", "delimiter", "aggregate"),
+             reads_logprobs=False)
+    register("mcts", MCTS, caller=("iterations", "expansions", "exploration", "max_steps", "step_tokens", "delimiter", "aggregate"),
+             reads_logprobs=False)

@@ -42,6 +42,9 @@ TRANSFORMERS_SETTINGS: dict[str, Any] = {
     "shared_prefix_attention": bool,
     "batching": bool,  # the batched engine (engine.py); false: one generate() per request
     "max_batch_tokens": int,  # KV tokens the loop holds at once
+    # generate() paths keep every step's logits for log-probs: always / never (default: when a
+    # component reads them; the batched engine computes them anyway)
+    "logprobs": bool,
 }
 
 

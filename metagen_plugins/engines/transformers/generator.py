@@ -12,6 +12,7 @@ from transformers import StoppingCriteriaList
 from metagen_hooks import Budget, Candidate
 from metagen_hooks.inflight import CANCELLED, Watch
 
+from ...components import reads_logprobs
 from ...config import Config
 from ...errors import HostError
 from .accounting import Ledger
@@ -45,6 +46,11 @@ class TransformersGenerator:
         self._prompt_tokens: dict[str, list[int]] = {}
         self._ledger = Ledger()  # what this generator computed KV for: its charges (accounting.py)
         self._calls = 0  # numbers this generator's requests, for their rows' random streams
+        # generate()'s paths keep every step's logits only for log-probabilities a component reads,
+        # or [host] logprobs asks for (the batched loop computes the chosen token's anyway: it is
+        # its non-finite check)
+        setting = config.host.get("logprobs")
+        self._logprobs = reads_logprobs(config, host.registry) if setting is None else setting
         seed = config.generation.get("seed")
         # Unseeded runs draw their streams from torch's global generator (torch.manual_seed works).
         self._seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,)))
@@ -119,7 +125,8 @@ class TransformersGenerator:
             for (tokens, rows, kwargs), future in zip(prepared, pending):
                 results, computed, reused, passes = (
                     future.result() if future is not None
-                    else Unbatched(self.host).run(tokens, rows, kwargs, (self._seed, tokens, self._calls)))
+                    else Unbatched(self.host).run(tokens, rows, kwargs, (self._seed, tokens, self._calls),
+                                                  logprobs=self._logprobs))
                 if stream is not None:
                     stream.finish()
                 if self.prefix_cache.max_bytes > 0 and (future is not None or not UNSHARED & set(kwargs)):
@@ -186,12 +193,14 @@ class TransformersGenerator:
             finish = "stop" if end < len(new) or len(new) < max_new_tokens else "length"
             finish = CANCELLED if row in cut else finish
             ids = continuation + kept
+            before = list(parent.logprobs) if parent and parent.token_ids else [0.0] * len(continuation)
             candidates.append(Candidate(
                 prompt=prompt,
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 token_ids=ids,
-                logprobs=(list(parent.logprobs) if parent and parent.token_ids else
-                          [0.0] * len(continuation)) + logprobs[: len(kept)],
+                # none when generate() was not asked for them (no component reads them)
+                logprobs=before + logprobs[: len(kept)] if len(logprobs) >= len(kept) and
+                len(before) == len(continuation) else [],
                 finish_reason=finish,
             ))
         self.budget.charge(prompt_tokens_computed=computed, prompt_tokens_reused=reused,

@@ -25,10 +25,12 @@ class Unbatched:
         self.pad_id = host.pad_id
         self.prefix_cache = host.prefixes.cache
 
-    def run(self, tokens: list[int], n: int, kwargs, seed: tuple) -> tuple[list, int, int, int]:
+    def run(self, tokens: list[int], n: int, kwargs, seed: tuple, logprobs: bool = True) -> tuple[list, int, int, int]:
         """``n`` continuations of ``tokens``: (rows, prompt tokens computed and reused, forward
-        passes); ``seed`` the material of the request's random stream."""
-        kwargs = dict(kwargs)
+        passes); ``seed`` the material of the request's random stream. Without ``logprobs``,
+        generate() keeps no logits (every step's, for every row: the memory of a long run) and
+        the rows carry no log-probabilities."""
+        kwargs = {**kwargs, "output_logits": logprobs}
         if kwargs["do_sample"]:  # generate() samples from torch's global generator: seed it
             torch.manual_seed(request_generator(seed).initial_seed())
         passes = [0]
@@ -65,7 +67,7 @@ class Unbatched:
         rows = ids.repeat(n, 1)
         with context:
             out = self.model.generate(rows, attention_mask=torch.ones_like(rows), pad_token_id=self.pad_id,
-                                      return_dict_in_generate=True, output_logits=True, **kwargs)
+                                      return_dict_in_generate=True, **kwargs)
         new = out.sequences[:, length:]
         results = rows_of(new, out.logits)
         final = out.cache
@@ -82,8 +84,7 @@ class Unbatched:
         each row prefilling the prompt itself."""
         ids = torch.tensor([tokens])
         out = self.model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=self.pad_id,
-                                  num_return_sequences=n, return_dict_in_generate=True,
-                                  output_logits=True, **kwargs)
+                                  num_return_sequences=n, return_dict_in_generate=True, **kwargs)
         return rows_of(out.sequences[:, len(tokens):], out.logits), len(tokens) * n, 0
 
     def _assisted(self, tokens: list[int], n: int, kwargs) -> tuple[list, int, int]:
@@ -93,7 +94,7 @@ class Unbatched:
         results = []
         for _ in range(n):
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=self.pad_id,
-                                      return_dict_in_generate=True, output_logits=True, **kwargs)
+                                      return_dict_in_generate=True, **kwargs)
             results.extend(rows_of(out.sequences[:, len(tokens):], out.logits))
         return results, len(tokens) * n, 0
 
@@ -122,8 +123,8 @@ class Streamer(BaseStreamer):
 
 def rows_of(new: torch.Tensor, logits) -> list[tuple[list[int], list[float]]]:
     """Each row's new tokens (up to its first EOS, padding dropped later) and their log-probs
-    under the model (raw logits, before any processor)."""
-    if new.shape[1] == 0:
-        return [([], []) for _ in range(new.shape[0])]
+    under the model (raw logits, before any processor; none when generate() kept no logits)."""
+    if new.shape[1] == 0 or logits is None:
+        return [(new[r].tolist(), []) for r in range(new.shape[0])]
     logprobs = torch.stack(logits, dim=1).float().log_softmax(-1).gather(2, new.unsqueeze(-1)).squeeze(-1)
     return [(new[r].tolist(), logprobs[r].tolist()) for r in range(new.shape[0])]

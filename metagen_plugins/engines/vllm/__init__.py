@@ -18,7 +18,7 @@ from .realisations import REALISATIONS
 NAME = "vllm"
 SETTINGS: dict[str, Any] = {
     **REMOTE_SETTINGS,
-    "logprobs": bool,  # ask for per-token log-probs (default true)
+    "logprobs": bool,  # ask for per-token log-probs always / never (default: when a component reads them)
     "neutral_defaults": bool,  # send neutral sampling values the components do not set (default true)
     "model": str,
     "draft_model": str,

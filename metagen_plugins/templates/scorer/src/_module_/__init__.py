@@ -21,5 +21,6 @@ class KeywordScorer:
 
 @hookimpl
 def register_scorers(register):
-    # The factory's signature is the parameter schema metagen checks configurations against.
-    register("@name@", KeywordScorer)
+    # The factory's signature is the parameter schema metagen checks configurations against;
+    # reads_logprobs=False: it reads the text only, so a server need not send log-probabilities.
+    register("@name@", KeywordScorer, reads_logprobs=False)

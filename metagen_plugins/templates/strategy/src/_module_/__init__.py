@@ -38,5 +38,6 @@ class FirstPassing:
 @hookimpl
 def register_strategies(register):
     # The factory's signature is the parameter schema metagen checks configurations against;
-    # caller= lists the parameters a client of `metagen serve` may set per request.
-    register("@name@", FirstPassing, caller=("n", "batch", "threshold"))
+    # caller= lists the parameters a client of `metagen serve` may set per request;
+    # reads_logprobs=False: it reads no log-probabilities, so a server need not send them.
+    register("@name@", FirstPassing, caller=("n", "batch", "threshold"), reads_logprobs=False)
