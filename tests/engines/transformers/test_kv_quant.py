@@ -18,6 +18,7 @@ from metagen_plugins.engines.transformers.kv_quant import (KVQuant, QuantPrefix,
 from metagen_plugins.engines.transformers.quant_attention import QuantLayout, prefix_part
 from metagen_plugins.errors import ConfigError
 from metagen_plugins.testing import tiny_model, tiny_tokenizer
+from tests.engines.transformers.threads import sample_concurrently
 
 PROMPTS = ["the quick brown fox jumps over the lazy dog " * 6, "a",
            "lorem ipsum dolor sit amet, consectetur adipiscing elit " * 4, "hello hello hello"]
@@ -38,19 +39,7 @@ def tiny2():
 
 
 def greedy(model, tok, kv, prompts=PROMPTS, n=3, max_new_tokens=24, **settings):
-    h = host(model, tok, kv, **settings)
-    out: dict[int, list] = {}
-
-    def one(i):
-        out[i] = h.generator(Budget()).sample([prompts[i]], n=n, max_new_tokens=max_new_tokens)[0]
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    h.close()
-    return [out[i] for i in range(len(prompts))]
+    return sample_concurrently(host(model, tok, kv, **settings), prompts, n, max_new_tokens)
 
 
 # -- formats ----------------------------------------------------------------------------------

@@ -3,8 +3,6 @@ several positions a step change how many passes the target makes, never what it 
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
@@ -14,6 +12,7 @@ from metagen_plugins.errors import ConfigError
 from metagen_plugins.engines.transformers.engine import Engine
 from metagen_plugins.engines.transformers.host import TransformersHost
 from metagen_plugins.engines.transformers.speculation import Lookup, Speculation, uniforms
+from tests.engines.transformers.threads import sample_concurrently
 
 PROMPTS = ["abcabc abcabc abc", "hello world hello world", "x", "1+1=2, 2+2=4, 3+3=6, 4+4=",
            "the quick brown fox jumps over the lazy dog"]
@@ -64,19 +63,9 @@ class Steps:
 
 
 def concurrently(h: TransformersHost, prompts, n: int, max_new_tokens: int, **kwargs):
-    """Every prompt's sample() from its own thread (so they share the engine's batch)."""
-    out: dict[int, list] = {}
-
-    def one(i):
-        out[i] = h.generator(Budget()).sample([prompts[i]], n=n, max_new_tokens=max_new_tokens, **kwargs)[0]
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    h.close()
-    return [[(c.token_ids, c.finish_reason) for c in out[i]] for i in range(len(prompts))], out
+    """Each prompt's rows (token ids, finish reason), and its candidates, sampled concurrently."""
+    out = sample_concurrently(h, prompts, n, max_new_tokens, **kwargs)
+    return [[(c.token_ids, c.finish_reason) for c in rows] for rows in out], out
 
 
 @pytest.mark.parametrize("kind", KINDS)
