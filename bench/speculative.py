@@ -36,8 +36,9 @@ Both models run in ``--dtype`` (default bfloat16: on this CPU, with AVX512-BF16,
 from k passes over one, so a near-tie between two tokens can flip and a greedy output differ
 from plain decoding's; --dtype float32 is the check of exact identity. Torch runs one thread (``--threads``). Every figure
 is a ratio within one run; on a shared machine the wall times include the neighbours' load.
-Run time is dominated by the batch-16 rows (16 prompts of ~150 tokens, and speculative decoding
-runs them one at a time while the host has no batched speculation): --quick skips batch 16.
+Run time is dominated by the batch-16 rows (16 prompts of ~150 tokens); the host speculates
+inside its batched engine, and with ``speculative_rows = "auto"`` (the default) it chooses
+speculative or plain steps per number of rows in flight by their measured speed.
 
     python bench/speculative.py [--quick] [--parts host,reference,cost] [--batches 1,4,16]
                                 [--dtype bfloat16|float32] [--lookup 4] [--max-new-tokens 64] [--small]

@@ -70,9 +70,14 @@ class DraftModel:
         self.inputs, self.positions = self.inputs[index][:, first:], self.positions[index][:, first:]
 
     def fed(self, engine, inputs: torch.Tensor, positions: torch.Tensor, emitted) -> None:
-        """The engine's step fed ``inputs`` at ``positions`` [B, width] (new columns)."""
+        """The engine's step fed ``inputs`` at ``positions`` [B, width] (the new columns it kept:
+        drafts every row rejected leave both models' KV at once)."""
         self.inputs = torch.cat([self.inputs, inputs], 1)
         self.positions = torch.cat([self.positions, positions], 1)
+        columns = self.inputs.shape[1]
+        for layer in self.own:
+            if layer.keys.shape[2] > columns:
+                layer.keys, layer.values = layer.keys[:, :, :columns], layer.values[:, :, :columns]
 
     def propose(self, engine, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``max(k)`` greedy drafts per row: the columns not fed yet and each row's last

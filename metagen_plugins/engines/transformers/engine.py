@@ -272,7 +272,6 @@ class Engine:
                 continue
             r.steps += 1
             r.passes += 1
-            r.cols += width
             reason = r.cancelled() if r.cancelled is not None else None
             if reason is not None:  # its run was cancelled (a deadline, a client gone): drop its rows
                 failed[id(r)] = r, BudgetExceeded(f"the run was cancelled: {reason}")
@@ -298,9 +297,15 @@ class Engine:
         if not bool(torch.isfinite(logprobs[new]).all()):  # one check for every request's rows
             non_finite(self._active, logprobs, new, failed)
         self._age += emit
-        self._valid = torch.cat([self._valid, new], 1)
-        self._tokens = torch.cat([self._tokens, torch.where(new, chosen, self.pad_id)], 1)
-        self._logprobs = torch.cat([self._logprobs, logprobs], 1)
+        kept_columns = int(emit.max()) if width > 1 else 1  # later columns: rejected drafts in every row
+        if kept_columns < width:
+            for layer in self._own:
+                layer.keys, layer.values = layer.keys[:, :, :kept_columns - width], layer.values[:, :, :kept_columns - width]
+        for r in self._active:
+            r.cols += kept_columns
+        self._valid = torch.cat([self._valid, new[:, :kept_columns]], 1)
+        self._tokens = torch.cat([self._tokens, torch.where(new, chosen, self.pad_id)[:, :kept_columns]], 1)
+        self._logprobs = torch.cat([self._logprobs, logprobs[:, :kept_columns]], 1)
         self._last = torch.where(emit > 0, chosen.gather(1, (emit - 1).clamp(min=0)[:, None])[:, 0], self.pad_id)
         self._pos += emit
         for r in self._active:
@@ -316,7 +321,8 @@ class Engine:
             if r.progress is not None and not r.zombie and id(r) not in failed:
                 report(r, chosen, logprobs, log_probs, emit, self._done, self._eos_ids)
         if self.speculation is not None:
-            self._speculated(inputs, positions, chosen, emit, running, drafted, count, spec)
+            self._speculated(inputs[:, :kept_columns], positions[:, :kept_columns], chosen, emit, running, drafted,
+                             count, spec)
         for r, exc in failed.values():
             r.future.set_exception(exc)
             self._retire(r)

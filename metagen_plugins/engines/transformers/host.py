@@ -140,8 +140,8 @@ class TransformersHost:
 
     def batched(self, kwargs: dict[str, Any]) -> bool:
         """Whether the batched loop can run a request with these generate() arguments (not for
-        draft models, prompt lookup or caches of generate()'s own making, nor for model types
-        without the shared-prefix attention path)."""
+        caches of generate()'s own making, nor for model types without the shared-prefix
+        attention path; a draft model or prompt lookup when the engine speculates itself)."""
         unshared = UNSHARED & set(kwargs)
         if self.speculation is not None:  # the engine speculates itself
             unshared -= SPECULATIVE
