@@ -151,41 +151,46 @@ class Speculation:
     """The drafter, each row's draft length, and whether a step speculates.
 
     ``max_tokens``: the longest draft. A row starts at half of it (a draft model, which ends a
-    draft by its own confidence: all of it); when the target keeps its
-    whole draft its length grows by 2, else it shrinks by 1 (transformers' schedule for
-    assisted generation), within 1..max_tokens. ``rows``: speculate while at most this many
-    rows are in flight; ``None`` ("auto") measures both kinds of step per number of rows (in
-    powers of two) and takes whichever has given more tokens per second, trying the other now
-    and then."""
+    draft by its own confidence: all of it); when the target keeps its whole draft its length
+    grows by 2, else it shrinks by 1 (transformers' schedule for assisted generation), within
+    1..max_tokens.
 
-    EXPLORE, EVERY = 3, 64  # steps of each kind first tried per bucket; then one of the other kind every EVERY
+    ``rows``: speculate while at most this many rows are in flight. ``None`` ("auto"): per number
+    of running rows (in powers of two), speculate where it has given more tokens per second.
+    Until both kinds of step have been timed there, speculate with one row only: measured on a
+    CPU, verifying drafts pays while one row's step is bound by reading the weights and costs
+    more than it saves once a batch fills the cores (docs/transformers-host.md). Every
+    ``EVERY``-th step tries the kind not chosen, so a long-lived host learns its own."""
+
+    EXPLORE, EVERY = 3, 32  # steps of each kind timed before the measurement decides; one in EVERY tries the other
 
     def __init__(self, drafter, max_tokens: int, rows: int | None = None) -> None:
         self.drafter, self.max_tokens, self.rows = drafter, max_tokens, rows
         self._rates: dict[tuple[int, bool], list[float]] = {}  # (bucket, speculative) -> [tokens, seconds, steps]
         self._started: float | None = None
+        self._steps = 0
 
     def start(self, rows: int) -> bool:
         """Whether the next step over ``rows`` running rows speculates."""
         self._started = time.perf_counter()
         if self.rows is not None:
             return rows <= self.rows
-        bucket = max(0, math.ceil(math.log2(max(rows, 1))))
+        self._steps += 1
+        bucket = _bucket(rows)
         spec = self._rates.setdefault((bucket, True), [0.0, 0.0, 0])
         plain = self._rates.setdefault((bucket, False), [0.0, 0.0, 0])
-        for stats, kind in ((spec, True), (plain, False)):
-            if stats[2] < self.EXPLORE:
-                return kind
-        best = spec[0] / max(spec[1], 1e-9) >= plain[0] / max(plain[1], 1e-9)
-        return (not best) if (spec[2] + plain[2]) % self.EVERY == 0 else best
+        if spec[2] >= self.EXPLORE and plain[2] >= self.EXPLORE:
+            best = spec[0] / max(spec[1], 1e-9) >= plain[0] / max(plain[1], 1e-9)
+        else:
+            best = bucket == 0
+        return (not best) if self._steps % self.EVERY == 0 else best
 
     def record(self, rows: int, speculative: bool, tokens: int) -> None:
         """A step done: its kind, rows and tokens, timed from ``start``."""
         if self.rows is not None or self._started is None:
             return
         seconds = time.perf_counter() - self._started
-        bucket = max(0, math.ceil(math.log2(max(rows, 1))))
-        stats = self._rates.setdefault((bucket, speculative), [0.0, 0.0, 0])
+        stats = self._rates.setdefault((_bucket(rows), speculative), [0.0, 0.0, 0])
         decay = 0.9 if stats[2] >= self.EXPLORE else 1.0  # recent steps count most once explored
         stats[0], stats[1], stats[2] = stats[0] * decay + tokens, stats[1] * decay + seconds, stats[2] + 1
 
@@ -199,6 +204,10 @@ class Speculation:
         grow by 2, rows that lost some shrink by 1; rows that drafted nothing keep theirs."""
         grown = torch.where(kept >= drafted, k + 2, k - 1).clamp(1, self.max_tokens)
         return torch.where(drafted > 0, grown, k)
+
+
+def _bucket(rows: int) -> int:
+    return max(0, math.ceil(math.log2(max(rows, 1))))
 
 
 def speculation(settings, model, *, shared_prefix: bool, eos_ids: set[int], pad_id: int) -> Speculation | None:

@@ -203,17 +203,32 @@ def test_draft_lengths_adapt_to_what_the_target_keeps():
     assert s.adapt(k, drafted, kept).tolist() == [5, 2, 3, 6]
 
 
-def test_auto_tries_both_kinds_of_step_then_keeps_the_faster():
-    s = Speculation(Lookup(), max_tokens=4)
-    kinds = []
-    for step in range(40):
-        kind = s.start(1)
-        kinds.append(kind)
-        s._started -= 0.01 if kind else 0.02  # a speculative step took 10 ms, a plain one 20 ms: same tokens
-        s.record(1, kind, 2 if kind else 1)
-    assert kinds[:Speculation.EXPLORE] == [True] * Speculation.EXPLORE
-    assert False in kinds[:2 * Speculation.EXPLORE]
-    assert all(kinds[2 * Speculation.EXPLORE:])
+def test_auto_speculates_with_one_row_then_follows_what_it_measures():
+    """Before it has timed both kinds of step for a number of rows, "auto" speculates with one
+    row only; it tries the other kind one step in EVERY, and once both are timed it keeps the
+    one that gave more tokens per second."""
+    def run(rows, spec_seconds, plain_seconds, steps=400):
+        s = Speculation(Lookup(), max_tokens=4)
+        kinds = []
+        for _ in range(steps):
+            kind = s.start(rows)
+            kinds.append(kind)
+            s._started -= spec_seconds if kind else plain_seconds  # the step's time; 2 tokens either way
+            s.record(rows, kind, 2)
+        return kinds
+
+    every = Speculation.EVERY
+
+    def chosen(kinds, first, last):  # the kinds chosen on steps first..last, but the tries of the other kind
+        return {kind for step, kind in enumerate(kinds, 1) if first <= step <= last and step % every}
+
+    fast_spec = run(4, 0.01, 0.02)
+    assert chosen(fast_spec, 1, every) == {False}  # four rows: plain until speculation is timed
+    assert chosen(fast_spec, 3 * every + 1, 400) == {True}  # ... then the faster
+    assert {k for step, k in enumerate(fast_spec, 1) if step % every == 0 and step > 3 * every} == {False}
+    slow_spec = run(1, 0.02, 0.01)
+    assert chosen(slow_spec, 1, every) == {True} and chosen(slow_spec, 3 * every + 1, 400) == {False}
+
 
 
 @pytest.mark.parametrize("kind", ["lookup", "self draft"])
