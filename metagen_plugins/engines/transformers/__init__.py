@@ -11,6 +11,9 @@ One module per job:
 - ``generator``: a strategy's sample/extend calls as engine requests, and the budget's charges;
 - ``accounting``: what a request computed and reused, and what a prompt is charged;
 - ``engine`` (on ``requests``): the scheduler, one decode step for every row in flight;
+- ``choice``: what a step keeps of each row (each position's token, kept drafts, ends);
+- ``harvest``: a finished row's tokens and the KV it wrote;
+- ``speculation``, ``draft``: speculative decoding in the engine (prompt lookup, a draft model);
 - ``attention``: shared-prefix attention, for the engine and generate() alike;
 - ``kv_quant``, ``quant_attention``: the quantized KV (``[host] kv_cache = "int8"`` / ``"int4"``)
   and the integer kernel that reads quantized prefixes;

@@ -37,6 +37,7 @@ from .accounting import fresh
 from .attention import Layout, OwnLayer, attach, detach, laid_out
 from .kv_quant import KVQuant, QuantOwnLayer, held_bytes
 from .choice import choose, criteria, kept, non_finite, report
+from .harvest import generated, request_kv, row_kv
 from .requests import Progress, Request, draw, request_generator  # noqa: F401 (re-exported)
 from .speculation import Speculation, row_seeds
 
@@ -251,7 +252,7 @@ class Engine:
             self._layout.valid = self._valid
         running = ~self._done
         spec = self.speculation is not None and self.speculation.start(int(running.sum()))
-        drafts, drafted = self._draft() if spec else (None, None)
+        drafts, drafted = self.speculation.draft(self) if spec else (None, None)
         inputs = self._last[:, None] if drafts is None else torch.cat([self._last[:, None], drafts], 1)
         width = inputs.shape[1]
         cache = DynamicCache(config=self.model.config)
@@ -321,8 +322,8 @@ class Engine:
             if r.progress is not None and not r.zombie and id(r) not in failed:
                 report(r, chosen, logprobs, log_probs, emit, self._done, self._eos_ids)
         if self.speculation is not None:
-            self._speculated(inputs[:, :kept_columns], positions[:, :kept_columns], chosen, emit, running, drafted,
-                             count, spec)
+            self._k = self.speculation.stepped(self, inputs[:, :kept_columns], positions[:, :kept_columns], chosen, emit,
+                                               running, drafted, count, spec)
         for r, exc in failed.values():
             r.future.set_exception(exc)
             self._retire(r)
@@ -337,81 +338,23 @@ class Engine:
         elif dead >= max(4, self._last.shape[0] // 4):
             self._compact()
 
-    def _draft(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Each row's drafts (its own length; padding past it) and how many it drafted; no
-        drafts at all when no row has one."""
-        room = (self._limit - self._age - 1).clamp(min=0)  # drafts past max_new_tokens would be cut anyway
-        drafts, drafted = self.speculation.drafter.propose(self, torch.where(self._done, 0, torch.minimum(self._k, room)))
-        if not bool(drafted.any()):
-            return None, None
-        return drafts[:, :int(drafted.max())], drafted
-
-    def _speculated(self, inputs, positions, chosen, emit, running, drafted, kept, spec: bool) -> None:
-        """The drafter sees what each row emitted; rows' draft lengths adapt; the step is timed."""
-        counts = emit.tolist()
-        emitted = [row[:count] for row, count in zip(chosen.tolist(), counts)]
-        self.speculation.drafter.fed(self, inputs, positions, emitted)
-        if drafted is not None:
-            self._k = torch.where(running, self.speculation.adapt(self._k, drafted, kept), self._k)
-        self.speculation.record(int(running.sum()), spec, sum(counts))
-
     def _finish(self, r: Request) -> None:
         """A request whose rows are all done: its tokens, remembered KV, and its future."""
         rows = slice(r.first, r.first + r.width)
         start = self._tokens.shape[1] - r.cols
         out: list = [None] * r.n
-        for row, kept in zip(r.live, self._generated(rows, start)):
+        for row, kept in zip(r.live, generated(self._valid, self._tokens, self._logprobs, rows, start)):
             out[row] = kept
         for row, (kept, kept_logprobs, _) in r.left.items():
             out[row] = kept, kept_logprobs
         if self.prefixes.remembers:
             try:
-                self.prefixes.remember(r.tokens, r.prefix, self._own_kv(r, rows, start), out)
+                own = row_kv(self._own, self._valid, rows, start, gather=self.speculation is not None)
+                self.prefixes.remember(r.tokens, r.prefix, request_kv(r, own), out)
             except Exception:  # remembering is an optimisation; never lose a result over it
                 pass
         r.future.set_result((out, r.computed, r.reused, r.passes))
         self._retire(r)
-
-    def _generated(self, rows: slice, start: int) -> list[tuple[list[int], list[float]]]:
-        """Each row's tokens and their log-probs: its kept positions since column ``start``."""
-        kept = self._valid[rows, start:].tolist()
-        tokens, logprobs = self._tokens[rows, start:].tolist(), self._logprobs[rows, start:].tolist()
-        return [([t for t, k in zip(ts, ks) if k], [lp for lp, k in zip(lps, ks) if k])
-                for ts, lps, ks in zip(tokens, logprobs, kept)]
-
-    def _row_kv(self, rows: slice, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, the keys and values rows fed since column ``start``, each row's first.
-        Without speculation a row's positions are one run from its first column; with it,
-        drafts the target rejected left holes, and each row's kept columns are gathered."""
-        own = [layer.rows(rows, start) for layer in self._own]
-        if self.speculation is None:
-            return own
-        order = torch.sort((~self._valid[rows, start:]).to(torch.int8), dim=1, stable=True).indices
-        gathered = []
-        for keys, values in own:
-            index = order[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
-            gathered.append((keys.gather(2, index), values.gather(2, index)))
-        return gathered
-
-    def _own_kv(self, r: Request, rows: slice, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, the keys and values each of the request's n rows wrote, in row order (rows
-        that left early padded to the request's columns)."""
-        own = self._row_kv(rows, start)
-        if not r.left:
-            return own
-        live = torch.tensor(r.live, dtype=torch.long)
-        full = []
-        for index, (keys, values) in enumerate(own):
-            all_keys = keys.new_zeros(r.n, *keys.shape[1:])
-            all_values = values.new_zeros(r.n, *values.shape[1:])
-            all_keys[live], all_values[live] = keys, values
-            for row, (_, _, kv) in r.left.items():
-                if kv is not None:
-                    gone_keys, gone_values = kv[index]
-                    all_keys[row, :, :gone_keys.shape[-2]] = gone_keys[0]
-                    all_values[row, :, :gone_values.shape[-2]] = gone_values[0]
-            full.append((all_keys, all_values))
-        return full
 
     def _retire(self, r: Request) -> None:
         """Its rows stay in the batch, finished, until the next compaction (cheaper than
@@ -463,10 +406,11 @@ class Engine:
         """Keep what a finished row of a running request generated (and its KV, when the host
         remembers finished rows) before the row leaves the batch."""
         start = width - r.cols
-        (tokens, logprobs), = self._generated(slice(at, at + 1), start)
+        (tokens, logprobs), = generated(self._valid, self._tokens, self._logprobs, slice(at, at + 1), start)
         kv = None
         if self.prefixes.remembers:
-            kv = [tuple(t.clone() for t in layer) for layer in self._row_kv(slice(at, at + 1), start)]
+            kv = [tuple(t.clone() for t in layer)
+                  for layer in row_kv(self._own, self._valid, slice(at, at + 1), start, gather=self.speculation is not None)]
         r.left[row] = tokens, logprobs, kv
 
     def kv_bytes(self) -> int:

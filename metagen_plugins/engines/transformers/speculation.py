@@ -194,6 +194,26 @@ class Speculation:
         decay = 0.9 if stats[2] >= self.EXPLORE else 1.0  # recent steps count most once explored
         stats[0], stats[1], stats[2] = stats[0] * decay + tokens, stats[1] * decay + seconds, stats[2] + 1
 
+    def draft(self, engine) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Each of the engine's rows' drafts (at most its own length, and never past its
+        max_new_tokens; padding after) and how many it drafted; none at all when no row has one."""
+        room = (engine._limit - engine._age - 1).clamp(min=0)
+        drafts, drafted = self.drafter.propose(engine, torch.where(engine._done, 0, torch.minimum(engine._k, room)))
+        if not bool(drafted.any()):
+            return None, None
+        return drafts[:, :int(drafted.max())], drafted
+
+    def stepped(self, engine, inputs, positions, chosen, emit, running, drafted, kept, speculative: bool) -> torch.Tensor:
+        """After a step (speculative or not) that fed ``inputs`` at ``positions`` and in which each
+        row emitted ``emit`` of ``chosen``: the drafter follows, the step is timed, and each row's
+        next draft length (the engine's ``_k``) is returned."""
+        counts = emit.tolist()
+        self.drafter.fed(engine, inputs, positions, [row[:count] for row, count in zip(chosen.tolist(), counts)])
+        self.record(int(running.sum()), speculative, sum(counts))
+        if drafted is None:
+            return engine._k
+        return torch.where(running, self.adapt(engine._k, drafted, kept), engine._k)
+
     def first_length(self) -> int:
         """A new row's draft length: the longest for a drafter that ends drafts by its own
         confidence (a draft model), else half of it."""

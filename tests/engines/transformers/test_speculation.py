@@ -47,19 +47,19 @@ class Steps:
 
     def __init__(self, monkeypatch) -> None:
         self.decode = self.verify = 0
-        step, draft = Engine._step, Engine._draft
+        step, draft = Engine._step, Speculation.draft
 
         def counted_step(engine):
             self.decode += 1
             return step(engine)
 
-        def counted_draft(engine):
-            drafts, drafted = draft(engine)
+        def counted_draft(speculation, engine):
+            drafts, drafted = draft(speculation, engine)
             self.verify += drafts is not None
             return drafts, drafted
 
         monkeypatch.setattr(Engine, "_step", counted_step)
-        monkeypatch.setattr(Engine, "_draft", counted_draft)
+        monkeypatch.setattr(Speculation, "draft", counted_draft)
 
 
 def concurrently(h: TransformersHost, prompts, n: int, max_new_tokens: int, **kwargs):
