@@ -49,9 +49,9 @@ class DraftModel:
         self._layout_for = None
 
     def join(self, request) -> None:
-        """The request's prefix in the draft's own KV (cached, or computed now)."""
-        [(prefix, _)] = self.prefixes.prefill([request.tokens[:-1]])
-        request.draft_prefix = prefix
+        """Nothing yet: a request's prefix enters the draft's KV when a step first drafts for it
+        (many requests' together), so requests that only ever decode plainly cost the draft nothing."""
+        request.draft_prefix = None
 
     def rows_added(self, engine, rows: int) -> None:
         if not self.own:
@@ -87,6 +87,11 @@ class DraftModel:
         width = int(k.max()) if k.numel() else 0
         if width == 0:
             return torch.zeros(k.shape[0], 0, dtype=torch.long), torch.zeros_like(k)
+        missing = [r for r in engine._active if r.draft_prefix is None]
+        if missing:  # their prefixes, computed together (or taken from the draft's prefix cache)
+            for r, (prefix, _) in zip(missing, self.prefixes.prefill([r.tokens[:-1] for r in missing])):
+                r.draft_prefix = prefix
+            self._layout_for = None
         if self._layout_for is not engine._layout:
             self._layout = Layout([_Group(r.width, r.draft_prefix) for r in engine._active],
                                   engine._valid, self.num_layers)

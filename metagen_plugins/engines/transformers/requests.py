@@ -46,6 +46,7 @@ class Request:
     cols: int = 0  # the batch's columns since it joined (one a step; 1 + its draft's length a speculative step)
     seeds: torch.Tensor | None = None  # its rows' seeds, when a speculating engine samples (speculation.uniforms)
     drafts: list | None = None  # each row's drafter state (speculation.py)
+    draft_prefix: "Prefix | None" = None  # its prefix in a draft model's KV (draft.py), once drafted for
     prefix: "Prefix | None" = None
     computed: int = 0
     reused: int = 0

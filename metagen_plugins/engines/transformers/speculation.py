@@ -159,10 +159,13 @@ class Speculation:
     of running rows (in powers of two), speculate where it has given more tokens per second.
     Until both kinds of step have been timed there, speculate with one row only: measured on a
     CPU, verifying drafts pays while one row's step is bound by reading the weights and costs
-    more than it saves once a batch fills the cores (docs/transformers-host.md). Every
-    ``EVERY``-th step tries the kind not chosen, so a long-lived host learns its own."""
+    more than it saves once a batch fills the cores (docs/transformers-host.md). After ``WARM``
+    steps, every ``EVERY``-th step tries the kind not chosen, so a long-lived host learns its own."""
 
-    EXPLORE, EVERY = 3, 32  # steps of each kind timed before the measurement decides; one in EVERY tries the other
+    # steps of each kind timed before the measurement decides; after WARM steps, one in EVERY tries
+    # the kind not chosen (a short run never pays for trying: a draft model's first step for a
+    # batch prefills every prompt in it)
+    EXPLORE, WARM, EVERY = 3, 256, 32
 
     def __init__(self, drafter, max_tokens: int, rows: int | None = None) -> None:
         self.drafter, self.max_tokens, self.rows = drafter, max_tokens, rows
@@ -183,7 +186,7 @@ class Speculation:
             best = spec[0] / max(spec[1], 1e-9) >= plain[0] / max(plain[1], 1e-9)
         else:
             best = bucket == 0
-        return (not best) if self._steps % self.EVERY == 0 else best
+        return (not best) if self._steps > self.WARM and self._steps % self.EVERY == 0 else best
 
     def record(self, rows: int, speculative: bool, tokens: int) -> None:
         """A step done: its kind, rows and tokens, timed from ``start``."""

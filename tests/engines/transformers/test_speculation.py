@@ -204,10 +204,13 @@ def test_draft_lengths_adapt_to_what_the_target_keeps():
 
 
 def test_auto_speculates_with_one_row_then_follows_what_it_measures():
-    """Before it has timed both kinds of step for a number of rows, "auto" speculates with one
-    row only; it tries the other kind one step in EVERY, and once both are timed it keeps the
-    one that gave more tokens per second."""
-    def run(rows, spec_seconds, plain_seconds, steps=400):
+    """Until it has timed both kinds of step for a number of rows, "auto" speculates with one row
+    only; after WARM steps it tries the other kind one step in EVERY, and once both are timed it
+    keeps the one that gave more tokens per second."""
+    warm, every, explore = Speculation.WARM, Speculation.EVERY, Speculation.EXPLORE
+    steps = warm + (explore + 3) * every
+
+    def run(rows, spec_seconds, plain_seconds):
         s = Speculation(Lookup(), max_tokens=4)
         kinds = []
         for _ in range(steps):
@@ -217,18 +220,15 @@ def test_auto_speculates_with_one_row_then_follows_what_it_measures():
             s.record(rows, kind, 2)
         return kinds
 
-    every = Speculation.EVERY
-
     def chosen(kinds, first, last):  # the kinds chosen on steps first..last, but the tries of the other kind
-        return {kind for step, kind in enumerate(kinds, 1) if first <= step <= last and step % every}
+        return {kind for step, kind in enumerate(kinds, 1) if first <= step <= last and (step <= warm or step % every)}
 
+    decided = warm + explore * every + 1  # the other kind has been timed EXPLORE times by then
     fast_spec = run(4, 0.01, 0.02)
-    assert chosen(fast_spec, 1, every) == {False}  # four rows: plain until speculation is timed
-    assert chosen(fast_spec, 3 * every + 1, 400) == {True}  # ... then the faster
-    assert {k for step, k in enumerate(fast_spec, 1) if step % every == 0 and step > 3 * every} == {False}
+    assert chosen(fast_spec, 1, warm) == {False}  # four rows: plain, and no try at all in a short run
+    assert chosen(fast_spec, decided, steps) == {True}  # ... then the faster
     slow_spec = run(1, 0.02, 0.01)
-    assert chosen(slow_spec, 1, every) == {True} and chosen(slow_spec, 3 * every + 1, 400) == {False}
-
+    assert chosen(slow_spec, 1, warm) == {True} and chosen(slow_spec, decided, steps) == {False}
 
 
 @pytest.mark.parametrize("kind", ["lookup", "self draft"])
