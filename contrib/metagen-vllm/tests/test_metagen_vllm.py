@@ -139,18 +139,26 @@ def test_the_host_request_body_is_what_vllm_expects(processors, stopping):
     from metagen_plugins.engines.vllm.host import VLLMHost
 
     registry = metagen_plugins.get_registry()
-    config = metagen_plugins.validate({"host": {"name": "vllm", "url": "http://127.0.0.1:9", "model": "m"},
-                                       "processors": processors, "stopping": stopping}, registry)
-    host = VLLMHost(config, registry)
-    try:
-        n = 2 if host.sampling else 1  # the host never sends greedy n > 1 (vLLM rejects it)
-        body = host.request_body("Q", n, 16, ["\n"], 3)
-    finally:
-        host.close()
+
+    def make_body(**settings):
+        config = metagen_plugins.validate({"host": {"name": "vllm", "url": "http://127.0.0.1:9", "model": "m",
+                                                    **settings},
+                                           "processors": processors, "stopping": stopping}, registry)
+        host = VLLMHost(config, registry)
+        try:
+            n = 2 if host.sampling else 1  # the host never sends greedy n > 1 (vLLM rejects it)
+            return host.request_body("Q", n, 16, ["\n"], 3), n
+        finally:
+            host.close()
+
+    body, n = make_body()
     request = CompletionRequest(**body)
     assert not request.model_extra, f"fields vLLM does not know: {sorted(request.model_extra)}"
     params = request.to_sampling_params(body["max_tokens"])
-    assert params.n == n and params.seed == 3 and params.logprobs == 0
+    # nothing in this run reads log-probabilities, so none are asked for; [host] logprobs = true asks
+    assert params.n == n and params.seed == 3 and params.logprobs is None
+    asked, _ = make_body(logprobs=True)
+    assert CompletionRequest(**asked).to_sampling_params(asked["max_tokens"]).logprobs == 0
     if processors[0]["name"] == "temperature":
         assert (params.temperature, params.top_k, params.top_p, params.min_p) == (0.7, 5, 0.9, 0.05)
         assert (params.repetition_penalty, params.frequency_penalty, params.presence_penalty) == (1.2, 0.5, 0.25)
