@@ -164,3 +164,15 @@ def test_the_served_reward_models_score_without_them():
         finally:
             scorer.close()
 
+
+
+def test_the_logprob_scorer_refuses_candidates_that_came_without_log_probabilities():
+    """A candidate with text but no log-probs (a run that did not ask for them) is an error that
+    says how to get them, never a score of 0; an empty candidate still scores 0."""
+    from metagen_plugins.builtin.scorers.logprob import LogProb
+
+    scorer = LogProb()
+    with pytest.raises(ValueError, match=r"scorer 'logprob': candidate 1 .*\[host\] logprobs = true"):
+        scorer.score("q", [Candidate(prompt="q", text="a", token_ids=[5], logprobs=[-1.0]),
+                           Candidate(prompt="q", text="b", token_ids=[6], logprobs=[])])
+    assert scorer.score("q", [Candidate(prompt="q", text="", token_ids=[], logprobs=[])]) == [0.0]

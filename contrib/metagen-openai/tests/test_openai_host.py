@@ -134,10 +134,11 @@ def test_a_sampling_strategy_and_what_a_server_without_logprobs_loses(server):
                                                              "samples_per_request": 4}, **sections), PROMPT)
     assert len(with_logprobs.candidates) == 4 and with_logprobs.budget.samples == 4
     assert all(s < 0 for s in with_logprobs.scores)  # the logprob scorer reads real log-probs
-    without = metagen_plugins.run(config(server, host={"logprobs": False}, **sections), PROMPT)
-    assert len(without.candidates) == 4
-    assert without.scores == [0.0] * 4  # nothing to score with: best_of_n by logprob picks blindly
-    assert all(not c.logprobs and "logprobs" not in c.meta for c in without.candidates)
+    # a server without log-probs: the logprob scorer has nothing to score with and says so (it
+    # does not pick blindly)
+    without = metagen_plugins.run(config(server, host={"logprobs": False}, **sections), [PROMPT])[0]
+    assert metagen_plugins.failed(without)
+    assert "scorer 'logprob'" in without.failures[0]["error"] and "logprobs = true" in without.failures[0]["error"]
 
 
 @pytest.mark.slow

@@ -17,7 +17,12 @@ class LogProb:
 
     def score(self, prompt: str, candidates: Sequence[Candidate]) -> list[float]:
         out = []
-        for c in candidates:
+        for index, c in enumerate(candidates):
+            if (c.token_ids or c.text) and not c.logprobs:
+                raise ValueError(f"scorer 'logprob': candidate {index} has text but no per-token log-probabilities, "
+                                 f"so its score would be made up; the host was not asked for them ([host] logprobs = "
+                                 f"false, or a trace of a run whose components read none). Set [host] logprobs = true "
+                                 f"and run again, or choose another scorer")
             total = sum(c.logprobs)
             out.append(total / max(1, len(c.logprobs)) if self.reduce == "mean" else total)
         return out
