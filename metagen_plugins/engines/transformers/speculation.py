@@ -19,9 +19,9 @@ Drafters: ``Lookup`` (prompt lookup: the tokens that followed the latest earlier
 the row's last n-gram, in its prompt or its own output) and ``draft.DraftModel`` (a smaller model
 of the same vocabulary, decoding every row in the same engine). ``Speculation`` holds the
 drafter, each row's draft length (adapted to how many of its drafts the target kept) and the
-choice, per number of rows in flight, between speculative and plain steps (whichever has given
-more tokens per second: where batching already saturates the CPU, verifying drafts costs more
-than it saves).
+choice, per number of rows in flight, between speculative and plain steps (speculative with one
+row; elsewhere whichever a long-lived host has timed faster: where batching already fills the
+CPU, verifying drafts costs more than it saves).
 """
 
 from __future__ import annotations
