@@ -36,11 +36,13 @@ class DraftModel:
         self.prefixes = Prefixes(model, cache_bytes, eos_ids=eos_ids, pad_id=pad_id)
         self.num_layers = model.config.num_hidden_layers
         self.pad_id = pad_id
-        attach(model)
+        self._attached = False  # the model's attention goes through the shared-prefix kernel once it drafts
         self.reset()
 
     def close(self) -> None:
-        detach(self.model)
+        if self._attached:
+            detach(self.model)
+            self._attached = False
 
     def reset(self) -> None:
         self.own: list[OwnLayer] = []
@@ -96,6 +98,9 @@ class DraftModel:
             self._layout = Layout([_Group(r.width, r.draft_prefix) for r in engine._active],
                                   engine._valid, self.num_layers)
             self._layout_for = engine._layout
+        if not self._attached:
+            attach(self.model)
+            self._attached = True
         fed = self.own[0].keys.shape[2]
         inputs = torch.cat([self.inputs[:, fed:], engine._last[:, None]], 1)
         positions = torch.cat([self.positions[:, fed:], engine._pos[:, None]], 1)
