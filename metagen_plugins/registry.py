@@ -129,22 +129,16 @@ class Registry:
 
     def _collect_hosts(self, plugin: str, hook: Callable[..., Any]) -> None:
         record = self.manager.records[plugin]
-        added: list[HostInfo] = []
 
         def register(name: str, factory: Callable[..., Any], *, settings: dict[str, Any],
                      realiser: str | None = None, fallback: tuple[str, ...] | list[str] = (),
                      capabilities: Capabilities | None = None,
                      realisations: dict[str, dict[str, Callable[..., dict]]] | None = None,
-                     in_process: bool = False, deploy: str | None = None, doc: str = "") -> None:
-            added.append(host_info(name, factory, settings, realiser, in_process, deploy, doc, record,
-                                   capabilities, fallback, realisations))
+                     in_process: bool = False, deploy: str | None = None, doc: str = "") -> HostInfo:
+            return host_info(name, factory, settings, realiser, in_process, deploy, doc, record,
+                             capabilities, fallback, realisations)
 
-        try:
-            hook(register=register)
-        except Exception as exc:
-            self.manager.fail(plugin, f"register_hosts raised {_describe(exc)}")
-            return
-        for info in added:
+        for info in self._registered(plugin, "register_hosts", hook, register):
             if info.name in self.hosts:
                 self.manager.fail(plugin, f"host {info.name!r} is registered by plugin "
                                           f"{self.hosts[info.name].plugin!r} and plugin {plugin!r}; a host "
@@ -156,18 +150,12 @@ class Registry:
 
     def _collect_commands(self, plugin: str, hook: Callable[..., Any]) -> None:
         record = self.manager.records[plugin]
-        added: list[CommandInfo] = []
 
         def register(name: str, add_arguments: Callable[[Any], None], main: Callable[[Any, Any], int], *,
-                     help: str = "") -> None:
-            added.append(command_info(name, add_arguments, main, help, record))
+                     help: str = "") -> CommandInfo:
+            return command_info(name, add_arguments, main, help, record)
 
-        try:
-            hook(register=register)
-        except Exception as exc:
-            self.manager.fail(plugin, f"register_commands raised {_describe(exc)}")
-            return
-        for info in added:
+        for info in self._registered(plugin, "register_commands", hook, register):
             if info.name in self.commands or any(h.deploy and h.name == info.name for h in self.hosts.values()):
                 owner = self.commands[info.name].plugin if info.name in self.commands else self.hosts[info.name].plugin
                 self.manager.fail(plugin, f"command {info.name!r} is registered by plugin {owner!r} and plugin "
@@ -214,21 +202,27 @@ class Registry:
 
     def _collect(self, kind: str, plugin: str, hook: Callable[..., Any]) -> None:
         record = self.manager.records[plugin]
-        added: list[ComponentInfo] = []
         keys = key_readers(self.hosts.values())
 
-        def register(name: str, factory: Callable[..., Any], **metadata: Any) -> None:
-            added.append(_info(kind, name, factory, metadata, record, keys))
+        def register(name: str, factory: Callable[..., Any], **metadata: Any) -> ComponentInfo:
+            return _info(kind, name, factory, metadata, record, keys)
 
-        try:
-            hook(register=register)
-        except Exception as exc:
-            self.manager.fail(plugin, f"register_{kind} raised {_describe(exc)}")
-            return
-        for info in added:
+        for info in self._registered(plugin, f"register_{kind}", hook, register):
             info.registry = self
             self._add(info)
             record.components.setdefault(kind, []).append(info.name)
+
+    def _registered(self, plugin: str, hook_name: str, hook: Callable[..., Any], make: Callable[..., Any]) -> list:
+        """What a plugin's registration ``hook`` registers: ``make``'s entry for each call of the
+        ``register`` it is given (``make`` checks the call's arguments). Nothing when the hook
+        raises: the plugin is then marked failed, naming the hook."""
+        added: list = []
+        try:
+            hook(register=lambda *args, **kwargs: added.append(make(*args, **kwargs)))
+        except Exception as exc:
+            self.manager.fail(plugin, f"{hook_name} raised {_describe(exc)}")
+            return []
+        return added
 
     def _add(self, info: ComponentInfo) -> None:
         key = (info.kind, info.name)

@@ -59,6 +59,12 @@ class Prefix:
         return list(self.keys) + list(self.values)
 
 
+def kv_shape(config) -> tuple[int, int]:
+    """A model's KV heads and head dimension, from its config."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 class SharedPrefixLayer(DynamicLayer):
     """A cache layer whose first ``P`` positions are one shared row; ``keys``/``values`` hold
     only each row's own positions after them."""
@@ -118,6 +124,10 @@ class OwnLayer(DynamicLayer):
     def rows(self, rows, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``rows`` from column ``start`` on (views)."""
         return self.keys[rows, :, start:], self.values[rows, :, start:]
+
+    def truncate(self, columns: int) -> None:
+        """Keep the first ``columns`` columns (a speculative step's drafts every row rejected go)."""
+        self.keys, self.values = self.keys[:, :, :columns], self.values[:, :, :columns]
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.keys, self.values]

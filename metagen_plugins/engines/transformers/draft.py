@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache
 
 from ...errors import ConfigError
-from .attention import Layout, OwnLayer, _Group, attach, detach, laid_out
+from .attention import Layout, OwnLayer, _Group, attach, detach, kv_shape, laid_out
 from .prefixes import Prefixes
 
 
@@ -57,7 +57,7 @@ class DraftModel:
 
     def rows_added(self, engine, rows: int) -> None:
         if not self.own:
-            heads, dim = _shape(self.model)
+            heads, dim = kv_shape(self.model.config)
             empty = next(self.model.parameters()).new_zeros(0, heads, 0, dim)
             self.own = [OwnLayer(empty, empty) for _ in range(self.num_layers)]
         for layer in self.own:
@@ -78,8 +78,7 @@ class DraftModel:
         self.positions = torch.cat([self.positions, positions], 1)
         columns = self.inputs.shape[1]
         for layer in self.own:
-            if layer.keys.shape[2] > columns:
-                layer.keys, layer.values = layer.keys[:, :, :columns], layer.values[:, :, :columns]
+            layer.truncate(columns)
 
     def propose(self, engine, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``max(k)`` greedy drafts per row: the columns not fed yet and each row's last
@@ -125,9 +124,3 @@ class DraftModel:
             inputs, positions = token[:, None], positions[:, -1:] + 1
         return torch.stack(drafts, 1), drafted
 
-
-def _shape(model) -> tuple[int, int]:
-    config = model.config
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return heads, dim

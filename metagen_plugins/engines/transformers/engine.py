@@ -301,7 +301,7 @@ class Engine:
         kept_columns = int(emit.max()) if width > 1 else 1  # later columns: rejected drafts in every row
         if kept_columns < width:
             for layer in self._own:
-                layer.keys, layer.values = layer.keys[:, :, :kept_columns - width], layer.values[:, :, :kept_columns - width]
+                layer.truncate(layer.keys.shape[2] - (width - kept_columns))
         for r in self._active:
             r.cols += kept_columns
         self._valid = torch.cat([self._valid, new[:, :kept_columns]], 1)

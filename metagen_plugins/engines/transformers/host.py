@@ -14,7 +14,7 @@ from ...hostkit.chat import chat_enabled, chat_format
 from ...models import load_model, load_model_cached, load_tokenizer, resolve  # noqa: F401 (re-exported)
 from ...registry import Registry
 from ...text_stop import stop_strings
-from .attention import supported
+from .attention import kv_shape, supported
 from .engine import Engine
 from .generator import TransformersGenerator
 from .kv_quant import kv_quant
@@ -87,8 +87,7 @@ class TransformersHost:
                               f"({self.model.config.model_type}) does not take or [host] shared_prefix_attention "
                               f"turns off (supported: llama, mistral, qwen2, qwen3 with full attention); use "
                               f"kv_cache = \"quantized\" (generate()'s own quantized cache) instead")
-        if self.kv.bits == 4 and (getattr(self.model.config, "head_dim", None) or
-                                  self.model.config.hidden_size // self.model.config.num_attention_heads) % 2:
+        if self.kv.bits == 4 and kv_shape(self.model.config)[1] % 2:
             raise ConfigError(f"{setting}: int4 packs two channels per byte and this model's head dimension is odd; "
                               f"use kv_cache = \"int8\"")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from .attention import Prefix, SharedPrefixLayer
+from .attention import Prefix, SharedPrefixLayer, kv_shape
 from .kv_quant import KVQuant, QuantPrefix
 from .prefix_cache import PrefixCache
 
@@ -108,8 +108,7 @@ class Prefixes:
 
     def _empty_prefix(self) -> Prefix | QuantPrefix:
         config = self.model.config
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        heads, dim = kv_shape(config)
         empty = next(self.model.parameters()).new_zeros(1, heads, 0, dim)
         if self.kv is not None:
             return QuantPrefix.quantized(self.kv, [empty] * config.num_hidden_layers, [empty] * config.num_hidden_layers)
