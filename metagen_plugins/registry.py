@@ -4,6 +4,8 @@ records of hosts and commands is :mod:`.host_info`'s."""
 
 from __future__ import annotations
 
+import functools
+
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -217,8 +219,13 @@ class Registry:
         ``register`` it is given (``make`` checks the call's arguments). Nothing when the hook
         raises: the plugin is then marked failed, naming the hook."""
         added: list = []
+
+        @functools.wraps(make)  # the callback a plugin is given keeps the documented signature
+        def register(*args: Any, **kwargs: Any) -> None:
+            added.append(make(*args, **kwargs))
+
         try:
-            hook(register=lambda *args, **kwargs: added.append(make(*args, **kwargs)))
+            hook(register=register)
         except Exception as exc:
             self.manager.fail(plugin, f"{hook_name} raised {_describe(exc)}")
             return []
